@@ -1,0 +1,82 @@
+"""Batched classification of cell crops with a timm backbone from our checkpoint format."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import file_sha256, load_model
+from .errors import InputError
+
+DEFAULT_CLASSIFIER = Path(__file__).parent / "models" / "pbc_resnext26ts.safetensors"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> cuda, then mps, then cpu; an unavailable explicit device is an error."""
+    import torch
+
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' requested but not available; use --device cpu or auto")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
+    return device
+
+
+class Classifier:
+    """A loaded classifier: ``predict(crops)`` -> probabilities.
+
+    Parameters
+    ----------
+    checkpoint : path, optional
+        Our ``.safetensors`` checkpoint (default: the shipped PBC model).
+    device : str
+        ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda[:n]`` or ``mps``.
+    precision : {"auto", "fp32", "bf16"}
+        ``auto`` uses fp16 autocast on GPU and fp32 on CPU.
+    """
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
+                 precision: str = "auto"):
+        import torch
+
+        self.path = Path(checkpoint or DEFAULT_CLASSIFIER)
+        self.device = resolve_device(device)
+        self.model, self.meta = load_model(self.path, self.device)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.classes = list(self.meta.classes)
+        self.sha = file_sha256(self.path)
+        gpu = self.device.startswith("cuda") or self.device == "mps"
+        self.autocast = {"auto": torch.float16 if gpu else None, "fp32": None,
+                         "bf16": torch.bfloat16}[precision]
+        self._mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1).to(self.device)
+        self._std = torch.tensor(self.meta.std).view(1, 3, 1, 1).to(self.device)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.meta.input_size)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Softmax probabilities for uint8 crops (N, S, S, 3) at the input size."""
+        import torch
+
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255)
+        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.autocast is not None:
+                dev = "cuda" if self.device.startswith("cuda") else self.device
+                with torch.autocast(dev, dtype=self.autocast):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+            return torch.softmax(logits.float(), 1).cpu().numpy()

@@ -1,0 +1,185 @@
+"""``bm-cells``: the command line of napari-bm-cells.
+
+Errors meant for users (bad files, weights, options) print one line and exit with
+status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+
+def _analysis_args(p: argparse.ArgumentParser):
+    p.add_argument("--detector", default=None,
+                   help="YOLO weights (.pt) or 'contour' (no weights); default: the shipped detector")
+    p.add_argument("--classifier", default=None,
+                   help="classifier checkpoint (.safetensors); default: the shipped classifier")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--tile-size", type=int, default=640, help="detection tile side (detection-level px)")
+    p.add_argument("--overlap", type=int, default=160, help="tile overlap (detection-level px); > a cell")
+    p.add_argument("--level", default="auto",
+                   help="detection scale: auto, a pyramid level (0, 1, ...) or a downsample like 2x")
+    p.add_argument("--cell-size", type=float, default=None,
+                   help="typical white-cell diameter at full resolution in px, if known")
+    p.add_argument("--batch-size", type=int, default=32, help="crops per classifier batch")
+
+
+def _options(a):
+    from .pipeline import AnalysisOptions
+    return AnalysisOptions(tile_size=a.tile_size, overlap=a.overlap, level=a.level,
+                           cell_px=a.cell_size, batch_size=a.batch_size)
+
+
+def cmd_analyze(a):
+    from .count import format_differential
+    from .export import write_results
+    from .pipeline import analyze
+
+    res = analyze(a.image, detector=a.detector, classifier=a.classifier, options=_options(a),
+                  device=a.device, progress=not a.quiet)
+    paths = write_results(res, a.out)
+    print(format_differential(res.summary))
+    print(f"wrote {paths['cells']} and {paths['summary']}")
+
+
+def cmd_train_classifier(a):
+    from .training.train_classifier import train_classifier
+
+    r = train_classifier(a.data_dir, a.out, arch=a.arch, img_size=a.img_size, epochs=a.epochs,
+                         batch_size=a.batch_size, device=_dev(a.device), seed=a.seed, lr=a.lr,
+                         crop_size_px=a.crop_size_px, ref_cell_px=a.ref_cell_px, mpp=a.mpp,
+                         balance=not a.no_balance, resume=a.resume, max_steps=a.max_steps,
+                         max_per_class=a.max_per_class,
+                         progress=lambda s: print(s, file=sys.stderr, flush=True))
+    t = r["test"]
+    if t:
+        print(f"test split: macro-F1 {t['macro_f1']:.4f}, accuracy {t['accuracy']:.4f}, "
+              f"MCC {t['mcc']:.4f} (n={t['n']})")
+    print(f"wrote {a.out}")
+
+
+def cmd_evaluate_classifier(a):
+    from .training.evaluate import evaluate_classifier
+
+    m = evaluate_classifier(a.data_dir, a.out, checkpoint=a.classifier, device=_dev(a.device),
+                            split=a.split, batch_size=a.batch_size)
+    print(f"n={m['n']} macro-F1 {m['macro_f1']:.4f} accuracy {m['accuracy']:.4f} MCC {m['mcc']:.4f}"
+          f" tolerant accuracy {m['tolerant']['accuracy']:.4f}")
+    print(f"wrote {Path(a.out) / 'metrics.json'}")
+
+
+def cmd_train_detector(a):
+    from .training.train_detector import train_detector
+
+    train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
+                   device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
+                   resume=a.resume)
+    print(f"wrote {a.out}")
+
+
+def cmd_evaluate_detector(a):
+    from .training.evaluate import evaluate_detector
+
+    m = evaluate_detector(a.data, a.out, detector=a.detector, device=_dev(a.device), split=a.split)
+    print(f"{m['split']}: n_images={m['n_images']} recall {m['recall']:.4f} "
+          f"precision {m['precision']:.4f} AP50 {m['ap50']:.4f}")
+    print(f"wrote {Path(a.out) / 'metrics.json'}")
+
+
+def _dev(d):
+    from .classify import resolve_device
+    return resolve_device(d)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bm-cells", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="show warnings and tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("analyze", help="detect, classify and count the white cells of one image/slide")
+    s.add_argument("image", help="zarr / OME-Zarr, TIFF / OME-TIFF / SVS, JPEG or PNG")
+    s.add_argument("--out", required=True, help="output folder (cells.csv, summary.json)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _analysis_args(s)
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("train-classifier", help="train a timm classifier on a folder per class")
+    s.add_argument("data_dir")
+    s.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    s.add_argument("--arch", default="resnext26ts", help="timm CoAtNet / ResNeXt family name")
+    s.add_argument("--img-size", type=int, default=112)
+    s.add_argument("--epochs", type=int, default=20)
+    s.add_argument("--batch-size", type=int, default=48)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--crop-size-px", type=int, default=None,
+                   help="field of view: central square of the training images in px (default: whole image)")
+    s.add_argument("--ref-cell-px", type=float, default=None,
+                   help="typical white-cell size (detector box side) in the training images' px")
+    s.add_argument("--mpp", type=float, default=None, help="microns per pixel of the training images")
+    s.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
+    s.add_argument("--max-per-class", type=int, default=None, help="subsample (quick experiments)")
+    s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke tests)")
+    s.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("evaluate-classifier", help="metrics of a classifier on a folder per class")
+    s.add_argument("data_dir")
+    s.add_argument("--out", required=True)
+    s.add_argument("--classifier", default=None)
+    s.add_argument("--split", default="auto",
+                   help="auto: the checkpoint's test split when its split file lists DATA_DIR, else all images")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(func=cmd_evaluate_classifier)
+
+    s = sub.add_parser("train-detector", help="train a YOLO detector on VOC folders / YOLO data.yaml")
+    s.add_argument("data", nargs="+", help="Pascal VOC folders and/or YOLO data.yaml files")
+    s.add_argument("--out", required=True, help="weights to write (.pt)")
+    s.add_argument("--epochs", type=int, default=12)
+    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--model", default="yolov8n.yaml", help="ultralytics model yaml (built from scratch)")
+    s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true")
+    s.set_defaults(func=cmd_train_detector)
+
+    s = sub.add_parser("evaluate-detector", help="recall / precision / AP50 of white cells")
+    s.add_argument("data", help="VOC folder or YOLO data.yaml (its test or val split is used)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--detector", default=None)
+    s.add_argument("--split", default=None, help="split to use (default: test, else val)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_evaluate_detector)
+    return p
+
+
+def main(argv=None) -> int:
+    from .errors import Cancelled, InputError
+
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    if not a.verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        a.func(a)
+    except InputError as exc:
+        print(f"bm-cells: error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("bm-cells: cancelled", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

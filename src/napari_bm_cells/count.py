@@ -1,0 +1,132 @@
+"""Differential counts: percentages with 95% CIs, lineage roll-up, M:E ratio, blast %."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .taxonomy import (ATYPICAL_CODES, BLAST_CODES, ERYTHROID_LINEAGES, LINEAGES,
+                       MYELOID_LINEAGES, NON_LEUKOCYTE_CODES, lineage_of, score_map)
+
+TARGETS = (200, 500)
+
+
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (as fractions); (0, 0) when n == 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return (0.0, 0.0)
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def differential(labels: Iterable[str], classes: Iterable[str] | None = None,
+                 exclude: Iterable[str] = NON_LEUKOCYTE_CODES,
+                 p_blast: np.ndarray | None = None, p_atypical: np.ndarray | None = None) -> dict:
+    """Differential count of classified cells.
+
+    Parameters
+    ----------
+    labels : iterable of str
+        Class code of every cell.
+    classes : iterable of str, optional
+        The model's classes: every one gets a row, also when it has no cells, and the
+        blast / atypical classes the model lacks are reported.
+    exclude : iterable of str
+        Codes left out of the denominator (artefacts, smudge cells, platelets, ... by
+        default); they are still counted.
+    p_blast, p_atypical : arrays, optional
+        Per-cell scores; their means are reported.
+
+    Returns
+    -------
+    dict
+        ``n_cells``, ``n_counted`` (the denominator), ``counts``, ``percent``,
+        ``ci95`` (percent), ``lineage_counts`` / ``lineage_percent``, ``blast_pct``,
+        ``atypical_pct`` (with CIs), ``me_ratio`` (myeloid : erythroid, None without
+        erythroid cells), and ``targets`` (cells counted vs the 200 / 500 norms).
+    """
+    labels = [str(x) for x in labels]
+    exclude = set(exclude)
+    codes = list(dict.fromkeys(list(classes or []) + sorted(set(labels))))
+    counts = {c: 0 for c in codes}
+    for lab in labels:
+        counts[lab] += 1
+    counted = [lab for lab in labels if lab not in exclude]
+    n = len(counted)
+
+    def pct(k):
+        return 100.0 * k / n if n else 0.0
+
+    def ci(k):
+        lo, hi = wilson_ci(k, n)
+        return [100 * lo, 100 * hi]
+
+    percent = {c: (pct(k) if c not in exclude else None) for c, k in counts.items()}
+    ci95 = {c: (ci(k) if c not in exclude else None) for c, k in counts.items()}
+    lin = {name: 0 for name in LINEAGES}
+    for lab in counted:
+        lin[lineage_of(lab)] += 1
+    n_blast = sum(lab in BLAST_CODES for lab in counted)
+    n_atyp = sum(lab in ATYPICAL_CODES for lab in counted)
+    myeloid = sum(lin[x] for x in MYELOID_LINEAGES)
+    erythroid = sum(lin[x] for x in ERYTHROID_LINEAGES)
+    out = {
+        "n_cells": len(labels),
+        "n_counted": n,
+        "excluded_codes": sorted(exclude),
+        "counts": counts,
+        "percent": percent,
+        "ci95": ci95,
+        "lineage_counts": lin,
+        "lineage_percent": {k: pct(v) for k, v in lin.items()},
+        "blast_count": n_blast,
+        "blast_pct": pct(n_blast),
+        "blast_pct_ci95": ci(n_blast),
+        "atypical_count": n_atyp,
+        "atypical_pct": pct(n_atyp),
+        "atypical_pct_ci95": ci(n_atyp),
+        "myeloid_count": myeloid,
+        "erythroid_count": erythroid,
+        "me_ratio": (myeloid / erythroid) if erythroid else None,
+        "targets": {str(t): {"counted": n, "reached": n >= t, "remaining": max(0, t - n)}
+                    for t in TARGETS},
+    }
+    if p_blast is not None and len(p_blast):
+        out["mean_p_blast"] = float(np.mean(p_blast))
+    if p_atypical is not None and len(p_atypical):
+        out["mean_p_atypical"] = float(np.mean(p_atypical))
+    if classes is not None:
+        sm = score_map(list(classes))
+        out["missing_blast_classes"] = list(sm.missing_blast)
+        out["missing_atypical_classes"] = list(sm.missing_atypical)
+    return out
+
+
+def blast_atypical_scores(probs: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
+    """P(blast) and P(atypical) per cell, summed from the model's classes."""
+    sm = score_map(list(classes))
+    probs = np.asarray(probs, np.float32).reshape(len(probs), -1)
+    pb = probs[:, list(sm.blast_idx)].sum(1) if sm.blast_idx else np.zeros(len(probs), np.float32)
+    pa = probs[:, list(sm.atypical_idx)].sum(1) if sm.atypical_idx else np.zeros(len(probs), np.float32)
+    return pb, pa
+
+
+def format_differential(summary: dict, top: int | None = None) -> str:
+    """A short plain-text differential for terminals."""
+    n = summary["n_counted"]
+    rows = [f"{'class':<6}{'count':>7}{'%':>8}   95% CI"]
+    items = sorted(summary["counts"].items(), key=lambda kv: -kv[1])
+    for code, k in items[:top] if top else items:
+        p = summary["percent"].get(code)
+        if p is None:
+            rows.append(f"{code:<6}{k:>7}{'(excl)':>8}")
+        else:
+            lo, hi = summary["ci95"][code]
+            rows.append(f"{code:<6}{k:>7}{p:>8.1f}   {lo:.1f}-{hi:.1f}")
+    me = summary.get("me_ratio")
+    rows.append(f"cells counted {n} (of {summary['n_cells']} detected); "
+                f"blast {summary['blast_pct']:.1f}%, atypical {summary['atypical_pct']:.1f}%, "
+                f"M:E {'n/a' if me is None else f'{me:.2f}'}")
+    return "\n".join(rows)

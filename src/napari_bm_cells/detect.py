@@ -1,0 +1,319 @@
+"""White-cell detection: YOLO (ultralytics) or a weight-free contour detector, run tile by
+tile over a lazily read slide, with detections merged across tile overlaps.
+
+Merging: a tile *owns* the detections whose centre lies in its core (the tile minus
+half the overlap on each inner side), so with an overlap wider than a cell, each cell is
+taken from the one tile that holds it whole; a final non-maximum suppression removes the
+few pairs that still meet at a core border.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+DEFAULT_DETECTOR = Path(__file__).parent / "models" / "wbc_yolov8n.pt"
+#: white-cell diameter (px) assumed at level 0 when nothing else is known: a 100x oil
+#: field as in BCCD / TXL-PBC (median WBC box 141-271 px, 219 px in 640x480 BCCD fields)
+DEFAULT_CELL_PX = 200.0
+
+
+@dataclass
+class Detections:
+    """Boxes in level-0 pixels: (N, 4) x0, y0, x1, y1 and (N,) scores."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self):
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls):
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+
+
+class YoloDetector:
+    """Ultralytics YOLO weights loaded from a local file (never from a hub).
+
+    Parameters
+    ----------
+    weights : path
+        ``.pt`` (or exported) weights; ``<weights>.json`` beside it holds the class list,
+        training input size and the cell size the network saw (``input_cell_px``).
+    """
+
+    name = "yolo"
+
+    def __init__(self, weights: str | Path = DEFAULT_DETECTOR, device: str = "cpu",
+                 conf: float = 0.25, iou: float = 0.5, classes: tuple[str, ...] = ("WBC",)):
+        weights = Path(weights)
+        if not weights.is_file():
+            raise InputError(f"{weights}: detector weights not found; pass --detector with a "
+                             "YOLO .pt file or --detector contour")
+        meta_file = weights.with_suffix(".json")
+        self.meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        from ultralytics import YOLO
+        try:
+            self.model = YOLO(str(weights), task="detect")
+            names = self.model.names
+        except Exception as exc:
+            raise InputError(f"{weights}: not loadable YOLO weights ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}); train one with "
+                             "'bm-cells train-detector' or pass --detector contour") from None
+        self.weights = weights
+        self.device = device
+        self.conf, self.iou = conf, iou
+        wanted = [i for i, n in names.items() if n in classes or n.lower() in ("wbc", "white", "leukocyte")]
+        self.class_ids = wanted or None
+        self.input_cell_px = float(self.meta.get("input_cell_px", 120.0))
+        self.imgsz = int(self.meta.get("imgsz", 320))
+
+    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
+        """Detect in RGB uint8 tiles; boxes in tile pixels."""
+        if not tiles:
+            return []
+        imgsz = int(math.ceil(max(max(t.shape[:2]) for t in tiles) / 32) * 32)
+        # ultralytics reads numpy arrays as BGR (OpenCV order)
+        res = self.model.predict([np.ascontiguousarray(t[..., ::-1]) for t in tiles], imgsz=imgsz,
+                                 conf=self.conf, iou=self.iou, classes=self.class_ids,
+                                 device=self.device, verbose=False)
+        return [Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32),
+                           r.boxes.conf.cpu().numpy().astype(np.float32)) for r in res]
+
+
+class ContourDetector:
+    """Weight-free fallback: stained blobs of white-cell size (scikit-image).
+
+    Thresholds the stain channel (Otsu), fills holes, drops blobs whose equivalent
+    diameter is outside ``[0.4, 2.0] × input_cell_px``.
+    """
+
+    name = "contour"
+
+    def __init__(self, input_cell_px: float = 100.0, imgsz: int = 400):
+        self.input_cell_px = input_cell_px
+        self.imgsz = imgsz
+        self.weights = None
+
+    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
+        from scipy import ndimage as ndi
+        from skimage import filters, measure, morphology
+
+        from .crop import stain_channel
+
+        out = []
+        for t in tiles:
+            chan = stain_channel(t)
+            if float(chan.max() - chan.min()) < 0.1:
+                out.append(Detections.empty())
+                continue
+            thr = filters.threshold_otsu(chan)
+            # nuclei are the most stained structures; a high threshold keeps red cells out
+            mask = chan > max(thr, np.percentile(chan, 50) + 0.15)
+            mask = morphology.opening(mask, morphology.disk(2))
+            mask = morphology.closing(mask, morphology.disk(max(2, int(self.input_cell_px * 0.08))))
+            mask = ndi.binary_fill_holes(mask)
+            boxes, scores = [], []
+            lo, hi = 0.25 * self.input_cell_px, 2.0 * self.input_cell_px
+            for r in measure.regionprops(measure.label(mask)):
+                d = r.equivalent_diameter_area
+                if lo <= d <= hi:
+                    y0, x0, y1, x1 = r.bbox
+                    boxes.append((x0, y0, x1, y1))
+                    scores.append(min(1.0, r.solidity))
+            out.append(Detections(np.array(boxes, np.float32).reshape(-1, 4),
+                                  np.array(scores, np.float32)))
+        return out
+
+
+def load_detector(spec: str | Path | None = None, device: str = "cpu"):
+    """``None`` -> the shipped YOLO detector; ``"contour"`` -> ContourDetector; a path -> YOLO."""
+    if spec is not None and str(spec).lower() == "contour":
+        return ContourDetector()
+    return YoloDetector(spec or DEFAULT_DETECTOR, device=device)
+
+
+def _axis_starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    return sorted(set(list(range(0, n - tile, tile - overlap)) + [n - tile]))
+
+
+def _axis_cores(starts: list[int], tile: int, n: int) -> list[tuple[float, float]]:
+    """Owned interval of each tile along one axis: cut at the middle of each overlap."""
+    cuts = [(s_next + min(s + tile, n)) / 2 for s, s_next in zip(starts, starts[1:])]
+    bounds = [0.0] + cuts + [float(n)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile in detection-level pixels and the part of it that it owns."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    core: tuple[float, float, float, float]  # cy0, cx0, cy1, cx1
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles covering an image with the given overlap, each with its owned core.
+
+    The last row/column is shifted back to end at the border, so tiles stay full size
+    whenever the image is larger than a tile; the cores partition the image.
+    """
+    if overlap >= tile:
+        raise InputError(f"overlap ({overlap}) must be smaller than the tile size ({tile})")
+    ys, xs = _axis_starts(height, tile, overlap), _axis_starts(width, tile, overlap)
+    ycs, xcs = _axis_cores(ys, tile, height), _axis_cores(xs, tile, width)
+    return [Tile(y, x, min(y + tile, height), min(x + tile, width), (yc[0], xc[0], yc[1], xc[1]))
+            for y, yc in zip(ys, ycs) for x, xc in zip(xs, xcs)]
+
+
+def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tuple[Detections, int]:
+    """Keep each tile's detections whose centre it owns, then suppress remaining
+    duplicates (IoU > ``iou``, or one box mostly inside another) among boxes near core
+    borders. Boxes are in detection-level pixels. Returns the merged boxes and how many
+    duplicates the final suppression removed.
+    """
+    boxes, scores, near = [], [], []
+    for t, d in per_tile:
+        if not len(d):
+            continue
+        b = d.boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)
+        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        cy0, cx0, cy1, cx1 = t.core
+        own = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
+        # a box reaching across its tile's core border may have a twin in the neighbour
+        border = ((b[:, 0] < cx0) & (cx0 > t.x0)) | ((b[:, 2] > cx1) & (cx1 < t.x1)) | \
+                 ((b[:, 1] < cy0) & (cy0 > t.y0)) | ((b[:, 3] > cy1) & (cy1 < t.y1))
+        boxes.append(b[own]); scores.append(d.scores[own]); near.append(border[own])
+    if not boxes:
+        return Detections.empty(), 0
+    boxes, scores, near = np.concatenate(boxes), np.concatenate(scores), np.concatenate(near)
+    keep = np.ones(len(scores), bool)
+    cand = np.flatnonzero(near)
+    if len(cand) > 1:
+        keep[cand[~_suppress(boxes[cand], scores[cand], iou)]] = False
+    return Detections(boxes[keep], scores[keep]), int((~keep).sum())
+
+
+def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, contain: float = 0.7) -> np.ndarray:
+    """Boolean keep-mask: NMS by IoU plus suppression of boxes mostly inside a better one."""
+    import torch
+    from torchvision.ops import nms
+
+    b, s = torch.from_numpy(boxes).float(), torch.from_numpy(scores).float()
+    keep = np.zeros(len(s), bool)
+    keep[nms(b, s, iou).numpy()] = True
+    idx = np.flatnonzero(keep)
+    if len(idx) > 1:
+        kb = b[idx]
+        area = ((kb[:, 2] - kb[:, 0]) * (kb[:, 3] - kb[:, 1])).clamp(min=1)
+        lt = torch.max(kb[:, None, :2], kb[None, :, :2])
+        rb = torch.min(kb[:, None, 2:], kb[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        frac = inter / torch.minimum(area[:, None], area[None, :])
+        frac.fill_diagonal_(0)
+        order = torch.argsort(s[idx], descending=True)
+        dropped = torch.zeros(len(idx), dtype=torch.bool)
+        for i in order.tolist():
+            if dropped[i]:
+                continue
+            dup = (frac[i] > contain) & ~dropped
+            dup[i] = False
+            dropped |= dup
+        keep[idx[dropped.numpy()]] = False
+    return keep
+
+
+#: images up to this size without a pixel size are taken as single microscope fields
+FIELD_MAX_SIDE = 1024
+
+
+def detection_downsample(detector, slide, cell_px: float | None = None) -> float:
+    """Downsample at which cells reach the detector at the size it was trained on.
+
+    The white-cell diameter at level 0 comes from ``cell_px`` when given, else from the
+    slide's pixel size (a white cell spans about 12 um). A small image with neither is a
+    single camera field and is scaled like the detector's training fields (long side to
+    the training input size); anything larger assumes ``DEFAULT_CELL_PX``.
+    """
+    if cell_px is None and not slide.mpp and max(slide.shape) <= FIELD_MAX_SIDE:
+        return max(slide.shape) / float(getattr(detector, "imgsz", max(slide.shape)))
+    if cell_px is None:
+        cell_px = 12.0 / slide.mpp if slide.mpp else DEFAULT_CELL_PX
+    return max(0.25, float(cell_px) / detector.input_cell_px)
+
+
+@dataclass
+class Progress:
+    """A progress event from the pipeline: ``done`` of ``total`` units of ``stage``."""
+
+    stage: str
+    done: int
+    total: int
+    payload: object = None
+
+
+def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample: float = 2.0,
+                region: tuple[int, int, int, int] | None = None, batch: int = 4,
+                iou: float = 0.5) -> Iterator[Progress]:
+    """Tile-by-tile detection over a slide; yields Progress("detect", ...) events.
+
+    Parameters
+    ----------
+    tile, overlap : int
+        Tile side and overlap in detection-level pixels; the overlap should exceed a
+        cell's diameter at that level so each cell lies whole in the tile owning it.
+    downsample : float
+        Detection scale relative to level 0 (read from the best pyramid level).
+    region : (y0, x0, y1, x1), optional
+        Level-0 region to analyse (default: the whole slide).
+
+    The final event has stage ``"detect-done"`` and carries the merged
+    :class:`Detections` (level-0 pixels) as ``payload``; its ``done`` field holds the
+    number of duplicates removed at tile borders.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    H, W = slide.shape
+    ry0, rx0, ry1, rx1 = region or (0, 0, H, W)
+    ry0, rx0, ry1, rx1 = max(0, int(ry0)), max(0, int(rx0)), min(H, int(ry1)), min(W, int(rx1))
+    if ry1 <= ry0 or rx1 <= rx0:
+        yield Progress("detect-done", 0, 0, Detections.empty())
+        return
+    d = float(downsample)
+    h, w = int(math.ceil((ry1 - ry0) / d)), int(math.ceil((rx1 - rx0) / d))
+    tiles = tile_grid(h, w, tile, overlap)
+
+    def read(ts):
+        return [slide.read_region(ry0 + t.y0 * d, rx0 + t.x0 * d, ry0 + t.y1 * d, rx0 + t.x1 * d,
+                                  downsample=d)[: t.y1 - t.y0, : t.x1 - t.x0] for t in ts]
+
+    results = []
+    batches = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
+    yield Progress("detect", 0, len(tiles))
+    with ThreadPoolExecutor(1) as pool:  # read the next batch while the model runs
+        fut = pool.submit(read, batches[0])
+        for bi, ts in enumerate(batches):
+            imgs = fut.result()
+            if bi + 1 < len(batches):
+                fut = pool.submit(read, batches[bi + 1])
+            results += list(zip(ts, detector(imgs)))
+            yield Progress("detect", min(len(tiles), (bi + 1) * batch), len(tiles))
+    merged, n_dup = merge_tiles(results, iou=iou)
+    scale = np.array([d, d, d, d], np.float32)
+    offset = np.array([rx0, ry0, rx0, ry0], np.float32)
+    boxes = merged.boxes * scale + offset
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, W)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, H)
+    yield Progress("detect-done", n_dup, len(tiles), Detections(boxes, merged.scores))

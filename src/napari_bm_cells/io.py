@@ -1,0 +1,338 @@
+"""Reading slides: pyramidal TIFF / SVS / OME-TIFF, (OME-)Zarr, JPEG / PNG and arrays.
+
+Every format becomes a :class:`Slide`: a list of lazily read ``(Y, X, 3)`` uint8 dask
+arrays (level 0 first) plus the pixel size when the file states it. Regions are read
+in level-0 coordinates at any downsample from the best pyramid level.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from .errors import InputError
+
+SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs",
+                  ".jpg", ".jpeg", ".png", ".bmp")
+_TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
+_PIL_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: micrometres per unit of the OME axis / physical-size units we understand
+_UM_PER_UNIT = {"micrometer": 1.0, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0,
+                "nanometer": 1e-3, "nm": 1e-3, "millimeter": 1e3, "mm": 1e3}
+_FIX_FORMAT = "save it as RGB uint8 (or uint16) TIFF, OME-Zarr, JPEG or PNG"
+
+
+@dataclass
+class Slide:
+    """A lazily read RGB image pyramid.
+
+    Attributes
+    ----------
+    path : Path or None
+        Source file (``None`` for in-memory arrays).
+    levels : list of dask.array.Array
+        ``(Y, X, 3)`` uint8 arrays, level 0 (full resolution) first.
+    downsamples : list of float
+        Level-0 width divided by each level's width (1.0 for level 0).
+    mpp : float or None
+        Microns per pixel at level 0 when the file states it.
+    name : str
+        File name, or ``"array"``.
+    """
+
+    path: Path | None
+    levels: list[da.Array]
+    downsamples: list[float]
+    mpp: float | None
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(Y, X)`` of level 0."""
+        return tuple(int(s) for s in self.levels[0].shape[:2])
+
+    def level_for(self, downsample: float) -> int:
+        """Index of the coarsest level whose downsample is <= ``downsample`` (+1 %)."""
+        ok = [i for i, d in enumerate(self.downsamples) if d <= downsample * 1.01]
+        return max(ok, key=lambda i: self.downsamples[i]) if ok else 0
+
+    def read_region(self, y0: float, x0: float, y1: float, x1: float,
+                    downsample: float = 1.0) -> np.ndarray:
+        """Read a region given in level-0 pixels, returned at ``downsample``.
+
+        Parameters
+        ----------
+        y0, x0, y1, x1 : float
+            Region in level-0 pixel coordinates; parts outside the image are filled by
+            repeating the edge pixels.
+        downsample : float
+            Output scale relative to level 0 (2 = half size; < 1 upsamples).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(round((y1 - y0) / d), round((x1 - x0) / d), 3)`` uint8, read from the best
+            pyramid level and resized (anti-aliased) by the remaining factor.
+        """
+        d = float(downsample)
+        if d <= 0 or y1 <= y0 or x1 <= x0:
+            raise ValueError(f"empty region ({y0}, {x0}, {y1}, {x1}) or downsample {d} <= 0")
+        out_h, out_w = max(1, round((y1 - y0) / d)), max(1, round((x1 - x0) / d))
+        lvl = self.levels[self.level_for(d)]
+        sy, sx = self.shape[0] / lvl.shape[0], self.shape[1] / lvl.shape[1]
+        ly0, lx0 = y0 / sy, x0 / sx  # region origin in level pixels
+        fy, fx = sy / d, sx / d  # output pixels per level pixel
+        if abs(fy - 1) < 1e-3 and abs(fx - 1) < 1e-3:
+            return _read_padded(lvl, round(ly0), round(lx0), out_h, out_w)
+        # read the covering window plus a margin for the anti-aliasing filter, blur it
+        # when shrinking (as skimage's resize does), then sample output pixel centres
+        from skimage.filters import gaussian
+        from skimage.transform import warp
+
+        sig = (max(0.0, (1 / fy - 1) / 2), max(0.0, (1 / fx - 1) / 2))
+        my, mx = math.ceil(4 * sig[0]) + 2, math.ceil(4 * sig[1]) + 2
+        wy0, wx0 = math.floor(ly0) - my, math.floor(lx0) - mx
+        wy1, wx1 = math.ceil(ly0 + out_h / fy) + my, math.ceil(lx0 + out_w / fx) + mx
+        win = _read_padded(lvl, wy0, wx0, wy1 - wy0, wx1 - wx0).astype(np.float32)
+        if max(sig) > 0:
+            win = gaussian(win, sigma=(*sig, 0), mode="nearest", preserve_range=True)
+        # output (col, row) -> window (x, y), pixel centres at +0.5
+        m = np.array([[1 / fx, 0, lx0 - wx0 + 0.5 / fx - 0.5],
+                      [0, 1 / fy, ly0 - wy0 + 0.5 / fy - 0.5], [0, 0, 1]])
+        res = warp(win, m, output_shape=(out_h, out_w), order=1, mode="edge", preserve_range=True)
+        return np.clip(np.rint(res), 0, 255).astype(np.uint8)
+
+
+def _read_padded(arr: da.Array, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """``arr[y0:y0+h, x0:x0+w]`` with out-of-image parts filled by edge padding."""
+    rows = np.clip(np.arange(y0, y0 + h), 0, arr.shape[0] - 1)
+    cols = np.clip(np.arange(x0, x0 + w), 0, arr.shape[1] - 1)
+    got = np.asarray(arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].compute())
+    if got.shape[:2] != (h, w):
+        got = got[rows - rows[0]][:, cols - cols[0]]
+    return got if got.flags.writeable else got.copy()
+
+
+def is_slide_path(path) -> bool:
+    """True when ``path`` has a slide suffix or is a zarr directory."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(SLIDE_SUFFIXES):
+        return True
+    return p.is_dir() and any((p / f).exists() for f in (".zarray", ".zgroup", "zarr.json"))
+
+
+def as_rgb_uint8(arr, source: str) -> da.Array:
+    """Normalise an image array to a lazy ``(Y, X, 3)`` uint8 dask array.
+
+    Grey ``(Y, X)`` / ``(Y, X, 1)`` and grey+alpha ``(Y, X, 2)`` become RGB, alpha is
+    dropped from ``(Y, X, 4)``, channel-first ``(C, Y, X)`` arrays (C in 1, 3, 4) are
+    transposed, leading singleton axes are squeezed and uint16 is scaled to uint8.
+
+    Raises
+    ------
+    InputError
+        For empty images, dtypes other than uint8/uint16, more than 4 channels or
+        image stacks; the message starts with ``source``.
+    """
+    a = arr if isinstance(arr, da.Array) else da.asarray(arr)
+    if a.size == 0:
+        raise InputError(f"{source}: the image is empty (shape {tuple(a.shape)}); "
+                         "give an image with pixels")
+    if a.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{source}: unsupported pixel type {a.dtype}; {_FIX_FORMAT}")
+    while a.ndim > 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3 and a.shape[-1] > 4 and a.shape[0] in (1, 3, 4):
+        a = da.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] > 4:
+        raise InputError(f"{source}: expected a 2-D grey or RGB image, got shape "
+                         f"{tuple(a.shape)} (a stack or >4 channels); {_FIX_FORMAT}")
+    if a.shape[-1] in (1, 2):
+        a = da.concatenate([a[..., :1]] * 3, axis=-1)
+    a = a[..., :3]
+    if a.dtype == np.uint16:
+        a = ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return a
+
+
+def _reorder(a, axes: str, source: str):
+    """Move axes named in ``axes`` (e.g. ``"tczyx"``, ``"yxs"``) to ``(Y, X[, C])``.
+
+    Other axes must be singletons; unknown axis names (tifffile's ``Q``) leave ``a``
+    unchanged for :func:`as_rgb_uint8` to interpret.
+    """
+    axes = axes.lower().replace("s", "c")
+    if len(axes) != a.ndim or not {"y", "x"} <= set(axes) or set(axes) - set("tczyx"):
+        return a
+    keep = [axes.index("y"), axes.index("x")] + ([axes.index("c")] if "c" in axes else [])
+    for i, name in enumerate(axes):
+        if i not in keep and a.shape[i] != 1:
+            raise InputError(f"{source}: has {a.shape[i]} planes along axis '{name}'; "
+                             "give a single 2-D RGB plane (export one plane)")
+    a = a.transpose(keep + [i for i in range(a.ndim) if i not in keep])
+    return a.reshape(a.shape[:len(keep)])
+
+
+def open_slide(path_or_array) -> Slide:
+    """Open a slide file or wrap an in-memory image.
+
+    Parameters
+    ----------
+    path_or_array : str, Path, array or list of arrays
+        A ``.zarr`` / OME-Zarr, TIFF / OME-TIFF / SVS, JPEG, PNG or BMP file; a numpy or
+        dask array; or a list of arrays (a pyramid, level 0 first, e.g. napari data).
+
+    Returns
+    -------
+    Slide
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, unsupported format, dtype or channel count.
+    """
+    if isinstance(path_or_array, Slide):
+        return path_or_array
+    if not isinstance(path_or_array, (str, Path)):
+        arrs = path_or_array if isinstance(path_or_array, (list, tuple)) else [path_or_array]
+        return _make_slide(None, [as_rgb_uint8(a, "array") for a in arrs], None, "array")
+    path = Path(path_or_array).expanduser()
+    name = path.name.lower()
+    if not path.exists():
+        raise InputError(f"{path}: file not found; check the path")
+    if path.is_dir() and not is_slide_path(path):
+        raise InputError(f"{path}: is a folder, not a zarr store; give an image file or a .zarr")
+    if not is_slide_path(path):
+        raise InputError(f"{path}: unsupported file type '{path.suffix}'; use one of "
+                         f"{', '.join(SLIDE_SUFFIXES)}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); re-export or re-copy it")
+    if path.is_dir() or name.endswith(".zarr"):
+        levels, mpp = _read_zarr(path)
+    elif name.endswith(_TIFF_SUFFIXES):
+        levels, mpp = _read_tiff(path)
+    else:
+        levels, mpp = _read_pil(path), None
+    return _make_slide(path, levels, mpp, path.name)
+
+
+def _make_slide(path, levels, mpp, name) -> Slide:
+    levels = sorted(levels, key=lambda a: -a.shape[1])
+    w0 = levels[0].shape[1]
+    return Slide(path, levels, [w0 / a.shape[1] for a in levels], mpp, name)
+
+
+def _read_pil(path: Path) -> list[da.Array]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # full decode: a truncated file fails here, not later
+            if im.mode not in ("L", "LA", "RGB", "RGBA") and not im.mode.startswith("I;16"):
+                im = im.convert("RGBA" if "A" in im.mode else "RGB")
+            arr = np.asarray(im)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: image too large for {path.suffix}; convert it to a tiled "
+                         "pyramidal TIFF or OME-Zarr") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read the image ({msg}); the file is damaged or "
+                         "not an image, re-export or re-copy it") from None
+    return [as_rgb_uint8(da.from_array(arr, chunks=(2048, 2048) + arr.shape[2:]), str(path))]
+
+
+def _zarr_levels_dask(z) -> da.Array:
+    """Dask array over a zarr array, with chunks of at least ~256 px along Y and X."""
+    chunks = tuple(c if s <= 4 or c >= 256 else min(s, math.ceil(256 / c) * c)
+                   for c, s in zip(z.chunks, z.shape))
+    return da.from_zarr(z, chunks=chunks)
+
+
+def _read_zarr(path: Path) -> tuple[list[da.Array], float | None]:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # noqa: BLE001 -- zarr raises many kinds
+        raise InputError(f"{path}: cannot open as zarr ({str(exc).splitlines()[0]}); "
+                         "give a zarr array or an OME-Zarr image") from None
+    if isinstance(node, zarr.Array):
+        return [as_rgb_uint8(_zarr_levels_dask(node), str(path))], None
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not ms:
+        raise InputError(f"{path}: zarr group without OME 'multiscales' metadata; give the "
+                         "image array itself (e.g. path/0) or an OME-Zarr image")
+    ms = ms[0]
+    axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+    names = "".join(a["name"][0].lower() for a in axes)
+    levels = []
+    for ds in ms["datasets"]:
+        a = _zarr_levels_dask(node[ds["path"]])
+        levels.append(as_rgb_uint8(_reorder(a, names, str(path)) if names else a, str(path)))
+    mpp = None
+    if "x" in names:
+        ix = names.index("x")
+        unit = _UM_PER_UNIT.get(axes[ix].get("unit", ""))
+        scale = 1.0
+        for tr in _scales(ms["datasets"][0]) + _scales(ms):
+            scale *= float(tr["scale"][ix])
+        if unit is not None and scale > 0:
+            mpp = scale * unit
+    return levels, mpp
+
+
+def _scales(d: dict) -> list[dict]:
+    return [t for t in d.get("coordinateTransformations", []) if t.get("type") == "scale"]
+
+
+def _read_tiff(path: Path) -> tuple[list[da.Array], float | None]:
+    import tifffile
+    import zarr
+
+    try:
+        tf = tifffile.TiffFile(path)
+        series = tf.series[0]
+        levels = []
+        for i, lev in enumerate(series.levels):
+            z = zarr.open(tf.aszarr(series=0, level=i), mode="r")
+            a = _reorder(_zarr_levels_dask(z), lev.axes, str(path))
+            levels.append(a)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- tifffile raises many kinds
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read as TIFF ({msg}); the file is damaged or not a "
+                         "TIFF, re-export or re-copy it") from None
+    levels = [as_rgb_uint8(a, str(path)) for a in levels]
+    return levels, _tiff_mpp(tf)
+
+
+def _tiff_mpp(tf) -> float | None:
+    """Pixel size from SVS description, OME-XML or resolution tags (plausible values only)."""
+    page = tf.pages[0]
+    m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
+    if m:
+        return float(m.group(1))
+    if tf.ome_metadata:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
+        u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
+        if m:
+            return float(m.group(1)) * _UM_PER_UNIT.get(u.group(1) if u else "µm", 1.0)
+    tags = page.tags
+    res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+    if res is None or unit is None:
+        return None
+    num, den = res.value if isinstance(res.value, tuple) else (res.value, 1)
+    per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # inch, centimetre in um
+    if not per_unit or not num or not den:
+        return None
+    mpp = per_unit * den / num
+    return mpp if 0.01 < mpp < 10 else None  # 72 dpi defaults etc. are no pixel size

@@ -1,0 +1,383 @@
+"""The one analysis pipeline: slide -> detections -> centre-contour crops -> classes -> counts.
+
+:func:`iter_analysis` is a generator of :class:`~napari_bm_cells.detect.Progress` events;
+napari's ``thread_worker`` drives it in the GUI (closing the generator cancels the run)
+and :func:`analyze` loops over it headless. Memory stays bounded: detection reads tiles
+lazily, crops are cut block by block from the level-0 image, and only the cell table
+(and, optionally, the mask labels as a sparse chunked array) grows with the slide.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .classify import Classifier
+from .count import blast_atypical_scores, differential
+from .crop import centre_contour, resize_square, square_crop
+from .detect import Detections, Progress, detection_downsample, iter_detect, load_detector
+from .errors import Cancelled, InputError
+from .io import Slide, open_slide
+from .taxonomy import NON_LEUKOCYTE_CODES
+
+CELL_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
+                "label", "confidence", "p_blast", "p_atypical"]
+
+
+@dataclass
+class AnalysisOptions:
+    """Settings of one analysis (the CLI flags of ``bm-cells analyze``).
+
+    Attributes
+    ----------
+    tile_size, overlap : int
+        Detection tiles and their overlap, in detection-level pixels.
+    level : str, int or float
+        ``"auto"`` (cells reach the detector at its trained size), a pyramid level
+        index (int), or a downsample factor (``"2x"`` or a float).
+    cell_px : float, optional
+        Typical white-cell diameter at level 0 in pixels, when known (overrides the
+        slide's pixel size for the detection scale).
+    crop_px : float, optional
+        Side of the crop cut around each cell at level 0; default from the
+        checkpoint's field of view and the slide's pixel size or measured cell size.
+    batch_size : int
+        Crops per classifier batch.
+    region : (y0, x0, y1, x1), optional
+        Level-0 region to analyse; default the whole slide.
+    masks : bool
+        Build the cell-mask labels (for napari's Labels layer).
+    exclude : tuple of str
+        Codes left out of the differential's denominator.
+    """
+
+    tile_size: int = 640
+    overlap: int = 160
+    level: str | int | float = "auto"
+    cell_px: float | None = None
+    crop_px: float | None = None
+    batch_size: int = 32
+    det_batch: int = 4
+    region: tuple[int, int, int, int] | None = None
+    masks: bool = False
+    exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
+    block: int = 2048
+
+
+@dataclass
+class AnalysisResult:
+    """Output of one analysis: ``cells`` (one row per cell) and ``summary``."""
+
+    cells: pd.DataFrame
+    summary: dict
+    labels: object = None  # (H, W) uint32 zarr array of cell masks, when requested
+    slide: Slide | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def parse_level(level, slide: Slide, detector, cell_px=None) -> float:
+    """Turn the ``level`` option into a detection downsample factor."""
+    if level in (None, "auto"):
+        return detection_downsample(detector, slide, cell_px)
+    if isinstance(level, str) and level.lower().endswith("x"):
+        return float(level[:-1])
+    if isinstance(level, int) or (isinstance(level, str) and level.isdigit()):
+        i = int(level)
+        if not 0 <= i < len(slide.levels):
+            raise InputError(f"{slide.name}: has {len(slide.levels)} pyramid level(s); "
+                             f"--level {i} does not exist (use 0..{len(slide.levels) - 1}, "
+                             "a downsample such as 2x, or auto)")
+        return float(slide.downsamples[i])
+    try:
+        return float(level)
+    except (TypeError, ValueError):
+        raise InputError(f"--level {level!r}: use auto, a pyramid level (0, 1, ...) or a "
+                         "downsample such as 2x") from None
+
+
+def crop_side(cls: Classifier, slide: Slide, dets: Detections, opts: AnalysisOptions) -> float:
+    """Level-0 side of the square cut around each cell: the checkpoint's field of view
+    scaled to this slide (by pixel size when both are known, else by the median size of
+    the detected cells relative to the training cells)."""
+    meta = cls.meta
+    if opts.crop_px:
+        return float(opts.crop_px)
+    if slide.mpp and meta.mpp:
+        return meta.crop_size_px * meta.mpp / slide.mpp
+    if opts.cell_px:
+        return meta.crop_size_px * opts.cell_px / meta.ref_cell_px
+    if len(dets):
+        sizes = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
+        return meta.crop_size_px * float(np.median(sizes)) / meta.ref_cell_px
+    return float(meta.crop_size_px)
+
+
+def _blocks(dets: Detections, shape, block: int):
+    """Group cell indices by the level-0 block holding their centre (row-major)."""
+    cx = (dets.boxes[:, 0] + dets.boxes[:, 2]) / 2
+    cy = (dets.boxes[:, 1] + dets.boxes[:, 3]) / 2
+    key = (cy // block).astype(int) * (int(shape[1] // block) + 1) + (cx // block).astype(int)
+    order = np.argsort(key, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1) if len(order) else []
+    return groups
+
+
+def _cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, cls: Classifier):
+    """Centre-contour crops (at the model input size) and masks for cells ``idx``.
+
+    ``img`` is a level-0 window whose top-left is ``origin`` (y, x), large enough to
+    hold every crop (padding handles the slide edge).
+    """
+    meta = cls.meta
+    S = int(meta.crop_size_px)
+    scale = side / S  # level-0 pixels per training pixel
+    side_i = int(round(side))
+    crops, centres, masks = [], [], []
+    for i in idx:
+        x0, y0, x1, y1 = dets.boxes[i]
+        c = ((y0 + y1) / 2 - origin[0], (x0 + x1) / 2 - origin[1])
+        patch = resize_square(square_crop(img, c, side_i), S)
+        cc = centre_contour(patch, min_length=100.0)
+        if cc is not None and not cc.mask[S // 2, S // 2]:
+            cc = None  # the contour is a neighbour: keep the detector's centre and box
+        if cc is not None:
+            dy, dx = (cc.centroid[0] - (S - 1) / 2) * scale, (cc.centroid[1] - (S - 1) / 2) * scale
+            shift = math.hypot(dy, dx)
+            if shift > 0.25 * side:  # clumped cells: move at most a quarter of the crop
+                dy, dx = dy * 0.25 * side / shift, dx * 0.25 * side / shift
+            if shift > 0.03 * side:  # re-centre on the cell, not the box
+                c = (c[0] + dy, c[1] + dx)
+                patch = resize_square(square_crop(img, c, side_i), S)
+        crops.append(resize_square(patch, cls.input_size))
+        centres.append((c[0] + origin[0], c[1] + origin[1]))
+        masks.append((cc, c) if cc is not None else None)
+    return np.stack(crops), centres, masks
+
+
+def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info, box, side, S):
+    """Paint a cell's mask (contour mask, or the box's inscribed ellipse) into a block."""
+    by, bx = block_origin
+    x0, y0, x1, y1 = box
+    if mask_info is not None:
+        cc, c = mask_info
+        from skimage.transform import resize
+        m = resize(cc.mask.astype(np.float32), (int(round(side)),) * 2, order=0) > 0.5
+        oy, ox = int(round(c[0] - side / 2)) , int(round(c[1] - side / 2))
+        # keep the mask to the detection box (dilated a little): contours may join neighbours
+        pad = 0.1 * max(x1 - x0, y1 - y0)
+        yy, xx = np.mgrid[oy:oy + m.shape[0], ox:ox + m.shape[1]]
+        m &= (yy + by >= y0 - pad) & (yy + by < y1 + pad) & (xx + bx >= x0 - pad) & (xx + bx < x1 + pad)
+    else:
+        oy, ox = int(y0) - by, int(x0) - bx
+        h, w = max(1, int(y1 - y0)), max(1, int(x1 - x0))
+        yy, xx = np.mgrid[0:h, 0:w]
+        m = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2 <= 1
+    H, W = labels_block.shape
+    ry0, rx0 = max(oy, 0), max(ox, 0)
+    ry1, rx1 = min(oy + m.shape[0], H), min(ox + m.shape[1], W)
+    if ry1 <= ry0 or rx1 <= rx0:
+        return
+    sub = m[ry0 - oy:ry1 - oy, rx0 - ox:rx1 - ox]
+    tgt = labels_block[ry0:ry1, rx0:rx1]
+    tgt[sub & (tgt == 0)] = cell_id
+
+
+def new_labels(shape):
+    """Sparse in-memory (H, W) uint32 label array: only chunks holding cells use memory."""
+    import zarr
+    return zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=(1024, 1024),
+                             dtype="uint32", fill_value=0)
+
+
+def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptions | None = None,
+                  device: str = "auto", should_stop: Callable[[], bool] | None = None
+                  ) -> Iterator[Progress]:
+    """Analyse one slide, yielding progress; the last event (stage ``"done"``) carries the
+    :class:`AnalysisResult`.
+
+    Parameters
+    ----------
+    source : path, array or Slide
+    detector : detector, path or "contour", optional
+        A loaded detector (reused across slides) or what :func:`load_detector` takes.
+    classifier : Classifier or path, optional
+    options : AnalysisOptions
+    should_stop : callable, optional
+        Polled between batches; when it returns True, :class:`Cancelled` is raised.
+
+    Yields
+    ------
+    Progress
+        ``detect`` (tiles done), ``classify`` (cells done; ``payload`` is the new rows
+        as a DataFrame so a viewer can show cells as they come), then ``done``.
+    """
+    opts = options or AnalysisOptions()
+    t_start = time.perf_counter()
+    timings = {}
+    slide = source if isinstance(source, Slide) else open_slide(source)
+    t = time.perf_counter()
+    cls = classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
+    det = detector if callable(detector) else load_detector(
+        detector, device=cls.device if cls.device != "mps" else "cpu")
+    timings["load_models_s"] = time.perf_counter() - t
+
+    def check():
+        if should_stop is not None and should_stop():
+            raise Cancelled("analysis cancelled")
+
+    # 1. detection
+    t = time.perf_counter()
+    down = parse_level(opts.level, slide, det, opts.cell_px)
+    dets = Detections.empty()
+    n_dup = 0
+    for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
+                          region=opts.region, batch=opts.det_batch):
+        if ev.stage == "detect-done":
+            dets, n_dup = ev.payload, ev.done
+        else:
+            yield ev
+            check()
+    timings["detect_s"] = time.perf_counter() - t
+
+    # 2. crops + classification, block by block
+    t = time.perf_counter()
+    side = crop_side(cls, slide, dets, opts)
+    labels = new_labels(slide.shape) if opts.masks else None
+    n = len(dets)
+    probs = np.zeros((n, len(cls.classes)), np.float32)
+    centres = np.zeros((n, 2), np.float64)
+    done = 0
+    yield Progress("classify", 0, n)
+    margin = int(math.ceil(side)) + 2
+    B = opts.block
+    for group in _blocks(dets, slide.shape, B):
+        check()
+        b = dets.boxes[group]
+        gy0, gx0 = int(b[:, 1].min()) - margin, int(b[:, 0].min()) - margin
+        gy1, gx1 = int(b[:, 3].max()) + margin, int(b[:, 2].max()) + margin
+        img = slide.read_region(gy0, gx0, gy1, gx1)
+        lab_block = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
+        for j in range(0, len(group), opts.batch_size):
+            idx = group[j:j + opts.batch_size]
+            crops, cents, masks = _cell_crops(img, (gy0, gx0), dets, idx, side, cls)
+            probs[idx] = cls.predict(crops)
+            centres[idx] = cents
+            if lab_block is not None:
+                for k, i in enumerate(idx):
+                    _paint_mask(lab_block, (gy0, gx0), int(i) + 1, masks[k], dets.boxes[i], side,
+                                cls.meta.crop_size_px)
+            done += len(idx)
+            yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
+            check()
+        if labels is not None:
+            _write_labels(labels, lab_block, gy0, gx0)
+    timings["classify_s"] = time.perf_counter() - t
+
+    cells = _rows(dets, np.arange(n), centres, probs, cls.classes)
+    summary = differential(cells["label"], cls.classes, exclude=opts.exclude,
+                           p_blast=cells["p_blast"].to_numpy(), p_atypical=cells["p_atypical"].to_numpy())
+    timings["total_s"] = time.perf_counter() - t_start
+    summary.update({
+        "input": str(slide.path) if slide.path else slide.name,
+        "image_shape": list(slide.shape),
+        "mpp": slide.mpp,
+        "region": list(opts.region) if opts.region else None,
+        "detector": {"name": det.name, "weights": str(det.weights) if det.weights else None,
+                     "sha256": _sha(det.weights), "downsample": down,
+                     "tile_size": opts.tile_size, "overlap": opts.overlap,
+                     "border_duplicates_removed": n_dup},
+        "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,
+                       "classes": cls.classes, "crop_px_level0": side,
+                       "input_size": cls.input_size, "device": cls.device},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    })
+    yield Progress("done", n, n, AnalysisResult(cells, summary, labels, slide, timings))
+
+
+def _sha(path):
+    from .checkpoint import file_sha256
+    return file_sha256(path) if path else None
+
+
+def _write_labels(labels, block: np.ndarray, y0: int, x0: int):
+    """Merge a block of painted masks into the label array (existing cells win)."""
+    H, W = labels.shape
+    ry0, rx0, ry1, rx1 = max(y0, 0), max(x0, 0), min(y0 + block.shape[0], H), min(x0 + block.shape[1], W)
+    if ry1 <= ry0 or rx1 <= rx0:
+        return
+    sub = block[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0]
+    if not sub.any():
+        return
+    cur = labels[ry0:ry1, rx0:rx1]
+    labels[ry0:ry1, rx0:rx1] = np.where(cur > 0, cur, sub)
+
+
+def _rows(dets: Detections, idx, centres, probs, classes) -> pd.DataFrame:
+    idx = np.asarray(idx, int)
+    p = probs[idx]
+    pb, pa = blast_atypical_scores(p, classes)
+    b = dets.boxes[idx]
+    df = pd.DataFrame({
+        "cell_id": idx + 1,
+        "x": centres[idx, 1], "y": centres[idx, 0],
+        "bbox_x0": b[:, 0], "bbox_y0": b[:, 1], "bbox_x1": b[:, 2], "bbox_y1": b[:, 3],
+        "det_score": dets.scores[idx],
+        "label": np.asarray(classes, object)[p.argmax(1)] if len(p) else np.array([], object),
+        "confidence": p.max(1) if len(p) else np.array([], np.float32),
+        "p_blast": pb, "p_atypical": pa,
+    })
+    for k, c in enumerate(classes):
+        df[f"prob_{c}"] = p[:, k]
+    return df
+
+
+def analyze(source, detector=None, classifier=None, options: AnalysisOptions | None = None,
+            device: str = "auto", progress: bool | Callable[[Progress], None] = False,
+            **kwargs) -> AnalysisResult:
+    """Analyse one image or slide headless.
+
+    Parameters
+    ----------
+    source : path, array or Slide
+    detector : path, "contour" or a loaded detector, optional (default: shipped YOLO)
+    classifier : path or Classifier, optional (default: shipped checkpoint)
+    options : AnalysisOptions, optional
+        Or pass its fields as keyword arguments (``tile_size=512``, ...).
+    progress : bool or callable
+        True shows a progress bar on stderr; a callable receives each event.
+
+    Returns
+    -------
+    AnalysisResult
+        ``.cells`` (pandas DataFrame, one row per cell) and ``.summary`` (dict).
+    """
+    if options is None:
+        options = AnalysisOptions(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either options or keyword options, not both")
+    bar = None
+    result = None
+    try:
+        for ev in iter_analysis(source, detector, classifier, options, device=device):
+            if ev.stage == "done":
+                result = ev.payload
+            elif progress is True:
+                from tqdm import tqdm
+                if bar is None or bar.desc != ev.stage:
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=ev.total, desc=ev.stage, unit="tile" if ev.stage == "detect" else "cell",
+                               leave=False)
+                bar.n = ev.done
+                bar.refresh()
+            elif callable(progress):
+                progress(ev)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result

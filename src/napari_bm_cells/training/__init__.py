@@ -1,0 +1,1 @@
+"""Training and evaluation of the classifier and the detector (CLI: train-*, evaluate-*)."""

@@ -1,0 +1,185 @@
+"""Detection data sets: Pascal VOC folders (BCCD) and YOLO ``data.yaml`` sets (TXL-PBC).
+
+Both are turned into one YOLO set with a chosen class list, images linked (not copied).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: class sets a detector can be trained for; names as BCCD / TXL-PBC spell them
+CLASS_SETS = {"wbc": ("WBC",), "all": ("WBC", "RBC", "Platelets")}
+_ALIASES = {"wbc": "WBC", "rbc": "RBC", "platelets": "Platelets", "platelet": "Platelets",
+            "plt": "Platelets"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Box:
+    cls: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass
+class Sample:
+    image: Path
+    width: int
+    height: int
+    boxes: list[Box]
+
+
+def _canon(name: str) -> str:
+    return _ALIASES.get(name.strip().lower(), name.strip())
+
+
+def read_voc(voc_dir: str | Path) -> dict[str, list[Sample]]:
+    """Read a Pascal VOC folder (``Annotations/``, ``JPEGImages/``, ``ImageSets/Main``).
+
+    Returns samples per split; without ``ImageSets/Main`` everything is ``train``.
+    Boxes keep their original pixel coordinates (VOC is 1-based inclusive; we use
+    0-based half-open, hence the ``- 1`` on the lower corner).
+    """
+    voc_dir = Path(voc_dir)
+    ann_dir, img_dir = voc_dir / "Annotations", voc_dir / "JPEGImages"
+    if not ann_dir.is_dir() or not img_dir.is_dir():
+        raise InputError(f"{voc_dir}: not a Pascal VOC folder (needs Annotations/ and JPEGImages/)")
+    split_ids = {}
+    for split in SPLITS:
+        f = voc_dir / "ImageSets" / "Main" / f"{split}.txt"
+        if f.is_file():
+            split_ids[split] = [s.strip() for s in f.read_text().split() if s.strip()]
+    if not split_ids:
+        split_ids = {"train": sorted(p.stem for p in ann_dir.glob("*.xml"))}
+    out: dict[str, list[Sample]] = {}
+    for split, ids in split_ids.items():
+        out[split] = []
+        for sid in ids:
+            xml = ann_dir / f"{sid}.xml"
+            try:
+                root = ET.parse(xml).getroot()
+            except (ET.ParseError, FileNotFoundError) as exc:
+                log.warning("%s: skipped (%s)", xml, exc)
+                continue
+            img = img_dir / (root.findtext("filename") or f"{sid}.jpg")
+            if not img.is_file():
+                img = img_dir / f"{sid}.jpg"
+            size = root.find("size")
+            w, h = int(size.findtext("width")), int(size.findtext("height"))
+            boxes = []
+            for obj in root.iter("object"):
+                bb = obj.find("bndbox")
+                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                boxes.append(Box(_canon(obj.findtext("name")), x0 - 1, y0 - 1, x1, y1))
+            out[split].append(Sample(img, w, h, boxes))
+    return out
+
+
+def read_yolo(data_yaml: str | Path) -> dict[str, list[Sample]]:
+    """Read a YOLO data set described by ``data.yaml`` (boxes converted to pixels)."""
+    from PIL import Image
+
+    data_yaml = Path(data_yaml)
+    try:
+        cfg = yaml.safe_load(data_yaml.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{data_yaml}: cannot read YOLO data.yaml ({exc})") from None
+    names = cfg.get("names")
+    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    names = [_canon(n) for n in names]
+    root = Path(cfg.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = data_yaml.parent / root
+    out: dict[str, list[Sample]] = {}
+    for split in SPLITS:
+        if not cfg.get(split):
+            continue
+        img_dir = (root / cfg[split]).resolve()
+        samples = []
+        for img in sorted(img_dir.rglob("*")):
+            if img.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            lab = Path(str(img.parent).replace(f"{os.sep}images", f"{os.sep}labels", 1)) / f"{img.stem}.txt"
+            with Image.open(img) as im:
+                w, h = im.size
+            boxes = []
+            if lab.is_file():
+                for line in lab.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) < 5:
+                        continue
+                    c, cx, cy, bw, bh = int(parts[0]), *map(float, parts[1:5])
+                    boxes.append(Box(names[c], (cx - bw / 2) * w, (cy - bh / 2) * h,
+                                     (cx + bw / 2) * w, (cy + bh / 2) * h))
+            samples.append(Sample(img, w, h, boxes))
+        out[split] = samples
+    return out
+
+
+def read_detection_set(path: str | Path) -> dict[str, list[Sample]]:
+    """Read a VOC folder or a YOLO ``data.yaml`` (a folder holding one is fine too)."""
+    path = Path(path)
+    if path.is_dir() and (path / "Annotations").is_dir():
+        return read_voc(path)
+    if path.is_dir() and (path / "data.yaml").is_file():
+        path = path / "data.yaml"
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return read_yolo(path)
+    raise InputError(f"{path}: not a detection data set; give a Pascal VOC folder "
+                     "(Annotations/, JPEGImages/) or a YOLO data.yaml")
+
+
+def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
+                   classes: tuple[str, ...] = CLASS_SETS["wbc"]) -> Path:
+    """Merge detection sets into one YOLO set keeping only ``classes``.
+
+    Images are symlinked (copied where links are not allowed); every box of a kept
+    class is written. Returns the path of the new ``data.yaml``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    for split in SPLITS:
+        (out_dir / "images" / split).mkdir(parents=True)
+        (out_dir / "labels" / split).mkdir(parents=True)
+    present = set()
+    for si, src in enumerate(sources):
+        for split, samples in read_detection_set(src).items():
+            for s in samples:
+                name = f"s{si}_{s.image.stem}"
+                dst = out_dir / "images" / split / f"{name}{s.image.suffix.lower()}"
+                try:
+                    dst.symlink_to(s.image.resolve())
+                except OSError:
+                    shutil.copy2(s.image, dst)
+                lines = []
+                for b in s.boxes:
+                    if b.cls not in classes:
+                        continue
+                    present.add(split)
+                    cx, cy = (b.x0 + b.x1) / 2 / s.width, (b.y0 + b.y1) / 2 / s.height
+                    bw, bh = (b.x1 - b.x0) / s.width, (b.y1 - b.y0) / s.height
+                    lines.append(f"{classes.index(b.cls)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
+                (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
+    cfg = {"path": str(out_dir.resolve()), "names": {i: c for i, c in enumerate(classes)}}
+    for split in SPLITS:
+        if any((out_dir / "images" / split).iterdir()):
+            cfg[split] = f"images/{split}"
+    if "val" not in cfg:
+        cfg["val"] = cfg.get("test", "images/train")
+    yaml_path = out_dir / "data.yaml"
+    yaml_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return yaml_path

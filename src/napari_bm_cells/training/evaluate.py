@@ -1,0 +1,150 @@
+"""``evaluate-classifier`` and ``evaluate-detector``: metrics on held-back data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..export import atomic_write
+from .cls_data import load_images, scan_class_folders
+from .metrics import classification_metrics
+
+
+def _test_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
+    """Images to evaluate: the checkpoint's held-back test split when it lists files of
+    ``data_dir`` (``split="auto"`` or ``"test"``), else every image of ``data_dir``."""
+    from .train_classifier import split_path
+
+    df = scan_class_folders(data_dir)
+    sp = split_path(ckpt)
+    if split in ("auto", "test", "val", "train") and sp.is_file():
+        s = pd.read_csv(sp)
+        root = str(Path(data_dir).resolve())
+        s = s[s["path"].map(lambda p: str(Path(p).resolve()).startswith(root))]
+        want = "test" if split == "auto" else split
+        if len(s) and (s["split"] == want).any():
+            return s[s["split"] == want][["path", "label"]].reset_index(drop=True)
+    if split not in ("auto", "all"):
+        raise ValueError(f"no split file with a {split!r} split for {data_dir} next to {ckpt}")
+    return df
+
+
+def plot_confusion(cm, labels, path: Path, title: str = ""):
+    """Save a confusion-matrix PNG (row-normalised colours, counts written in cells)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)))
+    ConfusionMatrixDisplay(cm, display_labels=labels).plot(ax=ax, colorbar=False, cmap="Blues",
+                                                           xticks_rotation=90)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_classifier(data_dir, out, checkpoint=None, device: str = "cpu", split: str = "auto",
+                        batch_size: int = 64) -> dict:
+    """Evaluate a checkpoint on a folder per class; writes metrics.json, confusion PNG,
+    per_class.csv and predictions.csv into ``out``. Returns the metrics."""
+    from ..classify import DEFAULT_CLASSIFIER, Classifier
+
+    ckpt = Path(checkpoint or DEFAULT_CLASSIFIER)
+    clf = Classifier(ckpt, device=device)
+    rows = _test_rows(Path(data_dir), ckpt, split)
+    imgs, ok = load_images(rows["path"].tolist(), clf.input_size, fov=clf.meta.crop_size_px)
+    rows = rows[ok].reset_index(drop=True)
+    imgs = imgs[ok]
+    probs = np.concatenate([clf.predict(imgs[i:i + batch_size]) for i in range(0, len(imgs), batch_size)]) \
+        if len(imgs) else np.zeros((0, len(clf.classes)))
+    m = classification_metrics(rows["label"].to_numpy(), probs, clf.classes)
+    m.update({"classifier": str(ckpt), "data_dir": str(data_dir), "split": split})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", json.dumps(m, indent=2))
+    pd.DataFrame(m["per_class"]).T.rename_axis("class").to_csv(out / "per_class.csv")
+    pred = rows.assign(pred=np.asarray(clf.classes, object)[probs.argmax(1)], confidence=probs.max(1))
+    pred.to_csv(out / "predictions.csv", index=False)
+    plot_confusion(m["confusion_matrix"], m["labels"], out / "confusion_matrix.png",
+                   f"macro-F1 {m['macro_f1']:.3f}, n={m['n']}")
+    return m
+
+
+def match_boxes(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> np.ndarray:
+    """Greedy matching by descending score: True for each prediction that hits an unused
+    ground-truth box at IoU >= ``iou``."""
+    import torch
+    from torchvision.ops import box_iou
+
+    tp = np.zeros(len(pred), bool)
+    if not len(pred) or not len(gt):
+        return tp
+    ious = box_iou(torch.from_numpy(pred).float(), torch.from_numpy(gt).float()).numpy()
+    used = np.zeros(len(gt), bool)
+    for i in np.argsort(-scores):
+        cand = np.where(~used, ious[i], 0)
+        j = int(cand.argmax())
+        if cand[j] >= iou:
+            tp[i] = used[j] = True
+    return tp
+
+
+def detection_scores(tp: np.ndarray, scores: np.ndarray, n_gt: int, conf: float) -> dict:
+    """Recall and precision at the operating threshold ``conf`` and AP50 over all scores."""
+    from ultralytics.utils.metrics import compute_ap
+
+    order = np.argsort(-scores)
+    tpc = np.cumsum(tp[order])
+    fpc = np.cumsum(~tp[order])
+    recall = tpc / max(n_gt, 1)
+    precision = tpc / np.maximum(tpc + fpc, 1)
+    ap = float(compute_ap(recall, precision)[0]) if len(tp) else 0.0
+    at = scores >= conf
+    n_tp = int(tp[at].sum())
+    return {"recall": n_tp / max(n_gt, 1), "precision": n_tp / max(int(at.sum()), 1), "ap50": ap,
+            "n_gt": int(n_gt), "n_pred": int(at.sum()), "conf": conf}
+
+
+def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str | None = None,
+                      cls: str = "WBC") -> dict:
+    """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
+    pipeline's detection stage on a VOC folder or YOLO data set's test (else val) split."""
+    from ..detect import DEFAULT_DETECTOR, YoloDetector, iter_detect, load_detector
+    from ..io import open_slide
+    from ..pipeline import parse_level
+    from .det_data import read_detection_set
+
+    sets = read_detection_set(data)
+    split = split or ("test" if sets.get("test") else "val")
+    samples = sets.get(split) or []
+    if not samples:
+        raise ValueError(f"{data}: no {split!r} split")
+    det = load_detector(detector, device=device)
+    op_conf = getattr(det, "conf", 0.0)
+    if isinstance(det, YoloDetector):
+        det.conf = 0.01  # keep low scores for the precision-recall curve
+    tps, scs, n_gt, per_image = [], [], 0, []
+    for s in samples:
+        slide = open_slide(s.image)
+        down = parse_level("auto", slide, det)
+        for ev in iter_detect(slide, det, downsample=down):
+            if ev.stage == "detect-done":
+                d = ev.payload
+        gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls], np.float32).reshape(-1, 4)
+        tp = match_boxes(d.boxes, d.scores, gt)
+        tps.append(tp); scs.append(d.scores); n_gt += len(gt)
+        per_image.append({"image": str(s.image), "n_gt": len(gt),
+                          "n_tp": int(tp[d.scores >= op_conf].sum()), "n_pred": int((d.scores >= op_conf).sum())})
+    m = detection_scores(np.concatenate(tps), np.concatenate(scs), n_gt, op_conf)
+    m.update({"split": split, "n_images": len(samples), "data": str(data),
+              "detector": str(getattr(det, "weights", None) or "contour")})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", json.dumps(m, indent=2))
+    pd.DataFrame(per_image).to_csv(out / "per_image.csv", index=False)
+    return m

@@ -1,0 +1,195 @@
+"""Train a timm classifier (CoAtNet / ResNeXt family) from scratch on cell crops."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
+from ..errors import InputError
+from .cls_data import load_images, scan_class_folders, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+def split_path(ckpt: str | Path) -> Path:
+    """Where the train/val/test split of a checkpoint is written."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(ckpt.stem + ".split.csv")
+
+
+def _normalise(x, mean, std):
+    import torch
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: int = 64,
+                  device: str = "cpu") -> np.ndarray:
+    """Softmax probabilities for uint8 (N, S, S, 3) images already at the input size."""
+    import torch
+
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 255
+            x = _normalise(x, meta.mean, meta.std).to(device).contiguous(
+                memory_format=torch.channels_last)
+            out.append(torch.softmax(model(x).float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
+
+
+def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext26ts",
+                     img_size: int = 128, epochs: int = 30, batch_size: int = 64,
+                     device: str = "cpu", seed: int = 0, lr: float = 2e-3,
+                     ref_cell_px: float | None = None, crop_size_px: int | None = None,
+                     mpp: float | None = None, balance: bool = True, max_per_class: int | None = None,
+                     resume: bool = False, max_steps: int | None = None,
+                     progress=print) -> dict:
+    """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
+
+    Parameters
+    ----------
+    data_dir : path
+        Folder per class code (PBC / ImageFolder) or the TCIA nested layout.
+    out : path
+        Checkpoint to write (``.safetensors``); ``<stem>.split.csv`` gets the split,
+        ``<stem>.state.pt`` the resumable training state.
+    ref_cell_px : float, optional
+        Typical white-cell size (detector box long side) in the training images' pixels;
+        defaults to 0.39 × the images' median side (141 px in PBC's 360-px crops, as
+        measured on TXL-PBC's boxes of PBC images).
+    crop_size_px : int, optional
+        Field of view in source pixels: the central square of this side is cut from each
+        image (default: the whole image, its median side).
+    balance : bool
+        Weighted sampling so every class is drawn equally often.
+    max_steps : int, optional
+        Stop after this many optimiser steps (smoke tests).
+
+    Returns
+    -------
+    dict with the history and the test metrics of the best checkpoint.
+    """
+    import timm
+    import torch
+    from PIL import Image
+    from sklearn.metrics import f1_score
+
+    from .augment import train_transform
+    from .metrics import classification_metrics
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sp = split_path(out)
+    if resume and sp.is_file():
+        df = pd.read_csv(sp)
+    else:
+        df = stratified_split(scan_class_folders(data_dir), seed=seed)
+        if max_per_class:  # small subsets for smoke tests, keeping the split's proportions
+            frac = df["split"].map({"train": .7, "val": .15, "test": .15})
+            df = df[df.groupby(["label", "split"]).cumcount() < (max_per_class * frac).clip(lower=1)]
+        df.to_csv(sp, index=False)
+    classes = sorted(df["label"].unique())
+    sides = []
+    if crop_size_px is None or ref_cell_px is None:
+        for p in df["path"].sample(min(50, len(df)), random_state=seed):
+            try:
+                with Image.open(p) as im:
+                    sides.append(max(im.size))
+            except Exception:
+                pass
+        full_side = int(np.median(sides)) if sides else 250
+    else:
+        full_side = crop_size_px
+    crop_size_px = crop_size_px or full_side
+    ref_cell_px = float(ref_cell_px or round(0.39 * full_side, 1))
+
+    progress(f"loading {len(df)} images at {img_size}px ...")
+    imgs, ok = load_images(df["path"].tolist(), img_size, fov=crop_size_px)
+    df = df.assign(ok=ok)
+    y_all = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    tr = np.flatnonzero((df["split"] == "train").to_numpy() & ok)
+    va = np.flatnonzero((df["split"] == "val").to_numpy() & ok)
+    te = np.flatnonzero((df["split"] == "test").to_numpy() & ok)
+    if len(tr) == 0:
+        raise InputError(f"{data_dir}: no readable training images")
+    if len(va) == 0:
+        va = tr
+
+    model = timm.create_model(arch, pretrained=False, num_classes=len(classes), drop_rate=0.2,
+                              **arch_kwargs(arch, img_size))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    steps_per_epoch = max(1, len(tr) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    meta = ClassifierMeta(arch=arch, classes=classes, input_size=img_size,
+                          crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
+                          trained_on=str(data_dir))
+    state_file = out.with_name(out.stem + ".state.pt")
+    start, best_f1, history = 0, -1.0, []
+    if resume and state_file.is_file():
+        st = torch.load(state_file, weights_only=False)
+        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        start, best_f1, history = st["epoch"] + 1, st["best_f1"], st["history"]
+        progress(f"resumed at epoch {start}")
+
+    counts = np.bincount(y_all[tr], minlength=len(classes)).astype(float)
+    weights = (1.0 / counts[y_all[tr]]) if balance else np.ones(len(tr))
+    weights /= weights.sum()
+    aug = train_transform()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    amp = device.startswith("cuda")
+    step = 0
+    for epoch in range(start, epochs):
+        model.train()
+        t0, losses = time.time(), []
+        order = rng.choice(tr, size=steps_per_epoch * batch_size, replace=True, p=weights)
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x = torch.stack([aug(torch.from_numpy(imgs[i]).permute(2, 0, 1)) for i in idx])
+            x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(y_all[idx]).to(device)
+            with torch.autocast(device_type="cuda", enabled=amp):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            step += 1
+            if max_steps and step >= max_steps:
+                break
+        probs = predict_array(model, imgs[va], meta, device=device)
+        f1 = float(f1_score(y_all[va], probs.argmax(1), average="macro"))
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_macro_f1": f1,
+                        "seconds": round(time.time() - t0, 1)})
+        progress(f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} "
+                 f"val macro-F1 {f1:.4f} ({time.time() - t0:.0f}s)")
+        if f1 > best_f1:
+            best_f1 = f1
+            save_checkpoint(out, model.state_dict(), meta)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "epoch": epoch, "best_f1": best_f1, "history": history}, state_file)
+        if max_steps and step >= max_steps:
+            break
+
+    from ..checkpoint import load_model
+    best, meta = load_model(out, device)
+    test_metrics = {}
+    if len(te):
+        probs = predict_array(best, imgs[te], meta, device=device)
+        test_metrics = classification_metrics(df["label"].to_numpy()[te], probs, classes)
+    meta.metrics = {"val_macro_f1": best_f1, "test": {k: test_metrics[k] for k in
+                    ("macro_f1", "accuracy", "mcc", "n") if k in test_metrics}}
+    save_checkpoint(out, best.state_dict(), meta, half=True)
+    (out.with_name(out.stem + ".history.json")).write_text(json.dumps(history, indent=1))
+    return {"history": history, "test": test_metrics}

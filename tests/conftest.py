@@ -1,0 +1,50 @@
+"""Shared fixtures: real data lives outside the repo (``BM_CELLS_DATA``, default ../shared/data)."""
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Real-data folder; tests needing it are skipped when it is absent."""
+    from napari_bm_cells.testing import data_dir as _data_dir
+
+    try:
+        return _data_dir()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def bccd_jpeg(data_dir) -> Path:
+    """One real 640x480 BCCD field."""
+    return data_dir / "bccd" / "JPEGImages" / "BloodImage_00000.jpg"
+
+
+@pytest.fixture(scope="session")
+def classifier_path(data_dir, tmp_path_factory) -> Path:
+    """The shipped classifier; a tiny checkpoint trained on real PBC crops if not shipped yet."""
+    from napari_bm_cells.classify import DEFAULT_CLASSIFIER
+
+    if DEFAULT_CLASSIFIER.is_file():
+        return DEFAULT_CLASSIFIER
+    from napari_bm_cells.training.train_classifier import train_classifier
+
+    out = tmp_path_factory.mktemp("tiny_clf") / "tiny.safetensors"
+    train_classifier(data_dir / "pbc", out, img_size=64, epochs=1, batch_size=16, max_steps=2,
+                     max_per_class=10, crop_size_px=250, ref_cell_px=141, progress=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def classifier(classifier_path):
+    from napari_bm_cells.classify import Classifier
+
+    return Classifier(classifier_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def detector():
+    from napari_bm_cells.detect import load_detector
+
+    return load_detector(None, device="cpu")
