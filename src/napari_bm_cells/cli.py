@@ -45,6 +45,27 @@ def cmd_analyze(a):
     print(f"wrote {paths['cells']} and {paths['summary']}")
 
 
+def cmd_batch(a):
+    from .batch import batch
+
+    df = batch(a.folder, a.out, workers=a.workers, scheduler=a.scheduler, options=_options(a),
+               detector=a.detector, classifier=a.classifier, glob=a.glob, device=a.device,
+               progress=not a.quiet, retry_errors=a.retry_errors, rehash=a.rehash)
+    st = df.attrs["batch"]
+    print(f"{st['n_slides']} slide(s): {st['n_done']} analysed ({st['n_reused']} reused from an "
+          f"earlier run), {st['n_failed']} failed, {st['n_skipped']} non-slide file(s) skipped")
+    out = Path(a.out)
+    print(f"wrote {out / 'cohort.csv'}" + (f" and {out / 'errors.csv'}" if st["n_failed"] else ""))
+
+
+def cmd_demo(a):
+    from .samples import sample_path
+
+    a.image = str(sample_path(a.sample))
+    print(f"sample image: {a.image}", flush=True)
+    cmd_analyze(a)
+
+
 def cmd_train_classifier(a):
     from .training.train_classifier import train_classifier
 
@@ -89,6 +110,31 @@ def cmd_evaluate_detector(a):
     print(f"wrote {Path(a.out) / 'metrics.json'}")
 
 
+def cmd_explain(a):
+    import time
+
+    from .explain import explain_cell, save_overlay_png
+    from .pipeline import AnalysisOptions
+    from .taxonomy import full_name
+
+    try:
+        x, y = (float(v) for v in a.cell.replace(" ", "").split(","))
+    except ValueError:
+        from .errors import InputError
+        raise InputError(f"--cell {a.cell!r}: give the point as X,Y in full-resolution pixels") from None
+    t = time.perf_counter()
+    r = explain_cell(a.image, x, y, classifier=a.classifier, detector=a.detector, method=a.method,
+                     target=a.target, options=AnalysisOptions(cell_px=a.cell_size), device=a.device)
+    total = time.perf_counter() - t
+    title = (f"{r.label} ({full_name(r.label)}) p={r.confidence:.2f}; {r.method} for {r.target} "
+             f"at ({r.x:.0f}, {r.y:.0f})")
+    save_overlay_png(r.crop, r.attribution, a.out, title, mask=r.mask)
+    print(f"cell at ({r.x:.0f}, {r.y:.0f}): predicted {r.label} ({full_name(r.label)}), "
+          f"p={r.confidence:.3f}; explained {r.target} with {r.method} in {r.seconds:.2f} s "
+          f"({total:.2f} s with loading and detection)")
+    print(f"wrote {a.out}")
+
+
 def _dev(d):
     from .classify import resolve_device
     return resolve_device(d)
@@ -105,6 +151,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _analysis_args(s)
     s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("batch", help="analyse every slide in a folder: per-slide results + cohort.csv "
+                                     "(resumable; local processes or a dask cluster)")
+    s.add_argument("folder", help="folder searched recursively for slides")
+    s.add_argument("--out", required=True,
+                   help="output folder: slides/<slide>.out/, cohort.csv, errors.csv, skipped.csv")
+    s.add_argument("--glob", default=None,
+                   help="only slides whose path relative to FOLDER matches, e.g. '*.svs'")
+    s.add_argument("--scheduler", default=None,
+                   help="address of a running dask scheduler (tcp://host:8786); default: local")
+    s.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: what the machine fits; 1 = in-process)")
+    s.add_argument("--retry-errors", action="store_true",
+                   help="retry unchanged slides that failed as unreadable in an earlier run")
+    s.add_argument("--rehash", action="store_true",
+                   help="re-hash every input file instead of trusting unchanged size + mtime")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _analysis_args(s)
+    s.set_defaults(func=cmd_batch)
+
+    s = sub.add_parser("demo", help="analyse a real sample smear field with the shipped models")
+    s.add_argument("--sample", default="bccd-field", help="sample name")
+    s.add_argument("--out", default="bm-cells-demo", help="output folder")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _analysis_args(s)
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("train-classifier", help="train a timm classifier on a folder per class")
     s.add_argument("data_dir")
@@ -157,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default=None, help="split to use (default: test, else val)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_evaluate_detector)
+
+    s = sub.add_parser("explain", help="attribution heat map (Grad-CAM, integrated gradients, "
+                                       "occlusion) of the cell nearest a point")
+    s.add_argument("image", help="zarr / OME-Zarr, TIFF / OME-TIFF / SVS, JPEG or PNG")
+    s.add_argument("--cell", required=True, metavar="X,Y", help="point in full-resolution pixels")
+    s.add_argument("--method", choices=["gradcam", "integrated-gradients", "occlusion"],
+                   default="gradcam")
+    s.add_argument("--out", required=True, help="PNG to write (crop and heat-map overlay)")
+    s.add_argument("--target", default=None, help="class code to explain (default: the predicted class)")
+    s.add_argument("--classifier", default=None, help="classifier checkpoint; default: the shipped one")
+    s.add_argument("--detector", default=None, help="YOLO weights (.pt) or 'contour'; default: shipped")
+    s.add_argument("--cell-size", type=float, default=None,
+                   help="typical white-cell diameter at full resolution in px, if known")
+    s.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    s.set_defaults(func=cmd_explain)
     return p
 
 

@@ -107,7 +107,7 @@ def differential(labels: Iterable[str], classes: Iterable[str] | None = None,
 def blast_atypical_scores(probs: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
     """P(blast) and P(atypical) per cell, summed from the model's classes."""
     sm = score_map(list(classes))
-    probs = np.asarray(probs, np.float32).reshape(len(probs), -1)
+    probs = np.asarray(probs, np.float32).reshape(len(probs), len(list(classes)))
     pb = probs[:, list(sm.blast_idx)].sum(1) if sm.blast_idx else np.zeros(len(probs), np.float32)
     pa = probs[:, list(sm.atypical_idx)].sum(1) if sm.atypical_idx else np.zeros(len(probs), np.float32)
     return pb, pa

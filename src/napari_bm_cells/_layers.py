@@ -1,0 +1,513 @@
+"""napari layers of an analysis, as plain functions (no Qt: usable headless and in tests).
+
+Coordinates: the pipeline's cell table holds level-0 pixel coordinates where pixel ``k``
+spans ``[k, k + 1)``; napari centres pixel ``k`` on data coordinate ``k``. Points
+layers therefore hold ``(y - 0.5, x - 0.5)`` and share the image layer's data-to-world
+transform (scale, translate, rotate, shear, affine), so cells sit on their pixels at any
+zoom, and level-0 regions map to world rectangles the same way as the image.
+
+Layers made here carry ``metadata["bm_cells"]`` (classes, pixel size, image layer name,
+the run's summary) so the panel and the exports can recompute everything from the
+layer's *current* features after a user reassigns or deletes cells.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .count import differential
+from .errors import InputError
+from .io import Slide, open_slide
+from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNKNOWN_COLOUR, colour_of, full_name
+
+META = "bm_cells"  #: key of our entry in ``layer.metadata``
+#: preferred order of the number-key shortcuts (the commonest classes first)
+SHORTCUT_ORDER = ("NGS", "LYT", "MON", "EOS", "BAS", "BLA", "MYO", "NGB", "EBO", "PLM", "MYB",
+                  "MMZ", "PMO", "LYA", "MOB", "PEB", "LYI", "PLT", "ART", "KSC", "NIF", "OTH")
+#: columns of the pipeline's table that never become features (they are the coordinates)
+_COORD_COLS = ("x", "y", "x_um", "y_um")
+#: features every cells layer has, besides the ``prob_<CODE>`` columns
+BASE_FEATURES = ("cell_id", "label", "confidence", "p_blast", "p_atypical", "reviewed")
+
+
+# --------------------------------------------------------------------------- colours
+def _rgba(hexstr: str) -> tuple[float, float, float, float]:
+    h = hexstr.lstrip("#")
+    return tuple(int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)) + (1.0,)
+
+
+_RGBA = {code: _rgba(c) for code, c in PALETTE.items()}
+_UNKNOWN_RGBA = _rgba(UNKNOWN_COLOUR)
+
+
+def class_colours(labels) -> np.ndarray:
+    """``(N, 4)`` float RGBA face colours of class codes (taxonomy.PALETTE)."""
+    labels = list(labels)
+    out = np.empty((len(labels), 4), np.float32)
+    for i, lab in enumerate(labels):
+        out[i] = _RGBA.get(str(lab), _UNKNOWN_RGBA)
+    return out
+
+
+# --------------------------------------------------------------------------- image layer
+def _napari_version_compat_camera(viewer):
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
+def canvas_size(viewer) -> tuple[int, int]:
+    """``(height, width)`` of the viewer's canvas in screen pixels."""
+    canvas = getattr(viewer, "canvas", None)
+    if canvas is not None and hasattr(canvas, "size"):
+        return tuple(int(s) for s in canvas.size)
+    return tuple(int(s) for s in viewer._canvas_size)  # napari < 0.6
+
+
+def layer_levels(layer) -> list:
+    """The arrays of an image layer, level 0 first (one for a single-scale layer)."""
+    return list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
+
+
+def layer_slide(layer) -> Slide:
+    """A :class:`Slide` over an image layer's data (lazy; nothing is copied).
+
+    The pixel size comes from our reader's metadata when the layer was opened with it.
+
+    Raises
+    ------
+    InputError
+        When the layer is not a 2-D grey or RGB image of uint8 / uint16 pixels.
+    """
+    meta = layer.metadata.get(META, {}) if isinstance(layer.metadata, dict) else {}
+    levels = layer_levels(layer)
+    if meta.get("file_levels"):  # our reader's display-only levels are not analysed
+        levels = levels[:int(meta["file_levels"])]
+    try:
+        slide = open_slide(levels)
+    except InputError as exc:
+        raise InputError(f"layer {layer.name!r}: {str(exc).removeprefix('array: ')}") from None
+    slide.mpp = meta.get("mpp")
+    slide.name = layer.name
+    if meta.get("path"):
+        slide.path = Path(meta["path"])
+    return slide
+
+
+def _transform_kwargs(layer, ndim: int = 2) -> dict:
+    """The data-to-world transform of ``layer`` (its last ``ndim`` axes)."""
+    out = {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:])}
+    rot = np.asarray(layer.rotate)[-ndim:, -ndim:]
+    if not np.allclose(rot, np.eye(ndim)):
+        out["rotate"] = rot
+    shear = np.asarray(layer.shear)
+    if shear.size and not np.allclose(shear, 0):
+        out["shear"] = shear[-(ndim * (ndim - 1) // 2):]
+    aff = np.asarray(layer.affine.affine_matrix)[-(ndim + 1):, -(ndim + 1):]
+    if not np.allclose(aff, np.eye(ndim + 1)):
+        out["affine"] = aff
+    return out
+
+
+def _to_level0(layer, world_pts: np.ndarray) -> np.ndarray:
+    """World points (N, 2) -> level-0 pixel-edge coordinates (y, x) of an image layer."""
+    return np.array([np.asarray(layer.world_to_data(p))[-2:] for p in world_pts]) + 0.5
+
+
+def _bbox_region(level0: np.ndarray, shape) -> tuple[int, int, int, int]:
+    H, W = shape
+    y0, x0 = np.floor(level0.min(0)).astype(int)
+    y1, x1 = np.ceil(level0.max(0)).astype(int)
+    y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
+    if y1 - y0 < 2 or x1 - x0 < 2:
+        raise InputError("the region does not overlap the image; pan to the image or draw "
+                         "the rectangle over it")
+    return int(y0), int(x0), int(y1), int(x1)
+
+
+def visible_region(viewer, layer) -> tuple[int, int, int, int]:
+    """Level-0 rectangle ``(y0, x0, y1, x1)`` of ``layer`` visible in the canvas.
+
+    From the camera centre and zoom (screen pixels per world unit) and the canvas size;
+    the corners go through the layer's world-to-data transform (scale, translate, ...).
+    """
+    if viewer.dims.ndisplay != 2:
+        raise InputError("'current field of view' needs the 2-D view; switch off 3-D")
+    cam = _napari_version_compat_camera(viewer)
+    centre = np.asarray(cam.center, float)[-2:]
+    half = np.asarray(canvas_size(viewer), float) / float(cam.zoom) / 2
+    corners = np.array([centre + [sy * half[0], sx * half[1]] for sy in (-1, 1) for sx in (-1, 1)])
+    shape = layer_levels(layer)[0].shape[:2]
+    return _bbox_region(_to_level0(layer, corners), shape)
+
+
+def shapes_region(shapes_layer, layer) -> tuple[int, int, int, int]:
+    """Level-0 bounding rectangle of the selected shape (else the last one) of a Shapes layer."""
+    if shapes_layer is None or len(shapes_layer.data) == 0:
+        raise InputError("draw a rectangle in a Shapes layer first (or pick another region)")
+    sel = sorted(shapes_layer.selected_data)
+    verts = np.concatenate([np.asarray(shapes_layer.data[i])[:, -2:] for i in (sel or [-1])])
+    world = np.array([np.asarray(shapes_layer.data_to_world(v))[-2:] for v in verts])
+    shape = layer_levels(layer)[0].shape[:2]
+    return _bbox_region(_to_level0(layer, world), shape)
+
+
+# --------------------------------------------------------------------------- points
+def cell_features(cells: pd.DataFrame) -> pd.DataFrame:
+    """Feature table of a cells layer: the cell table without coordinates, plus ``reviewed``."""
+    f = cells.drop(columns=[c for c in _COORD_COLS if c in cells.columns]).reset_index(drop=True)
+    if "reviewed" not in f.columns:
+        f["reviewed"] = False
+    f["reviewed"] = f["reviewed"].fillna(False).astype(bool)
+    f["label"] = f["label"].astype(object).astype(str)
+    for c in ("confidence", "p_blast", "p_atypical"):
+        if c not in f.columns:
+            f[c] = np.nan
+    if "cell_id" not in f.columns or f["cell_id"].isna().any():
+        f["cell_id"] = np.arange(1, len(f) + 1)
+    f["cell_id"] = f["cell_id"].astype(np.int64)
+    return f
+
+
+def cell_coords(cells: pd.DataFrame) -> np.ndarray:
+    """``(N, 2)`` napari data coordinates (row, col) of the cells' level-0 centres."""
+    return np.column_stack([cells["y"].to_numpy(float), cells["x"].to_numpy(float)]).reshape(-1, 2) - 0.5
+
+
+def classes_of(cells_or_features: pd.DataFrame) -> list[str]:
+    """The model's classes, from the ``prob_<CODE>`` columns (in column order)."""
+    return [c[5:] for c in cells_or_features.columns if c.startswith("prob_")]
+
+
+def point_size(cells: pd.DataFrame, default: float = 40.0) -> float:
+    """Marker diameter in level-0 pixels: a third of the median cell box side."""
+    if len(cells) and {"bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1"} <= set(cells.columns):
+        side = np.maximum(cells["bbox_x1"] - cells["bbox_x0"], cells["bbox_y1"] - cells["bbox_y0"])
+        med = float(np.nanmedian(side))
+        if math.isfinite(med) and med > 0:
+            return max(4.0, med / 3)
+    return default
+
+
+def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
+                  classes=None, mpp: float | None = None, summary: dict | None = None,
+                  size: float | None = None) -> dict:
+    """Keyword arguments of ``viewer.add_points`` / ``napari.layers.Points`` for a cell table.
+
+    One point per cell, ``features`` = the table (``cell_id, label, confidence, p_blast,
+    p_atypical, prob_<CODE>..., reviewed``, plus the boxes), face colour by class, and
+    the image layer's transform (else a ``(mpp, mpp)`` scale when the pixel size is known).
+    """
+    feats = cell_features(cells)
+    classes = list(classes) if classes is not None else classes_of(feats)
+    if image_layer is not None:
+        tf = _transform_kwargs(image_layer)
+        image_name = image_layer.name
+        if mpp is None:
+            mpp = (image_layer.metadata or {}).get(META, {}).get("mpp")
+    else:
+        tf = {"scale": (mpp, mpp) if mpp else (1.0, 1.0)}
+        image_name = None
+    return dict(
+        data=cell_coords(cells), features=feats, face_color=class_colours(feats["label"]),
+        border_color="white", border_width=0.08, size=size or point_size(cells), symbol="disc",
+        canvas_size_limits=(3, 60), name=name, opacity=0.9,
+        metadata={META: {"kind": "cells", "classes": classes, "mpp": mpp, "image": image_name,
+                         "summary": summary or {}}},
+        **tf,
+    )
+
+
+def empty_cells(classes) -> pd.DataFrame:
+    """A cell table without rows, with the pipeline's columns."""
+    from .pipeline import CELL_COLUMNS
+
+    cols = CELL_COLUMNS + [f"prob_{c}" for c in classes]
+    df = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
+    df["label"] = df["label"].astype(object)
+    return df
+
+
+def is_cells_layer(layer) -> bool:
+    """True for Points layers holding cells (ours, or any with a ``label`` feature)."""
+    from napari.layers import Points
+
+    return isinstance(layer, Points) and "label" in layer.features.columns
+
+
+def append_cells(layer, new_cells: pd.DataFrame) -> None:
+    """Append cells to a cells Points layer (one data, features and colour update)."""
+    if new_cells is None or len(new_cells) == 0:
+        return
+    feats = cell_features(new_cells)
+    if len(layer.data):
+        old = layer.features
+        feats = pd.concat([old, feats], ignore_index=True)
+        colours = np.concatenate([np.asarray(layer.face_color), class_colours(new_cells["label"])])
+        coords = np.concatenate([layer.data, cell_coords(new_cells)])
+    else:
+        colours, coords = class_colours(feats["label"]), cell_coords(new_cells)
+    layer.data = coords
+    layer.features = feats
+    layer.face_color = colours
+
+
+def replace_cells(layer, cells: pd.DataFrame) -> None:
+    """Replace all points of a cells layer by ``cells``."""
+    feats = cell_features(cells)
+    if len(layer.data):
+        layer.selected_data = set()
+        layer.data = np.zeros((0, 2))
+    layer.data = cell_coords(cells)
+    layer.features = feats
+    layer.face_color = class_colours(feats["label"]) if len(feats) else np.zeros((0, 4))
+
+
+def reassign(layer, indices, code: str) -> list[int]:
+    """Give the points ``indices`` the class ``code``, mark them reviewed, recolour them."""
+    idx = sorted(int(i) for i in indices)
+    if not idx:
+        return []
+    f = layer.features.copy()
+    f["label"] = f["label"].astype(object)
+    f.loc[idx, "label"] = code
+    f.loc[idx, "reviewed"] = True
+    f["label"] = f["label"].astype(str)
+    colours = np.asarray(layer.face_color).copy()
+    colours[idx] = _RGBA.get(code, _UNKNOWN_RGBA)
+    layer.features = f
+    layer.face_color = colours
+    return idx
+
+
+def delete_cells(layer, indices) -> None:
+    """Remove the points ``indices`` (features and colours follow)."""
+    idx = {int(i) for i in indices}
+    if idx:
+        layer.selected_data = idx
+        layer.remove_selected()
+
+
+def shortcut_codes(classes) -> list[str]:
+    """Up to nine class codes for the number keys 1-9: the model's commonest classes first."""
+    classes = list(classes)
+    pref = [c for c in SHORTCUT_ORDER if c in classes] + [c for c in classes if c not in SHORTCUT_ORDER]
+    return pref[:9]
+
+
+def bind_class_keys(layer, classes) -> dict[str, str]:
+    """Bind number keys on a cells layer: key ``k`` reassigns the selected cells to a class.
+
+    The bindings are on the layer instance (they win over napari's mode keys 2-5 while
+    this layer is active; P/S/Z still switch modes). Returns ``{key: code}``.
+    """
+    keys = {}
+    for k, code in enumerate(shortcut_codes(classes), start=1):
+        def _assign(lyr, code=code):
+            reassign(lyr, lyr.selected_data, code)
+
+        layer.bind_key(str(k), _assign, overwrite=True)
+        keys[str(k)] = code
+    return keys
+
+
+def cells_from_layer(layer) -> pd.DataFrame:
+    """The cell table of a cells layer as it is now (moved, reassigned, deleted cells).
+
+    ``x, y`` are level-0 pixel coordinates taken from the point positions.
+    """
+    f = layer.features.reset_index(drop=True).copy()
+    data = np.asarray(layer.data, float).reshape(-1, layer.data.shape[1] if len(layer.data) else 2)
+    xy = pd.DataFrame({"cell_id": f["cell_id"] if "cell_id" in f else np.arange(1, len(f) + 1),
+                       "x": data[:, -1] + 0.5, "y": data[:, -2] + 0.5})
+    rest = f.drop(columns=[c for c in ("cell_id",) if c in f.columns])
+    out = pd.concat([xy, rest], axis=1)
+    if "label" in out:
+        out["label"] = out["label"].astype(str)
+    return out
+
+
+def layer_meta(layer) -> dict:
+    md = layer.metadata if isinstance(layer.metadata, dict) else {}
+    return md.get(META, {})
+
+
+def layer_classes(layer) -> list[str]:
+    """The model's classes of a cells layer (metadata, else the ``prob_`` columns)."""
+    return list(layer_meta(layer).get("classes") or classes_of(layer.features))
+
+
+def layer_differential(layer, exclude=tuple(sorted(NON_LEUKOCYTE_CODES))) -> dict:
+    """:func:`count.differential` of a cells layer's *current* features."""
+    f = layer.features
+    labels = f["label"].astype(str).tolist() if "label" in f else []
+    pb = f["p_blast"].to_numpy(float) if "p_blast" in f else None
+    pa = f["p_atypical"].to_numpy(float) if "p_atypical" in f else None
+    return differential(labels, layer_classes(layer) or None, exclude=exclude, p_blast=pb, p_atypical=pa)
+
+
+# --------------------------------------------------------------------------- labels
+def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: Slide | None = None,
+                  small: int = 4096 * 4096) -> dict:
+    """Keyword arguments of ``viewer.add_labels`` for the pipeline's mask array.
+
+    Small masks become a numpy array (editable); large ones stay lazy, as a pyramid
+    matching the image's (strided views of the sparse zarr array), so zoomed-out views
+    of a slide read little.
+    """
+    import dask.array as da
+
+    H, W = labels.shape
+    tf = _transform_kwargs(image_layer) if image_layer is not None else {}
+    if H * W <= small:
+        data, multiscale = np.asarray(labels[:]), False
+    else:
+        base = da.from_zarr(labels)
+        downs = slide.downsamples if slide is not None and len(slide.levels) > 1 else [1]
+        data = [base] + [base[::int(round(d)), ::int(round(d))] for d in downs[1:] if round(d) >= 2]
+        multiscale = len(data) > 1
+        if not multiscale:
+            data = base
+    return dict(data=data, multiscale=multiscale, name=name, opacity=0.35, **tf)
+
+
+# --------------------------------------------------------------------------- crops
+def cell_crop(image_layer, points_layer, index: int, side: float | None = None,
+              slide: Slide | None = None) -> np.ndarray:
+    """RGB crop of ``side`` level-0 pixels around point ``index``, cut from the image layer
+    (positions go through world coordinates, so differing transforms are fine)."""
+    slide = slide or layer_slide(image_layer)
+    p = np.asarray(points_layer.data[int(index)], float)
+    world = np.asarray(points_layer.data_to_world(p))
+    y, x = np.asarray(image_layer.world_to_data(world))[-2:] + 0.5
+    side = float(side or default_crop_side(points_layer, index))
+    return slide.read_region(y - side / 2, x - side / 2, y + side / 2, x + side / 2)
+
+
+def default_crop_side(points_layer, index: int | None = None) -> float:
+    """Crop side in level-0 px: the classifier's field of view of the run, else twice the
+    cell's box, else 200 px."""
+    meta = layer_meta(points_layer)
+    side = (meta.get("summary") or {}).get("classifier", {}).get("crop_px_level0")
+    if side:
+        return float(side)
+    f = points_layer.features
+    if index is not None and {"bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1"} <= set(f.columns):
+        r = f.iloc[int(index)]
+        s = max(r["bbox_x1"] - r["bbox_x0"], r["bbox_y1"] - r["bbox_y0"])
+        if np.isfinite(s) and s > 0:
+            return float(2 * s)
+    return 200.0
+
+
+# --------------------------------------------------------------------------- plots / export
+def draw_histogram(ax, summary: dict, classes=None, text_colour: str | None = None) -> None:
+    """Bar chart of cell counts per class (palette colours; excluded classes hatched)."""
+    ax.clear()
+    counts = summary.get("counts", {})
+    codes = [c for c in (classes or counts) if c in counts]
+    codes += [c for c in counts if c not in codes]
+    codes = [c for c in codes if counts[c] > 0] or codes
+    vals = [counts[c] for c in codes]
+    bars = ax.bar(range(len(codes)), vals, color=[colour_of(c) for c in codes],
+                  edgecolor=text_colour or "black", linewidth=0.5)
+    excl = set(summary.get("excluded_codes", []))
+    for b, c in zip(bars, codes):
+        if c in excl:
+            b.set_hatch("//")
+    ax.set_xticks(range(len(codes)))
+    ax.set_xticklabels(codes, rotation=90, fontsize=8)
+    ax.set_ylabel("cells")
+    n, tot = summary.get("n_counted", 0), summary.get("n_cells", 0)
+    ax.set_title(f"{n} counted of {tot} cells", fontsize=9)
+    if text_colour:
+        for item in [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]:
+            item.set_color(text_colour)
+        ax.tick_params(colors=text_colour)
+        for s in ax.spines.values():
+            s.set_color(text_colour)
+
+
+def histogram_png(summary: dict, path, classes=None) -> Path:
+    """Save the differential's histogram as a PNG (matplotlib, no Qt)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=120)
+    draw_histogram(fig.add_subplot(111), summary, classes)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def layer_summary(layer) -> dict:
+    """The run's summary updated with the differential of the layer's current cells."""
+    meta = layer_meta(layer)
+    out = dict(meta.get("summary") or {})
+    out.update(layer_differential(layer))
+    f = layer.features
+    out["n_reviewed"] = int(f["reviewed"].sum()) if "reviewed" in f else 0
+    out["mpp"] = meta.get("mpp", out.get("mpp"))
+    return out
+
+
+def export_results(layer, folder, figure=None, stem: str = "cells") -> dict[str, Path]:
+    """Write ``<stem>.csv`` (pixel and, with a pixel size, micrometre coordinates),
+    ``summary.json``, ``<stem>.geojson`` (QuPath: File > Import objects) and
+    ``differential.png`` for a cells layer as it is now."""
+    from .export import write_cells_csv, write_geojson, write_summary_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = cells_from_layer(layer)
+    summary = layer_summary(layer)
+    mpp = summary.get("mpp")
+    out = {"cells": write_cells_csv(cells, folder / f"{stem}.csv", mpp),
+           "summary": write_summary_json(summary, folder / "summary.json"),
+           "geojson": write_geojson(cells, folder / f"{stem}.geojson")}
+    png = folder / "differential.png"
+    if figure is not None:
+        figure.savefig(png, facecolor="white")
+        out["png"] = png
+    else:
+        out["png"] = histogram_png(summary, png, layer_classes(layer))
+    return out
+
+
+def export_corrections(points_layer, image_layer, folder, side: float | None = None) -> list[Path]:
+    """Save crops of the reviewed cells into ``folder/<CODE>/`` (for retraining) and a
+    ``corrections.csv`` listing them with the model's original prediction."""
+    from PIL import Image
+
+    from .export import atomic_write
+
+    folder = Path(folder)
+    f = points_layer.features
+    if "reviewed" not in f or not f["reviewed"].any():
+        raise InputError("no reviewed cells yet: reassign cells (number keys or the "
+                         "inspector) before exporting corrections")
+    slide = layer_slide(image_layer)
+    probs = [c for c in f.columns if c.startswith("prob_")]
+    stem = Path(str(image_layer.name)).stem.replace(" ", "_")
+    rows, paths = [], []
+    for i in np.flatnonzero(f["reviewed"].to_numpy(bool)):
+        r = f.iloc[i]
+        code = str(r["label"])
+        crop = cell_crop(image_layer, points_layer, i, side or default_crop_side(points_layer, i), slide)
+        p = folder / code / f"{stem}_cell{int(r['cell_id'])}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(p)
+        paths.append(p)
+        pred = probs[int(np.argmax(r[probs].to_numpy(float)))][5:] if probs else ""
+        y, x = np.asarray(points_layer.data[i])[-2:] + 0.5
+        rows.append({"file": str(p.relative_to(folder)), "cell_id": int(r["cell_id"]), "label": code,
+                     "predicted": pred, "x": x, "y": y, "image": str(image_layer.name)})
+    atomic_write(folder / "corrections.csv", pd.DataFrame(rows).to_csv(index=False))
+    return paths
+
+
+def describe(code: str) -> str:
+    """``"NGS - segmented neutrophil"``."""
+    return f"{code} - {full_name(code)}" if code in CLASSES else code

@@ -1,0 +1,420 @@
+"""The "Differential count" dock: histogram, table, scores, cell inspector and exports.
+
+Every number shown is :func:`count.differential` of the cells layer's *current*
+features: the panel listens to the layer's ``data`` / ``features`` events (new cells
+during a run, reassigned or deleted cells) and recounts after a short debounce. The
+inspector shows the selected cell's crop (cut from the image layer), its class
+probabilities and P(blast) / P(atypical); reassigning (combo box or the number keys on
+the cells layer) marks the cell ``reviewed``. Exports: cells CSV, summary JSON, QuPath
+GeoJSON, histogram PNG, and crops of reviewed cells per class for retraining.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+                            QPushButton, QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem,
+                            QVBoxLayout, QWidget)
+
+from . import _layers as L
+from .taxonomy import CLASSES, full_name
+
+if TYPE_CHECKING:
+    import napari
+
+DEBOUNCE_MS = 150
+CROP_VIEW_PX = 160
+
+
+def _theme_colours(viewer) -> tuple[str, str]:
+    """(background, text) colours of the viewer's theme; white/black if unknown."""
+    try:
+        from napari.utils.theme import get_theme
+
+        th = get_theme(viewer.theme)
+        return th.background.as_hex(), th.text.as_hex()
+    except Exception:  # noqa: BLE001
+        return "#ffffff", "#000000"
+
+
+def _make_canvas(viewer, figsize):
+    """A matplotlib figure in a Qt widget: napari-matplotlib's when installed, else
+    matplotlib's own Qt canvas. Returns ``(figure, widget)``."""
+    try:
+        from napari_matplotlib.base import BaseNapariMPLWidget
+
+        w = BaseNapariMPLWidget(viewer)
+        fig = w.figure
+        fig.set_size_inches(*figsize)
+        return fig, w
+    except Exception:  # noqa: BLE001 -- not installed or another API version
+        pass
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=90)
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+    return fig, canvas
+
+
+def _fmt_pct(p, ci=None) -> str:
+    if p is None:
+        return "(excl)"
+    return f"{p:.1f}" if ci is None else f"{p:.1f} ({ci[0]:.1f}-{ci[1]:.1f})"
+
+
+class DifferentialPanel(QWidget):
+    """Dock widget: live differential of a cells layer, cell inspector and exports.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = napari_viewer
+        self.layer = None  #: the cells Points layer shown
+        self.summary: dict | None = None  #: last differential of the layer's features
+        self.keys: dict[str, str] = {}
+        self._index: int | None = None  # cell shown in the inspector
+        bg, fg = _theme_colours(napari_viewer)
+        self._bg, self._fg = bg, fg
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.refresh)
+        self._sel_timer = QTimer(self)
+        self._sel_timer.setSingleShot(True)
+        self._sel_timer.setInterval(50)
+        self._sel_timer.timeout.connect(self.update_inspector)
+
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("cells layer"))
+        self.layer_combo = QComboBox()
+        self.layer_combo.currentIndexChanged.connect(self._on_combo)
+        row.addWidget(self.layer_combo, 1)
+        lay.addLayout(row)
+
+        split = QSplitter(Qt.Vertical)
+        lay.addWidget(split, 1)
+        diff = QWidget()
+        dl = QVBoxLayout(diff)
+        dl.setContentsMargins(0, 0, 0, 0)
+        self.figure, self.canvas = _make_canvas(napari_viewer, (4.2, 2.6))
+        self.figure.set_facecolor(bg)
+        self.ax = self.figure.add_subplot(111)
+        self.canvas.setMinimumHeight(170)
+        dl.addWidget(self.canvas, 2)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["class", "n", "%", "95% CI"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        dl.addWidget(self.table, 2)
+        self.summary_label = QLabel("no cells yet: run 'Analyze smear'")
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextFormat(Qt.RichText)
+        dl.addWidget(self.summary_label)
+        split.addWidget(diff)
+
+        insp = QGroupBox("cell inspector (select a point)")
+        il = QVBoxLayout(insp)
+        top = QHBoxLayout()
+        self.crop_label = QLabel()
+        self.crop_label.setFixedSize(CROP_VIEW_PX, CROP_VIEW_PX)
+        self.crop_label.setAlignment(Qt.AlignCenter)
+        top.addWidget(self.crop_label)
+        self.prob_figure, self.prob_canvas = _make_canvas(napari_viewer, (2.4, 1.8))
+        self.prob_figure.set_facecolor(bg)
+        self.prob_ax = self.prob_figure.add_subplot(111)
+        self.prob_canvas.setMinimumHeight(CROP_VIEW_PX)
+        top.addWidget(self.prob_canvas, 1)
+        il.addLayout(top)
+        self.cell_label = QLabel("")
+        self.cell_label.setWordWrap(True)
+        il.addWidget(self.cell_label)
+        row = QHBoxLayout()
+        self.class_combo = QComboBox()
+        row.addWidget(self.class_combo, 1)
+        self.reassign_button = QPushButton("Reassign")
+        self.reassign_button.clicked.connect(lambda: self.reassign_selected(self.class_combo.currentData()))
+        row.addWidget(self.reassign_button)
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.clicked.connect(self.delete_selected)
+        row.addWidget(self.delete_button)
+        il.addLayout(row)
+        self.keys_label = QLabel("")
+        self.keys_label.setWordWrap(True)
+        il.addWidget(self.keys_label)
+        split.addWidget(insp)
+        split.setSizes([600, 300])
+
+        row = QHBoxLayout()
+        self.export_button = QPushButton("Export results...")
+        self.export_button.setToolTip("cells CSV, summary JSON, QuPath GeoJSON and histogram PNG")
+        self.export_button.clicked.connect(self._export_dialog)
+        row.addWidget(self.export_button)
+        self.corrections_button = QPushButton("Export corrections...")
+        self.corrections_button.setToolTip("crops of reviewed cells, one folder per class (retraining)")
+        self.corrections_button.clicked.connect(self._corrections_dialog)
+        row.addWidget(self.corrections_button)
+        lay.addLayout(row)
+
+        napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        napari_viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._on_layers_changed()
+        self._set_inspector_enabled(False)
+
+    # ---------------------------------------------------------------- layer choice
+    def _cells_layers(self):
+        return [lyr for lyr in self._viewer.layers if L.is_cells_layer(lyr)]
+
+    def _on_layers_changed(self, event=None):
+        layers = self._cells_layers()
+        inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        want = inserted if inserted in layers else (self.layer if self.layer in layers else
+                                                    (layers[-1] if layers else None))
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        for lyr in layers:
+            self.layer_combo.addItem(lyr.name)
+        if want is not None:
+            self.layer_combo.setCurrentIndex(layers.index(want))
+        self.layer_combo.blockSignals(False)
+        self.set_layer(want)
+
+    def _on_combo(self, i):
+        layers = self._cells_layers()
+        self.set_layer(layers[i] if 0 <= i < len(layers) else None)
+
+    def set_layer(self, layer):
+        """Show (and follow the events of) a cells Points layer."""
+        if layer is self.layer:
+            return
+        if self.layer is not None:
+            for em in (self.layer.events.data, self.layer.events.features):
+                em.disconnect(self._schedule)
+            self.layer.selected_data.events.changed.disconnect(self._schedule_inspector)
+        self.layer = layer
+        self._index = None
+        if layer is not None:
+            layer.events.data.connect(self._schedule)
+            layer.events.features.connect(self._schedule)
+            layer.selected_data.events.changed.connect(self._schedule_inspector)
+            self.keys = L.bind_class_keys(layer, L.layer_classes(layer))
+        else:
+            self.keys = {}
+        self._fill_class_combo()
+        self.refresh()
+        self.update_inspector()
+
+    def _fill_class_combo(self):
+        self.class_combo.clear()
+        classes = L.layer_classes(self.layer) if self.layer is not None else []
+        for code in classes + [c for c in CLASSES if c not in classes]:
+            self.class_combo.addItem(L.describe(code), code)
+        self.keys_label.setText(
+            "keys on the cells layer: " + ", ".join(f"{k} {c}" for k, c in self.keys.items())
+            + "; Delete removes; P/S/Z switch modes" if self.keys else "")
+
+    # ---------------------------------------------------------------- differential
+    def _schedule(self, *_):
+        self._timer.start()
+
+    def refresh(self):
+        """Recount the differential of the layer's current features and redraw."""
+        self._timer.stop()
+        if self.layer is None or self.layer not in self._viewer.layers:
+            self.summary = None
+            self.table.setRowCount(0)
+            self.ax.clear()
+            self.canvas.draw_idle()
+            self.summary_label.setText("no cells layer: run 'Analyze smear' or open a cells.csv")
+            return
+        s = L.layer_differential(self.layer)
+        self.summary = s
+        self._draw_histogram(s)
+        self._fill_table(s)
+        self._fill_summary(s)
+        if self._index is not None:
+            self.update_inspector()
+
+    def _draw_histogram(self, s):
+        L.draw_histogram(self.ax, s, L.layer_classes(self.layer), text_colour=self._fg)
+        self.ax.set_facecolor(self._bg)
+        try:
+            self.figure.tight_layout()
+        except Exception:  # noqa: BLE001 -- tiny canvases
+            pass
+        self.canvas.draw_idle()
+
+    def _fill_table(self, s):
+        counts = s["counts"]
+        codes = sorted(counts, key=lambda c: (s["percent"].get(c) is None, -counts[c], c))
+        self.table.setRowCount(len(codes))
+        for r, c in enumerate(codes):
+            p, ci = s["percent"].get(c), s["ci95"].get(c)
+            items = [f"{c}  {full_name(c)}", str(counts[c]), _fmt_pct(p),
+                     "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"]
+            for k, text in enumerate(items):
+                it = QTableWidgetItem(text)
+                if k:
+                    it.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.table.setItem(r, k, it)
+
+    def _fill_summary(self, s):
+        me = s.get("me_ratio")
+        n = s["n_counted"]
+        tg = s["targets"]
+        targets = " &nbsp; ".join(
+            f"{t}: {'reached' if v['reached'] else str(v['remaining']) + ' to go'}" for t, v in tg.items())
+        lin = " &middot; ".join(f"{k} {v} ({s['lineage_percent'][k]:.0f}%)"
+                                for k, v in s["lineage_counts"].items() if v)
+        miss = s.get("missing_blast_classes")
+        note = (f"<br><i>model lacks {', '.join(miss)}: P(blast) is structurally 0</i>" if miss else "")
+        reviewed = int(self.layer.features["reviewed"].sum()) if "reviewed" in self.layer.features else 0
+        self.summary_label.setText(
+            f"<b>{n}</b> counted of {s['n_cells']} cells ({reviewed} reviewed); targets {targets}<br>"
+            f"blast <b>{s['blast_pct']:.1f}%</b> ({s['blast_pct_ci95'][0]:.1f}-{s['blast_pct_ci95'][1]:.1f}), "
+            f"atypical <b>{s['atypical_pct']:.1f}%</b> "
+            f"({s['atypical_pct_ci95'][0]:.1f}-{s['atypical_pct_ci95'][1]:.1f}), "
+            f"M:E <b>{'n/a' if me is None else f'{me:.2f}'}</b><br>{lin}{note}")
+
+    # ---------------------------------------------------------------- inspector
+    def _schedule_inspector(self, *_):
+        self._sel_timer.start()
+
+    def _set_inspector_enabled(self, on: bool):
+        for w in (self.reassign_button, self.delete_button, self.class_combo):
+            w.setEnabled(on)
+
+    def _image_layer(self):
+        from napari.layers import Image
+
+        name = L.layer_meta(self.layer).get("image") if self.layer is not None else None
+        if name and name in self._viewer.layers:
+            return self._viewer.layers[name]
+        imgs = [lyr for lyr in self._viewer.layers if isinstance(lyr, Image)]
+        return imgs[0] if imgs else None
+
+    def update_inspector(self):
+        """Show the (first) selected cell: crop, probabilities, scores."""
+        self._sel_timer.stop()
+        sel = sorted(self.layer.selected_data) if self.layer is not None else []
+        sel = [i for i in sel if i < len(self.layer.data)] if sel else []
+        self._set_inspector_enabled(bool(sel))
+        if not sel:
+            self._index = None
+            self.crop_label.clear()
+            self.prob_ax.clear()
+            self.prob_canvas.draw_idle()
+            self.cell_label.setText("")
+            return
+        i = self._index = sel[0]
+        r = self.layer.features.iloc[i]
+        img = self._image_layer()
+        if img is not None:
+            try:
+                crop = L.cell_crop(img, self.layer, i)
+                self.crop_label.setPixmap(_pixmap(crop, CROP_VIEW_PX))
+            except Exception:  # noqa: BLE001 -- e.g. a non-RGB image layer
+                self.crop_label.setText("(no crop)")
+        probs = {c[5:]: float(r[c]) for c in self.layer.features.columns if c.startswith("prob_")}
+        self.prob_ax.clear()
+        if probs:
+            top = sorted(probs.items(), key=lambda kv: -kv[1])[:6][::-1]
+            self.prob_ax.barh([k for k, _ in top], [v for _, v in top],
+                              color=[L.colour_of(k) for k, _ in top])
+            self.prob_ax.set_xlim(0, 1)
+            self.prob_ax.tick_params(labelsize=7, colors=self._fg)
+            self.prob_ax.set_facecolor(self._bg)
+            for sp in self.prob_ax.spines.values():
+                sp.set_color(self._fg)
+            try:
+                self.prob_figure.tight_layout()
+            except Exception:  # noqa: BLE001
+                pass
+        self.prob_canvas.draw_idle()
+        more = f" (+{len(sel) - 1} more selected)" if len(sel) > 1 else ""
+        label = str(r["label"])
+        conf = r.get("confidence", np.nan)
+        self.cell_label.setText(
+            f"cell {int(r['cell_id']) if 'cell_id' in r else i}: <b>{L.describe(label)}</b>"
+            f" conf {float(conf):.2f}; P(blast) {float(r.get('p_blast', np.nan)):.2f}, "
+            f"P(atypical) {float(r.get('p_atypical', np.nan)):.2f}"
+            f"{'; reviewed' if bool(r.get('reviewed', False)) else ''}{more}")
+        k = self.class_combo.findData(label)
+        if k >= 0:
+            self.class_combo.setCurrentIndex(k)
+
+    # ---------------------------------------------------------------- corrections
+    def reassign_selected(self, code: str | None = None):
+        """Reassign the selected cells to ``code`` (marks them reviewed)."""
+        if self.layer is None or not code:
+            return []
+        return L.reassign(self.layer, self.layer.selected_data, code)
+
+    def reassign(self, indices, code: str):
+        """Reassign cells ``indices`` of the layer to ``code`` (marks them reviewed)."""
+        return L.reassign(self.layer, indices, code)
+
+    def delete_selected(self):
+        if self.layer is not None:
+            L.delete_cells(self.layer, list(self.layer.selected_data))
+
+    # ---------------------------------------------------------------- export
+    def export(self, folder) -> dict[str, Path]:
+        """Write cells.csv, summary.json, cells.geojson and differential.png into ``folder``."""
+        from napari.utils.notifications import show_error, show_info
+
+        if self.layer is None:
+            show_error("napari-bm-cells: no cells layer to export")
+            return {}
+        try:
+            out = L.export_results(self.layer, folder)
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"napari-bm-cells: export failed ({type(exc).__name__}: {exc})")
+            return {}
+        show_info(f"napari-bm-cells: wrote {', '.join(p.name for p in out.values())} to {folder}")
+        return out
+
+    def export_corrections(self, folder) -> list[Path]:
+        """Save crops of the reviewed cells into ``folder/<CODE>/`` (for retraining)."""
+        from napari.utils.notifications import show_error, show_info
+
+        try:
+            img = self._image_layer()
+            if self.layer is None or img is None:
+                raise ValueError("needs a cells layer and its image layer")
+            paths = L.export_corrections(self.layer, img, folder)
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"napari-bm-cells: corrections not exported: {exc}")
+            return []
+        show_info(f"napari-bm-cells: saved {len(paths)} reviewed cell crops to {folder}")
+        return paths
+
+    def _export_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Export results into folder")
+        if folder:
+            self.export(folder)
+
+    def _corrections_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder")
+        if folder:
+            self.export_corrections(folder)
+
+
+def _pixmap(rgb: np.ndarray, side: int) -> QPixmap:
+    a = np.ascontiguousarray(rgb[..., :3])
+    h, w = a.shape[:2]
+    qimg = QImage(a.data, w, h, 3 * w, QImage.Format_RGB888).copy()
+    return QPixmap.fromImage(qimg).scaled(side, side, Qt.KeepAspectRatio, Qt.SmoothTransformation)

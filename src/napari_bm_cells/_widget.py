@@ -1,0 +1,458 @@
+"""The "Analyze smear" dock widget: a thin magicgui front end to :func:`pipeline.iter_analysis`.
+
+The analysis runs in napari's ``thread_worker``, driving the pipeline generator (the
+stardist-napari pattern): every yielded :class:`~napari_bm_cells.detect.Progress`
+updates the progress bar, ``classify`` events append their cells to the Points layer
+(flushed at most every ``FLUSH_S`` seconds, so tens of thousands of cells stay
+interactive), and ``done`` puts the final table, the mask Labels layer and the
+summary in place. Cancel (or closing the widget / quitting napari) sets the pipeline's
+``should_stop`` flag and quits the worker; errors become napari notifications.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+
+from . import _layers as L
+from .detect import Progress
+from .errors import Cancelled, InputError
+
+if TYPE_CHECKING:
+    import napari
+
+#: minimum seconds between two Points-layer updates during a run
+FLUSH_S = 0.3
+PANEL_NAME = "Differential count"
+PLUGIN = "napari-bm-cells"
+
+_MODEL_LOCK = threading.Lock()
+_MODELS: dict = {}  # (kind, path, mtime, device) -> loaded model (shared by all viewers)
+
+
+def _cached(kind: str, spec, device: str, load):
+    path = None if spec in (None, "contour") else Path(spec)
+    key = (kind, str(path) if path else spec, path.stat().st_mtime if path and path.is_file() else None, device)
+    with _MODEL_LOCK:
+        if key not in _MODELS:
+            if len(_MODELS) > 6:
+                _MODELS.clear()
+            _MODELS[key] = load()
+        return _MODELS[key]
+
+
+def load_models(det_spec, cls_spec, device: str = "auto"):
+    """Load (or reuse) the classifier and the detector of a run."""
+    from .classify import Classifier, resolve_device
+    from .detect import load_detector
+
+    device = resolve_device(device)
+    cls = _cached("classifier", cls_spec, device, lambda: Classifier(cls_spec, device=device))
+    det_dev = device if device != "mps" else "cpu"
+    det = _cached("detector", det_spec, det_dev, lambda: load_detector(det_spec, device=det_dev))
+    return det, cls
+
+
+def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Event):
+    """Generator run by the worker: model loading, then the pipeline's events.
+
+    Errors and cancellation are yielded as ``Progress("error" | "cancelled", ...)``
+    events (payload: the exception), so they reach the GUI thread like any event.
+    """
+    from .pipeline import iter_analysis
+
+    try:
+        yield Progress("load", 0, 1)
+        det, cls = load_models(det_spec, cls_spec, device)
+        yield Progress("load", 1, 1)
+        if stop.is_set():
+            raise Cancelled("analysis cancelled")
+        yield from iter_analysis(slide, det, cls, options, device=cls.device, should_stop=stop.is_set)
+    except Cancelled as exc:
+        yield Progress("cancelled", 0, 0, exc)
+    except Exception as exc:  # noqa: BLE001 -- every failure becomes a notification
+        yield Progress("error", 0, 0, exc)
+
+
+def error_message(exc: BaseException) -> str:
+    """One-line user message of an exception (InputError messages as they are)."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, InputError):
+        return msg
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def parse_level_text(text: str):
+    """``"auto"``, a pyramid level (``"1"``), a downsample (``"2x"``) or a float."""
+    t = (text or "auto").strip().lower()
+    if t in ("", "auto"):
+        return "auto"
+    if t.isdigit():
+        return int(t)
+    if t.endswith("x"):
+        return t
+    try:
+        return float(t)
+    except ValueError:
+        raise InputError(f"detection level {text!r}: use auto, a pyramid level (0, 1, ...) "
+                         "or a downsample such as 2x") from None
+
+
+class _JobHandle:
+    """What a running job needs to be stopped: holds no reference to the widget."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.worker = None
+        self.gen = None
+
+    def cancel(self, *_):
+        self.stop.set()
+        w = self.worker
+        if w is not None:
+            try:
+                w.quit()
+            except RuntimeError:  # Qt object already deleted
+                pass
+
+
+class AnalyzeWidget(Container):
+    """Dock widget: detect and classify the cells of an image layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=self._image_choices, nullable=True,
+                              tooltip="RGB image layer (a slide, a field, an OME-Zarr pyramid)")
+        self.detector = ComboBox(label="detector", value="shipped", choices=[
+            ("shipped YOLO", "shipped"), ("contour (no weights)", "contour"), ("weights file...", "file")])
+        self.detector_file = FileEdit(label="detector weights", mode="r", filter="*.pt *.onnx",
+                                      visible=False)
+        self.classifier = ComboBox(label="classifier", value="shipped", choices=[
+            ("shipped", "shipped"), ("checkpoint file...", "file")])
+        self.classifier_file = FileEdit(label="checkpoint", mode="r", filter="*.safetensors",
+                                        visible=False)
+        self.device = ComboBox(label="device", value="auto", choices=["auto", "cpu", "cuda", "mps"])
+        self.tile_size = SpinBox(label="tile size", value=640, min=128, max=8192, step=32,
+                                 tooltip="detection tile side, in detection-level pixels")
+        self.overlap = SpinBox(label="overlap", value=160, min=0, max=4096, step=16,
+                               tooltip="tile overlap; keep it above a cell's diameter")
+        self.level = LineEdit(label="detection level", value="auto",
+                              tooltip="auto, a pyramid level (0, 1, ...) or a downsample (2x)")
+        self.region = ComboBox(label="region", value="whole", choices=[
+            ("whole image", "whole"), ("current field of view", "view"),
+            ("rectangle from Shapes layer", "shapes")])
+        self.shapes = ComboBox(label="shapes layer", choices=self._shapes_choices, nullable=True,
+                               visible=False)
+        self.masks = CheckBox(text="cell masks (Labels layer)", value=True)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+                            labels=False)
+        self.extend([self.image, self.detector, self.detector_file, self.classifier,
+                     self.classifier_file, self.device, self.tile_size, self.overlap, self.level,
+                     self.region, self.shapes, self.masks, buttons, self.status])
+
+        self.detector.changed.connect(lambda v: setattr(self.detector_file, "visible", v == "file"))
+        self.classifier.changed.connect(lambda v: setattr(self.classifier_file, "visible", v == "file"))
+        self.region.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shapes"))
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._on_layers_changed)
+
+        self.worker = None
+        self.result = None  #: AnalysisResult of the last finished run
+        self.last_error: str | None = None
+        self.points_layer = None
+        self.labels_layer = None
+        self._job = None
+        self._pending = []
+        self._last_flush = 0.0
+        self._pbar = None
+        self._pbar_stage = None
+        self._image_layer = None
+        self._t0 = 0.0
+        self.native.destroyed.connect(_cancel_on_destroy(self))
+        self._on_layers_changed()
+
+    # ---------------------------------------------------------------- choices
+    def _image_choices(self, _w=None):
+        from napari.layers import Image
+
+        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, Image)]
+
+    def _shapes_choices(self, _w=None):
+        from napari.layers import Shapes
+
+        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, Shapes)]
+
+    def _on_layers_changed(self, event=None):
+        current = self.image.value
+        self.reset_choices()
+        if current is None and self.image.choices:
+            self.image.value = self.image.choices[-1]
+
+    # ---------------------------------------------------------------- run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _specs(self):
+        det = {"shipped": None, "contour": "contour"}.get(self.detector.value)
+        if self.detector.value == "file":
+            p = Path(self.detector_file.value or "")
+            if not p.is_file():
+                raise InputError(f"detector weights {str(p)!r}: no such file; pick a YOLO .pt file "
+                                 "or use the shipped / contour detector")
+            det = p
+        cls = None
+        if self.classifier.value == "file":
+            p = Path(self.classifier_file.value or "")
+            if not p.is_file():
+                raise InputError(f"classifier checkpoint {str(p)!r}: no such file; pick a "
+                                 ".safetensors checkpoint or use the shipped one")
+            cls = p
+        else:
+            from .classify import DEFAULT_CLASSIFIER
+            if not DEFAULT_CLASSIFIER.is_file():
+                raise InputError(f"the shipped classifier {DEFAULT_CLASSIFIER.name} is not installed; "
+                                 "choose 'checkpoint file...' and pick a .safetensors checkpoint")
+        return det, cls
+
+    def _region(self, layer):
+        if self.region.value == "view":
+            return L.visible_region(self._viewer, layer)
+        if self.region.value == "shapes":
+            return L.shapes_region(self.shapes.value, layer)
+        return None
+
+    def options(self, layer=None):
+        """The :class:`AnalysisOptions` of the current settings (region for ``layer``)."""
+        from .pipeline import AnalysisOptions
+
+        return AnalysisOptions(tile_size=int(self.tile_size.value), overlap=int(self.overlap.value),
+                               level=parse_level_text(self.level.value),
+                               region=self._region(layer) if layer is not None else None,
+                               masks=bool(self.masks.value))
+
+    def run(self, *_) -> bool:
+        """Start an analysis of the chosen image layer; False (and a notification) when
+        the settings are not usable."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        if self.running:
+            return False
+        self.last_error = None
+        try:
+            layer = self.image.value
+            if layer is None:
+                raise InputError("no image layer: open a slide or a field first (File > Open, "
+                                 "or File > Open Sample > napari-bm-cells)")
+            if self.overlap.value >= self.tile_size.value:
+                raise InputError(f"overlap ({self.overlap.value}) must be smaller than the tile "
+                                 f"size ({self.tile_size.value})")
+            slide = L.layer_slide(layer)
+            opts = self.options(layer)
+            det_spec, cls_spec = self._specs()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return False
+
+        self._image_layer = layer
+        self.result = None
+        self._pending = []
+        self._last_flush = 0.0
+        self._remove_old_layers(layer)
+        self._show_panel()
+        job = _JobHandle()
+        job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop)
+        self._job = job
+        try:
+            worker = create_worker(_drive, job.gen, _start_thread=False)
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"napari-bm-cells: cannot start the analysis ({error_message(exc)})")
+            return False
+        job.worker = worker
+        self.worker = worker
+        worker.yielded.connect(self._on_event)
+        worker.finished.connect(self._on_finished)
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self._t0 = time.perf_counter()
+        self.status.value = "loading models..."
+        worker.start()
+        return True
+
+    def cancel(self, *_):
+        """Stop the running analysis (at the next tile batch or cell batch)."""
+        if self._job is not None:
+            self.status.value = "cancelling..."
+            self._job.cancel()
+
+    # ---------------------------------------------------------------- events (GUI thread)
+    def _progress(self, stage: str, done: int, total: int):
+        from napari.utils import progress
+
+        desc = {"load": "loading models", "detect": "detecting (tiles)",
+                "classify": "classifying (cells)"}.get(stage, stage)
+        if self._pbar_stage != stage:
+            self._close_pbar()
+            self._pbar = progress(total=max(total, 1), desc=desc)
+            self._pbar_stage = stage
+        delta = done - self._pbar.n
+        if delta:
+            self._pbar.update(delta)
+
+    def _close_pbar(self):
+        if self._pbar is not None:
+            self._pbar.close()
+        self._pbar, self._pbar_stage = None, None
+
+    def _on_event(self, ev: Progress):
+        try:
+            if ev.stage in ("load", "detect"):
+                self._progress(ev.stage, ev.done, ev.total)
+                if ev.stage == "detect":
+                    self.status.value = f"detecting: {ev.done}/{ev.total} tiles"
+            elif ev.stage == "classify":
+                self._progress("classify", ev.done, ev.total)
+                self.status.value = f"classifying: {ev.done}/{ev.total} cells"
+                if ev.payload is not None and len(ev.payload):
+                    self._pending.append(ev.payload)
+                    if time.perf_counter() - self._last_flush >= FLUSH_S:
+                        self._flush()
+            elif ev.stage == "done":
+                self._on_done(ev.payload)
+            elif ev.stage == "cancelled":
+                self._flush()
+                self.status.value = "cancelled"
+            elif ev.stage == "error":
+                self._fail(ev.payload)
+        except Exception as exc:  # noqa: BLE001 -- never let an event handler crash napari
+            self._fail(exc)
+            self.cancel()
+
+    def _points_name(self):
+        return f"{self._image_layer.name} cells"
+
+    def _labels_name(self):
+        return f"{self._image_layer.name} masks"
+
+    def _remove_old_layers(self, image_layer):
+        self._image_layer = image_layer
+        for name in (self._points_name(), self._labels_name()):
+            if name in self._viewer.layers:
+                self._viewer.layers.remove(name)
+        self.points_layer = self.labels_layer = None
+
+    def _ensure_points(self, cells, summary=None):
+        if self.points_layer is None or self.points_layer not in self._viewer.layers:
+            kw = L.points_kwargs(cells, self._image_layer, name=self._points_name(),
+                                 classes=L.classes_of(cells), summary=summary)
+            self.points_layer = self._viewer.add_points(**kw)
+            L.bind_class_keys(self.points_layer, L.layer_classes(self.points_layer))
+            return True
+        return False
+
+    def _flush(self):
+        if not self._pending:
+            return
+        import pandas as pd
+
+        new = pd.concat(self._pending, ignore_index=True)
+        self._pending = []
+        if not self._ensure_points(new):
+            L.append_cells(self.points_layer, new)
+        self._last_flush = time.perf_counter()
+
+    def _on_done(self, result):
+        self._pending = []
+        self._close_pbar()
+        cells = result.cells
+        summary = result.summary
+        if not self._ensure_points(cells, summary):
+            meta = L.layer_meta(self.points_layer)
+            meta["summary"] = summary
+            meta["classes"] = list(summary.get("classifier", {}).get("classes") or L.classes_of(cells))
+            self.points_layer.size = L.point_size(cells)
+            self.points_layer.current_size = L.point_size(cells)
+            L.replace_cells(self.points_layer, cells)
+        if result.labels is not None:
+            kw = L.labels_kwargs(result.labels, self._image_layer, name=self._labels_name(),
+                                 slide=result.slide)
+            self.labels_layer = self._viewer.add_labels(**kw)
+            # keep the points on top of the masks
+            i = self._viewer.layers.index(self.points_layer)
+            j = self._viewer.layers.index(self.labels_layer)
+            if j > i:
+                self._viewer.layers.move(j, i)
+        self._viewer.layers.selection.active = self.points_layer
+        self.result = result
+        n, k = summary["n_cells"], summary["n_counted"]
+        self.status.value = f"done: {n} cells ({k} counted) in {time.perf_counter() - self._t0:.1f} s"
+
+    def _fail(self, exc):
+        from napari.utils.notifications import show_error
+
+        msg = error_message(exc) if isinstance(exc, BaseException) else str(exc)
+        self.last_error = msg
+        self.status.value = f"error: {msg[:80]}"
+        show_error(f"napari-bm-cells: {msg}")
+
+    def _on_finished(self, *_):
+        job = self._job
+        if job is not None and job.gen is not None:
+            try:
+                job.gen.close()  # releases the pipeline's reader thread after a quit()
+            except (RuntimeError, ValueError):
+                pass
+        self._close_pbar()
+        if self.result is None and self.status.value.startswith(("detecting", "classifying",
+                                                                 "loading", "cancelling")):
+            self._flush()
+            self.status.value = "cancelled"
+        self.worker = None
+        self._job = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _show_panel(self):
+        """Open the differential panel beside the widget (live counts during the run)."""
+        window = getattr(self._viewer, "window", None)
+        if window is None or not hasattr(window, "add_plugin_dock_widget"):
+            return
+        try:
+            window.add_plugin_dock_widget(PLUGIN, PANEL_NAME)
+        except Exception:  # noqa: BLE001 -- e.g. plugin not registered (running from source)
+            pass
+
+
+def _drive(gen):
+    """Worker body: re-yield the job's events (the job generator is closed by the widget)."""
+    yield from gen
+
+
+def _cancel_on_destroy(widget):
+    """Slot cancelling the widget's current job when its Qt widget is destroyed (no
+    strong reference to the widget)."""
+    import weakref
+
+    ref = weakref.ref(widget)
+
+    def _slot(*_):
+        w = ref()
+        if w is not None and w._job is not None:
+            w._job.cancel()
+
+    return _slot

@@ -1,0 +1,84 @@
+"""End-to-end analysis on real fields: tables, summary, masks, regions, cancellation."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_bm_cells import AnalysisOptions, analyze
+from napari_bm_cells.errors import Cancelled
+from napari_bm_cells.export import read_cells, write_results
+from napari_bm_cells.pipeline import iter_analysis
+
+BASE_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
+                "label", "confidence", "p_blast", "p_atypical"]
+
+
+def test_analyze_real_field_end_to_end(data_dir, detector, classifier, tmp_path):
+    # BloodImage_00001: its white cell touches the bottom edge of the field
+    res = analyze(data_dir / "bccd/JPEGImages/BloodImage_00001.jpg", detector=detector,
+                  classifier=classifier, masks=True)
+    cells = res.cells
+    assert list(cells.columns[:12]) == BASE_COLUMNS
+    assert [c for c in cells.columns if c.startswith("prob_")] == [f"prob_{c}" for c in classifier.classes]
+    assert len(cells) >= 1
+    assert (cells["bbox_y1"] >= 470).any(), "the cell at the slide edge was dropped"
+    probs = cells[[f"prob_{c}" for c in classifier.classes]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    assert (cells["confidence"].to_numpy() == pytest.approx(probs.max(1)))
+    s = res.summary
+    assert s["n_cells"] == len(cells)
+    assert sum(s["counts"].values()) == len(cells)
+    for key in ("blast_pct", "atypical_pct", "me_ratio", "ci95", "lineage_counts", "timings",
+                "detector", "classifier", "input"):
+        assert key in s
+    assert len(s["classifier"]["sha256"]) == 16
+    # masks: one label per cell, inside its box
+    lab = np.asarray(res.labels[:])
+    assert set(np.unique(lab)) - {0} == set(cells["cell_id"])
+    paths = write_results(res, tmp_path)
+    back = read_cells(paths["cells"])
+    pd.testing.assert_frame_equal(back[BASE_COLUMNS[:3]], cells[BASE_COLUMNS[:3]], check_dtype=False)
+
+
+def test_every_annotated_white_cell_of_several_fields_is_classified(data_dir, detector, classifier):
+    from napari_bm_cells.training.det_data import read_voc
+    samples = read_voc(data_dir / "bccd")["test"][:6]
+    for s in samples:
+        res = analyze(s.image, detector=detector, classifier=classifier)
+        n_wbc = sum(b.cls == "WBC" for b in s.boxes)
+        assert abs(len(res.cells) - n_wbc) <= 1, (s.image, len(res.cells), n_wbc)
+
+
+def test_region_limits_the_analysis(data_dir, detector, classifier):
+    from napari_bm_cells.testing import build_mosaic
+
+    img, boxes = build_mosaic(2, 3, source="bccd", split="test", seed=3)
+    full = analyze(img, detector=detector, classifier=classifier, level="2x")
+    region = (0, 0, 480, 1280)  # first row, two fields
+    part = analyze(img, detector=detector, classifier=classifier, level="2x", region=region)
+    assert 0 < len(part.cells) < len(full.cells)
+    assert (part.cells["y"] < 480 + 50).all() and (part.cells["x"] < 1280 + 50).all()
+
+
+def test_blank_image_yields_zero_cells(detector, classifier):
+    res = analyze(np.full((480, 640, 3), 238, np.uint8), detector=detector, classifier=classifier)
+    assert len(res.cells) == 0
+    assert res.summary["n_cells"] == 0 and res.summary["blast_pct"] == 0.0
+
+
+def test_should_stop_cancels_between_batches(data_dir, detector, classifier):
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(3, 3, source="bccd", split="test")
+    events = []
+    with pytest.raises(Cancelled):
+        for ev in iter_analysis(img, detector, classifier, AnalysisOptions(tile_size=256, overlap=96),
+                                should_stop=lambda: len(events) >= 2):
+            events.append(ev)
+    assert len(events) == 2
+
+
+def test_options_validation(data_dir, detector, classifier):
+    from napari_bm_cells.errors import InputError
+    with pytest.raises(InputError, match="level"):
+        analyze(data_dir / "bccd/JPEGImages/BloodImage_00000.jpg", detector=detector,
+                classifier=classifier, level=5)

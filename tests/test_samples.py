@@ -1,0 +1,40 @@
+"""Sample data: local copy first, pooch download otherwise, clear error when offline."""
+import pytest
+
+from napari_bm_cells import samples
+from napari_bm_cells.errors import InputError
+
+
+def test_sample_comes_from_local_data(data_dir, monkeypatch):
+    monkeypatch.setenv("BM_CELLS_DATA", str(data_dir))
+    p = samples.sample_path()
+    assert p.is_file() and p.parent == data_dir / "bccd" / "JPEGImages"
+
+
+def test_sample_is_downloaded_with_pooch_when_not_local(monkeypatch, tmp_path):
+    import pooch
+    calls = {}
+
+    def fake_retrieve(url, known_hash, fname, path, progressbar):
+        calls["url"] = url
+        f = tmp_path / fname
+        f.write_bytes(b"jpeg")
+        return str(f)
+
+    monkeypatch.setattr(samples, "_local_data_dir", lambda: None)
+    monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
+    p = samples.sample_path()
+    assert p.read_bytes() == b"jpeg"
+    assert calls["url"].startswith("https://raw.githubusercontent.com/Shenggan/BCCD_Dataset/")
+
+
+def test_offline_without_local_copy_gives_a_clear_error(monkeypatch):
+    import pooch
+
+    def offline(*a, **k):
+        raise ConnectionError("network unreachable")
+
+    monkeypatch.setattr(samples, "_local_data_dir", lambda: None)
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    with pytest.raises(InputError, match="BM_CELLS_DATA"):
+        samples.sample_path()
