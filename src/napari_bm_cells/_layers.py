@@ -53,6 +53,12 @@ def class_colours(labels) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- image layer
+def unwrap(obj):
+    """The object behind napari's ``PublicOnlyProxy`` (plugin widgets get proxied viewers,
+    so layers they add or list are proxies: identity checks need the real layer)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def _napari_version_compat_camera(viewer):
     return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
@@ -98,6 +104,9 @@ def layer_slide(layer) -> Slide:
 def _transform_kwargs(layer, ndim: int = 2) -> dict:
     """The data-to-world transform of ``layer`` (its last ``ndim`` axes)."""
     out = {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:])}
+    units = getattr(layer, "units", None)  # napari >= 0.6: world units must agree across layers
+    if units is not None:
+        out["units"] = tuple(str(u) for u in tuple(units)[-ndim:])
     rot = np.asarray(layer.rotate)[-ndim:, -ndim:]
     if not np.allclose(rot, np.eye(ndim)):
         out["rotate"] = rot
@@ -154,6 +163,14 @@ def shapes_region(shapes_layer, layer) -> tuple[int, int, int, int]:
 
 
 # --------------------------------------------------------------------------- points
+def _has_units() -> bool:
+    import inspect
+
+    from napari.layers import Points
+
+    return "units" in inspect.signature(Points.__init__).parameters
+
+
 def cell_features(cells: pd.DataFrame) -> pd.DataFrame:
     """Feature table of a cells layer: the cell table without coordinates, plus ``reviewed``."""
     f = cells.drop(columns=[c for c in _COORD_COLS if c in cells.columns]).reset_index(drop=True)
@@ -181,12 +198,12 @@ def classes_of(cells_or_features: pd.DataFrame) -> list[str]:
 
 
 def point_size(cells: pd.DataFrame, default: float = 40.0) -> float:
-    """Marker diameter in level-0 pixels: a third of the median cell box side."""
+    """Marker diameter in level-0 pixels: a quarter of the median cell box side."""
     if len(cells) and {"bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1"} <= set(cells.columns):
         side = np.maximum(cells["bbox_x1"] - cells["bbox_x0"], cells["bbox_y1"] - cells["bbox_y0"])
         med = float(np.nanmedian(side))
         if math.isfinite(med) and med > 0:
-            return max(4.0, med / 3)
+            return max(4.0, med / 4)
     return default
 
 
@@ -208,6 +225,8 @@ def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
             mpp = (image_layer.metadata or {}).get(META, {}).get("mpp")
     else:
         tf = {"scale": (mpp, mpp) if mpp else (1.0, 1.0)}
+        if mpp and _has_units():
+            tf["units"] = ("micrometer", "micrometer")
         image_name = None
     return dict(
         data=cell_coords(cells), features=feats, face_color=class_colours(feats["label"]),

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-                            QPushButton, QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout, QHeaderView,
+                            QLabel, QPushButton, QScrollArea, QSizePolicy, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
 
 from . import _layers as L
 from .taxonomy import CLASSES, full_name
@@ -95,7 +95,17 @@ class DifferentialPanel(QWidget):
         self._sel_timer.setInterval(50)
         self._sel_timer.timeout.connect(self.update_inspector)
 
-        lay = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(2, 2, 2, 2)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        content = QWidget()
+        lay = QVBoxLayout(content)
+        lay.setContentsMargins(4, 4, 4, 4)
+        scroll.setWidget(content)
+        outer.addWidget(scroll, 1)
+
         row = QHBoxLayout()
         row.addWidget(QLabel("cells layer"))
         self.layer_combo = QComboBox()
@@ -103,28 +113,23 @@ class DifferentialPanel(QWidget):
         row.addWidget(self.layer_combo, 1)
         lay.addLayout(row)
 
-        split = QSplitter(Qt.Vertical)
-        lay.addWidget(split, 1)
-        diff = QWidget()
-        dl = QVBoxLayout(diff)
-        dl.setContentsMargins(0, 0, 0, 0)
         self.figure, self.canvas = _make_canvas(napari_viewer, (4.2, 2.6))
         self.figure.set_facecolor(bg)
         self.ax = self.figure.add_subplot(111)
-        self.canvas.setMinimumHeight(170)
-        dl.addWidget(self.canvas, 2)
+        self.canvas.setMinimumHeight(220)
+        lay.addWidget(self.canvas)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["class", "n", "%", "95% CI"])
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        dl.addWidget(self.table, 2)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setMinimumHeight(170)
+        lay.addWidget(self.table)
         self.summary_label = QLabel("no cells yet: run 'Analyze smear'")
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextFormat(Qt.RichText)
-        dl.addWidget(self.summary_label)
-        split.addWidget(diff)
+        lay.addWidget(self.summary_label)
 
         insp = QGroupBox("cell inspector (select a point)")
         il = QVBoxLayout(insp)
@@ -136,11 +141,12 @@ class DifferentialPanel(QWidget):
         self.prob_figure, self.prob_canvas = _make_canvas(napari_viewer, (2.4, 1.8))
         self.prob_figure.set_facecolor(bg)
         self.prob_ax = self.prob_figure.add_subplot(111)
-        self.prob_canvas.setMinimumHeight(CROP_VIEW_PX)
+        self.prob_canvas.setFixedHeight(CROP_VIEW_PX)
         top.addWidget(self.prob_canvas, 1)
         il.addLayout(top)
         self.cell_label = QLabel("")
         self.cell_label.setWordWrap(True)
+        self.cell_label.setTextFormat(Qt.RichText)
         il.addWidget(self.cell_label)
         row = QHBoxLayout()
         self.class_combo = QComboBox()
@@ -155,8 +161,8 @@ class DifferentialPanel(QWidget):
         self.keys_label = QLabel("")
         self.keys_label.setWordWrap(True)
         il.addWidget(self.keys_label)
-        split.addWidget(insp)
-        split.setSizes([600, 300])
+        lay.addWidget(insp)
+        lay.addStretch(1)
 
         row = QHBoxLayout()
         self.export_button = QPushButton("Export results...")
@@ -167,7 +173,7 @@ class DifferentialPanel(QWidget):
         self.corrections_button.setToolTip("crops of reviewed cells, one folder per class (retraining)")
         self.corrections_button.clicked.connect(self._corrections_dialog)
         row.addWidget(self.corrections_button)
-        lay.addLayout(row)
+        outer.addLayout(row)
 
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
         napari_viewer.layers.events.removed.connect(self._on_layers_changed)
@@ -176,11 +182,19 @@ class DifferentialPanel(QWidget):
 
     # ---------------------------------------------------------------- layer choice
     def _cells_layers(self):
-        return [lyr for lyr in self._viewer.layers if L.is_cells_layer(lyr)]
+        return [L.unwrap(lyr) for lyr in self._viewer.layers if L.is_cells_layer(lyr)]
 
     def _on_layers_changed(self, event=None):
+        try:
+            self._update_layer_choices(event)
+        except Exception as exc:  # noqa: BLE001 -- never break napari's layer list
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-bm-cells panel: {type(exc).__name__}: {exc}")
+
+    def _update_layer_choices(self, event=None):
         layers = self._cells_layers()
-        inserted = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
+        inserted = L.unwrap(getattr(event, "value", None)) if getattr(event, "type", "") == "inserted" else None
         want = inserted if inserted in layers else (self.layer if self.layer in layers else
                                                     (layers[-1] if layers else None))
         self.layer_combo.blockSignals(True)
@@ -203,13 +217,13 @@ class DifferentialPanel(QWidget):
         if self.layer is not None:
             for em in (self.layer.events.data, self.layer.events.features):
                 em.disconnect(self._schedule)
-            self.layer.selected_data.events.changed.disconnect(self._schedule_inspector)
+            _selection_signal(self.layer).disconnect(self._schedule_inspector)
         self.layer = layer
         self._index = None
         if layer is not None:
             layer.events.data.connect(self._schedule)
             layer.events.features.connect(self._schedule)
-            layer.selected_data.events.changed.connect(self._schedule_inspector)
+            _selection_signal(layer).connect(self._schedule_inspector)
             self.keys = L.bind_class_keys(layer, L.layer_classes(layer))
         else:
             self.keys = {}
@@ -263,10 +277,10 @@ class DifferentialPanel(QWidget):
         self.table.setRowCount(len(codes))
         for r, c in enumerate(codes):
             p, ci = s["percent"].get(c), s["ci95"].get(c)
-            items = [f"{c}  {full_name(c)}", str(counts[c]), _fmt_pct(p),
-                     "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"]
+            items = [c, str(counts[c]), _fmt_pct(p), "" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"]
             for k, text in enumerate(items):
                 it = QTableWidgetItem(text)
+                it.setToolTip(full_name(c))
                 if k:
                     it.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(r, k, it)
@@ -302,8 +316,8 @@ class DifferentialPanel(QWidget):
 
         name = L.layer_meta(self.layer).get("image") if self.layer is not None else None
         if name and name in self._viewer.layers:
-            return self._viewer.layers[name]
-        imgs = [lyr for lyr in self._viewer.layers if isinstance(lyr, Image)]
+            return L.unwrap(self._viewer.layers[name])
+        imgs = [L.unwrap(lyr) for lyr in self._viewer.layers if isinstance(lyr, Image)]
         return imgs[0] if imgs else None
 
     def update_inspector(self):
@@ -411,6 +425,12 @@ class DifferentialPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder")
         if folder:
             self.export_corrections(folder)
+
+
+def _selection_signal(layer):
+    """The selection-changed signal of a Points layer (psygnal in napari >= 0.6)."""
+    ev = layer.selected_data.events
+    return ev.items_changed if hasattr(ev, "items_changed") else ev.changed
 
 
 def _pixmap(rgb: np.ndarray, side: int) -> QPixmap:

@@ -29,6 +29,34 @@ FLUSH_S = 0.3
 PANEL_NAME = "Differential count"
 PLUGIN = "napari-bm-cells"
 
+
+
+def guard_triton() -> bool:
+    """Keep ``triton`` from being imported on machines without CUDA.
+
+    torchvision / timm import ``torch._dynamo``, which imports triton when installed;
+    triton bundles its own LLVM, and loading it after Mesa's software OpenGL (llvmpipe,
+    also LLVM) is in the process -- as it is once napari has drawn -- crashes Python.
+    Triton only serves ``torch.compile`` on GPUs, which inference here never uses, so
+    without CUDA it is marked missing (torch handles that). Returns True when blocked.
+    """
+    import sys
+
+    if "triton" in sys.modules:
+        return False
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return False
+    except Exception:  # noqa: BLE001 -- torch missing or broken: the run reports it
+        return False
+    sys.modules["triton"] = None
+    return True
+
+
+guard_triton()
+
 _MODEL_LOCK = threading.Lock()
 _MODELS: dict = {}  # (kind, path, mtime, device) -> loaded model (shared by all viewers)
 
@@ -189,12 +217,12 @@ class AnalyzeWidget(Container):
     def _image_choices(self, _w=None):
         from napari.layers import Image
 
-        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, Image)]
+        return [(lyr.name, L.unwrap(lyr)) for lyr in self._viewer.layers if isinstance(lyr, Image)]
 
     def _shapes_choices(self, _w=None):
         from napari.layers import Shapes
 
-        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, Shapes)]
+        return [(lyr.name, L.unwrap(lyr)) for lyr in self._viewer.layers if isinstance(lyr, Shapes)]
 
     def _on_layers_changed(self, event=None):
         current = self.image.value
@@ -360,7 +388,7 @@ class AnalyzeWidget(Container):
         if self.points_layer is None or self.points_layer not in self._viewer.layers:
             kw = L.points_kwargs(cells, self._image_layer, name=self._points_name(),
                                  classes=L.classes_of(cells), summary=summary)
-            self.points_layer = self._viewer.add_points(**kw)
+            self.points_layer = L.unwrap(self._viewer.add_points(**kw))
             L.bind_class_keys(self.points_layer, L.layer_classes(self.points_layer))
             return True
         return False
@@ -391,7 +419,7 @@ class AnalyzeWidget(Container):
         if result.labels is not None:
             kw = L.labels_kwargs(result.labels, self._image_layer, name=self._labels_name(),
                                  slide=result.slide)
-            self.labels_layer = self._viewer.add_labels(**kw)
+            self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
             # keep the points on top of the masks
             i = self._viewer.layers.index(self.points_layer)
             j = self._viewer.layers.index(self.labels_layer)

@@ -279,11 +279,17 @@ def _analyse(path, det, cls, options, device):
 def analyse_task(path: str, det_spec: str, cls_spec: str, device: str, options,
                  torch_threads: int | None = None):
     """What a dask worker runs for one slide (models come from the per-worker cache)."""
+    import dask
+
     try:
         det, cls = get_models(det_spec, cls_spec, device, torch_threads)
     except Exception as exc:  # noqa: BLE001
         return ("error", "runtime", "loading the models failed: " + _one_line(exc))
-    return _analyse(path, det, cls, options, device)
+    # inside a worker, dask would send the slide's tile reads to the cluster as new tasks
+    # (and wait on them from a worker thread: a deadlock with one thread per worker);
+    # read them here, as a serial run does
+    with dask.config.set(scheduler="threads"):
+        return _analyse(path, det, cls, options, device)
 
 
 def default_workers() -> int:
@@ -505,7 +511,7 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
     """
     from .pipeline import AnalysisOptions
 
-    folder = Path(folder).expanduser()
+    folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder; give the folder holding the slides")
     root = Path(out).expanduser()
@@ -569,7 +575,7 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
             bar.set_postfix_str(f"failed {len(tables.errors)}" if tables.errors else "", refresh=False)
             bar.update(1)
 
-        own_client = None
+        own_client = quiet_logs = None
         try:
             if todo:
                 if client is None and scheduler is None and (workers or default_workers()) <= 1:
@@ -583,6 +589,10 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
                         else:
                             from distributed import LocalCluster
                             n = workers or default_workers()
+                            if not log.isEnabledFor(logging.INFO):  # keep the terminal for the bar
+                                dlog = logging.getLogger("distributed")
+                                quiet_logs = (dlog, dlog.level)
+                                dlog.setLevel(logging.WARNING)
                             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                                    dashboard_address=None)
                             own_client = client = Client(cluster)
@@ -594,7 +604,17 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
                 cluster = own_client.cluster
                 own_client.close()
                 if cluster is not None and scheduler is None:
-                    cluster.close()
+                    # workers that loaded torch models take > 4 s to exit and get killed
+                    # with a warning: harmless here, the results are already written
+                    nlog = logging.getLogger("distributed.nanny")
+                    level = nlog.level
+                    nlog.setLevel(logging.ERROR)
+                    try:
+                        cluster.close()
+                    finally:
+                        nlog.setLevel(level)
+            if quiet_logs is not None:
+                quiet_logs[0].setLevel(quiet_logs[1])
         df = tables.write()
     df.attrs["batch"] = {"n_slides": len(jobs), "n_done": int((df["status"] == "done").sum()),
                          "n_reused": reused, "n_failed": int((df["status"] == "error").sum()),

@@ -73,7 +73,7 @@ def cmd_train_classifier(a):
                          batch_size=a.batch_size, device=_dev(a.device), seed=a.seed, lr=a.lr,
                          crop_size_px=a.crop_size_px, ref_cell_px=a.ref_cell_px, mpp=a.mpp,
                          balance=not a.no_balance, resume=a.resume, max_steps=a.max_steps,
-                         max_per_class=a.max_per_class,
+                         max_per_class=a.max_per_class, precision=a.precision,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
     if t:
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-balance", action="store_true", help="no class-balanced sampling")
     s.add_argument("--max-per-class", type=int, default=None, help="subsample (quick experiments)")
     s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke tests)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bfloat16 autocast where supported (faster on AVX512-BF16 CPUs)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
     s.set_defaults(func=cmd_train_classifier)
 

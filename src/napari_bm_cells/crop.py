@@ -90,28 +90,37 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
                          float(best.equivalent_diameter_area))
 
 
-def square_crop(image, centre: tuple[float, float], side: int, pad_mode: str = "reflect") -> np.ndarray:
+def square_crop(image, centre: tuple[float, float], side: int) -> np.ndarray:
     """Cut a ``side`` × ``side`` square centred on ``centre`` (row, col), padding at edges.
 
     Works on numpy or dask arrays (only the needed window is read). Cells at the image
-    border are padded (reflect, so the model sees plausible background), never dropped.
+    border are padded with the window's median border colour (the smear background; a
+    mirrored pad would show the model copies of the cell), never dropped.
     """
     H, W = image.shape[:2]
     r0 = int(round(centre[0] - side / 2))
     c0 = int(round(centre[1] - side / 2))
     rr0, cc0 = max(r0, 0), max(c0, 0)
     rr1, cc1 = min(r0 + side, H), min(c0 + side, W)
+    out = np.empty((side, side, 3), np.uint8)
     if rr1 <= rr0 or cc1 <= cc0:
-        return np.zeros((side, side, 3), np.uint8)
+        out[:] = 0
+        return out
     window = np.asarray(image[rr0:rr1, cc0:cc1])
-    pads = ((rr0 - r0, r0 + side - rr1), (cc0 - c0, c0 + side - cc1), (0, 0))
-    if any(p for pair in pads for p in pair):
-        mode = pad_mode if min(window.shape[:2]) > 1 else "edge"
-        # reflect cannot pad more than the window's own size; fall back to edge
-        if mode == "reflect" and any(p >= s for pair, s in zip(pads[:2], window.shape[:2]) for p in pair):
-            mode = "symmetric" if all(p <= s for pair, s in zip(pads[:2], window.shape[:2]) for p in pair) else "edge"
-        window = np.pad(window, pads, mode=mode)
-    return window
+    if window.shape[:2] != (side, side):
+        border = np.concatenate([window[0], window[-1], window[:, 0], window[:, -1]])
+        out[:] = np.median(border, axis=0).astype(np.uint8)
+    out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = window
+    return out
+
+
+def cell_diameter(patch: np.ndarray) -> float | None:
+    """Equivalent diameter (px) of the centre contour when it holds the patch centre."""
+    cc = centre_contour(patch)
+    h, w = patch.shape[:2]
+    if cc is None or not cc.mask[h // 2, w // 2]:
+        return None
+    return cc.diameter
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:

@@ -167,7 +167,10 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
         Softmax probabilities, in the order of ``classifier.classes``.
     """
     import torch
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
+    try:
+        from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
+    except ImportError:
+        raise InputError("explanations need captum: pip install 'napari-bm-cells[explain]'") from None
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -360,6 +363,11 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     img = slide.read_region(gy0, gx0, gy1, gx1)
     crops, centres, masks = _cell_crops(img, (gy0, gx0), dets, [i], side, cls)
     crop = crops[0]
+
+    try:  # imported before timing: ``seconds`` is the attribution alone
+        import captum.attr  # noqa: F401
+    except ImportError:
+        pass  # explain_crop says how to install it
 
     t0 = time.perf_counter()
     amap, label, probs = explain_crop(cls, crop, method=method, target=target, **kwargs)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
-from .crop import centre_contour, resize_square, square_crop
+from .crop import cell_diameter, centre_contour, resize_square, square_crop
 from .detect import Detections, Progress, detection_downsample, iter_detect, load_detector
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
@@ -100,21 +100,48 @@ def parse_level(level, slide: Slide, detector, cell_px=None) -> float:
                          "downsample such as 2x") from None
 
 
+#: median ratio of a cell's contour diameter to its detection box side, for slides
+#: where no contour can be measured (BCCD: 130 / 226 px)
+BOX_TO_DIAMETER = 0.58
+
+
+def measure_cell_px(slide: Slide, dets: Detections, n: int = 64, seed: int = 0) -> float | None:
+    """Median centre-contour diameter (level-0 px) of up to ``n`` detected cells.
+
+    The same measure as the checkpoint's ``ref_cell_px``, so crops can be scaled to
+    the training cells whatever the detector's box style.
+    """
+    if not len(dets):
+        return None
+    idx = np.random.default_rng(seed).permutation(len(dets))[:n]
+    diam = []
+    for i in idx:
+        x0, y0, x1, y1 = dets.boxes[i]
+        side = max(16, int(1.5 * max(x1 - x0, y1 - y0)))
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        patch = slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
+        d = cell_diameter(resize_square(square_crop(patch, (side / 2, side / 2), side), 250))
+        if d is not None:
+            diam.append(d * side / 250)
+    return float(np.median(diam)) if diam else None
+
+
 def crop_side(cls: Classifier, slide: Slide, dets: Detections, opts: AnalysisOptions) -> float:
     """Level-0 side of the square cut around each cell: the checkpoint's field of view
-    scaled to this slide (by pixel size when both are known, else by the median size of
-    the detected cells relative to the training cells)."""
+    scaled to this slide — by pixel size when slide and checkpoint state it, else by the
+    cells' measured size (centre-contour diameter) relative to the training cells."""
     meta = cls.meta
     if opts.crop_px:
         return float(opts.crop_px)
     if slide.mpp and meta.mpp:
         return meta.crop_size_px * meta.mpp / slide.mpp
-    if opts.cell_px:
-        return meta.crop_size_px * opts.cell_px / meta.ref_cell_px
-    if len(dets):
+    cell = opts.cell_px or measure_cell_px(slide, dets)
+    if cell is None and len(dets):
         sizes = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
-        return meta.crop_size_px * float(np.median(sizes)) / meta.ref_cell_px
-    return float(meta.crop_size_px)
+        cell = BOX_TO_DIAMETER * float(np.median(sizes))
+    if cell is None:
+        return float(meta.crop_size_px)
+    return meta.crop_size_px * cell / meta.ref_cell_px
 
 
 def _blocks(dets: Detections, shape, block: int):

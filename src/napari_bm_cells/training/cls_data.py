@@ -32,7 +32,8 @@ def scan_class_folders(root: str | Path) -> pd.DataFrame:
         raise InputError(f"{root}: not a folder; give a folder with one sub-folder per class code")
     rows, skipped = [], []
     for cls_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [p for p in sorted(cls_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        files = [p for p in sorted(cls_dir.rglob("*")) if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(cls_dir).parts)]
         imgs = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not imgs:

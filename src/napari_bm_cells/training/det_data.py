@@ -112,7 +112,9 @@ def read_yolo(data_yaml: str | Path) -> dict[str, list[Sample]]:
         for img in sorted(img_dir.rglob("*")):
             if img.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            lab = Path(str(img.parent).replace(f"{os.sep}images", f"{os.sep}labels", 1)) / f"{img.stem}.txt"
+            # ultralytics' rule: the labels folder replaces the *last* "images" folder
+            sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+            lab = Path(sb.join(str(img).rsplit(sa, 1))).with_suffix(".txt")
             with Image.open(img) as im:
                 w, h = im.size
             boxes = []

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..export import atomic_write
 from .cls_data import load_images, scan_class_folders
 from .metrics import classification_metrics
@@ -21,13 +22,16 @@ def _test_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
     sp = split_path(ckpt)
     if split in ("auto", "test", "val", "train") and sp.is_file():
         s = pd.read_csv(sp)
-        root = str(Path(data_dir).resolve())
-        s = s[s["path"].map(lambda p: str(Path(p).resolve()).startswith(root))]
+        root = Path(data_dir).resolve()
+        # folder containment, not a string prefix ("pbc" is not "pbc_more"); the file
+        # itself is not resolved, so folders of symlinks (subsets) still match
+        s = s[s["path"].map(lambda p: (Path(p).parent.resolve() / Path(p).name).is_relative_to(root))]
         want = "test" if split == "auto" else split
         if len(s) and (s["split"] == want).any():
             return s[s["split"] == want][["path", "label"]].reset_index(drop=True)
     if split not in ("auto", "all"):
-        raise ValueError(f"no split file with a {split!r} split for {data_dir} next to {ckpt}")
+        raise InputError(f"{ckpt}: no {split!r} split of {data_dir} in {sp.name}; "
+                         "use --split auto or all")
     return df
 
 
@@ -114,7 +118,7 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
                       cls: str = "WBC") -> dict:
     """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
     pipeline's detection stage on a VOC folder or YOLO data set's test (else val) split."""
-    from ..detect import DEFAULT_DETECTOR, YoloDetector, iter_detect, load_detector
+    from ..detect import Detections, YoloDetector, iter_detect, load_detector
     from ..io import open_slide
     from ..pipeline import parse_level
     from .det_data import read_detection_set
@@ -123,7 +127,8 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
     split = split or ("test" if sets.get("test") else "val")
     samples = sets.get(split) or []
     if not samples:
-        raise ValueError(f"{data}: no {split!r} split")
+        raise InputError(f"{data}: no {split!r} split (has {sorted(k for k, v in sets.items() if v)}); "
+                         "pass --split with one of those")
     det = load_detector(detector, device=device)
     op_conf = getattr(det, "conf", 0.0)
     if isinstance(det, YoloDetector):
@@ -132,6 +137,7 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
     for s in samples:
         slide = open_slide(s.image)
         down = parse_level("auto", slide, det)
+        d = Detections.empty()
         for ev in iter_detect(slide, det, downsample=down):
             if ev.stage == "detect-done":
                 d = ev.payload

@@ -43,6 +43,32 @@ def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: i
     return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
 
 
+def estimate_cell_px(paths, fov: int | None = None, n: int = 200, seed: int = 0) -> float:
+    """Median centre-contour diameter of the cells in (up to ``n``) training images,
+    measured on the whole image (or its central ``fov`` square): the size the pipeline scales slide
+    cells to before cropping."""
+    from PIL import Image
+
+    from ..crop import cell_diameter
+
+    paths = list(paths)
+    rng = np.random.default_rng(seed)
+    diam = []
+    for p in rng.permutation(len(paths))[:n]:
+        try:
+            with Image.open(paths[p]) as im:
+                img = np.asarray(im.convert("RGB"))
+        except Exception:
+            continue
+        if fov and fov < max(img.shape[:2]):
+            t, l = (img.shape[0] - fov) // 2, (img.shape[1] - fov) // 2
+            img = img[max(t, 0):max(t, 0) + fov, max(l, 0):max(l, 0) + fov]
+        d = cell_diameter(img)
+        if d is not None:
+            diam.append(d)
+    return float(np.median(diam)) if diam else 0.5 * float(fov or 250)
+
+
 def _autocast_dtype(device: str, precision: str):
     import torch
 
@@ -74,9 +100,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         Checkpoint to write (``.safetensors``); ``<stem>.split.csv`` gets the split,
         ``<stem>.state.pt`` the resumable training state.
     ref_cell_px : float, optional
-        Typical white-cell size (detector box long side) in the training images' pixels;
-        defaults to 0.39 × the images' median side (141 px in PBC's 360-px crops, as
-        measured on TXL-PBC's boxes of PBC images).
+        Typical white-cell diameter (centre-contour equivalent diameter) in the
+        training images' pixels; measured on up to 200 training images by default.
     crop_size_px : int, optional
         Field of view in source pixels: the central square of this side is cut from each
         image (default: the whole image, its median side).
@@ -114,19 +139,18 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             df = df[df.groupby(["label", "split"]).cumcount() < (max_per_class * frac).clip(lower=1)]
         df.to_csv(sp, index=False)
     classes = sorted(df["label"].unique())
-    sides = []
-    if crop_size_px is None or ref_cell_px is None:
+    if crop_size_px is None:
+        sides = []
         for p in df["path"].sample(min(50, len(df)), random_state=seed):
             try:
                 with Image.open(p) as im:
                     sides.append(max(im.size))
             except Exception:
                 pass
-        full_side = int(np.median(sides)) if sides else 250
-    else:
-        full_side = crop_size_px
-    crop_size_px = crop_size_px or full_side
-    ref_cell_px = float(ref_cell_px or round(0.39 * full_side, 1))
+        crop_size_px = int(np.median(sides)) if sides else 250
+    if ref_cell_px is None:
+        ref_cell_px = estimate_cell_px(df[df["split"] == "train"]["path"], seed=seed)
+        progress(f"typical cell diameter in the training images: {ref_cell_px:.1f} px")
 
     progress(f"loading {len(df)} images at {img_size}px ...")
     imgs, ok = load_images(df["path"].tolist(), img_size, fov=crop_size_px)

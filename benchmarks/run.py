@@ -1,0 +1,479 @@
+"""napari-bm-cells benchmarks on real data: ``python benchmarks/run.py [--quick]``.
+
+Sections (``--only`` picks some):
+
+``stages``
+    Detection-stage throughput of the pipeline over a real mosaic slide (OME-Zarr) vs the
+    raw YOLO throughput on the very same tiles held in memory; classification-stage
+    throughput vs the raw classifier forward on the very same crops.
+``sahi``
+    Our tiled detection vs SAHI's ``get_sliced_prediction`` on the same image, weights,
+    slice size and overlap (each in a fresh process): wall time, peak RSS, recall /
+    precision and duplicate detections at slice borders against the mosaic's real WBC boxes.
+``memory``
+    Peak RSS of whole-slide analyses of 5k^2 ... 30k^2 px mosaics of real BCCD fields,
+    each in a fresh process (mosaics streamed to OME-Zarr chunk by chunk, cached in
+    ``--workdir``).
+``speedups``
+    Classifier on CPU: fp32 (PyTorch) vs bf16 autocast vs ONNX Runtime: throughput and
+    macro-F1 on held-back PBC crops.
+
+Everything measured in one run is printed as a table of ratios at the end and written as
+JSON (``--json``). The data folder is ``$BM_CELLS_DATA`` or ``../shared/data``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch  # before ultralytics (which sets OMP_NUM_THREADS=1 when it is unset)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+
+from _common import box_quality, mb, run_task, write_mosaic_zarr  # noqa: E402
+
+FULL = {"stage_grid": (12, 16), "sahi_grid": (12, 16), "memory_sides": [5000, 10000, 20000, 30000],
+        "speedup_n": 352}
+QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "memory_sides": [2500, 5000], "speedup_n": 132}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+
+
+def classifier_path(args, workdir: Path) -> tuple[Path, str]:
+    from napari_bm_cells.classify import DEFAULT_CLASSIFIER
+    from napari_bm_cells.testing import data_dir
+
+    if args.classifier:
+        return Path(args.classifier), "given"
+    if DEFAULT_CLASSIFIER.is_file():
+        return DEFAULT_CLASSIFIER, "shipped"
+    from napari_bm_cells.training.train_classifier import train_classifier
+
+    out = workdir / "tiny_classifier.safetensors"
+    if not out.is_file():
+        log("no shipped classifier yet: training a tiny one on real PBC crops (2 steps)")
+        train_classifier(data_dir() / "pbc", out, img_size=64, epochs=1, batch_size=16, max_steps=2,
+                         max_per_class=10, crop_size_px=250, ref_cell_px=141, progress=lambda s: None)
+    return out, "tiny (2 training steps; accuracy meaningless, speed ~ a 64 px model)"
+
+
+def stage_mosaic(workdir: Path, grid, tag: str):
+    """A mosaic of real BCCD fields as OME-Zarr + its level-1 image (npy) + WBC boxes."""
+    from napari_bm_cells.testing import _half, build_mosaic, write_ome_zarr
+
+    z = workdir / f"stage_{tag}_{grid[0]}x{grid[1]}.ome.zarr"
+    npy, gt = z.with_suffix(".level1.npy"), z.with_suffix(".gt.npy")
+    if not (z.is_dir() and npy.is_file() and gt.is_file()):
+        img, boxes = build_mosaic(*grid, source="bccd", split="train+val+test", seed=7)
+        write_ome_zarr(img, z, n_levels=3, chunk=512)
+        np.save(npy, _half(img))
+        np.save(gt, boxes[["x0", "y0", "x1", "y1"]].to_numpy(float))
+    return z, npy, np.load(gt)
+
+
+# --- stages --------------------------------------------------------------------------
+
+def _timed(fn, reps=1):
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_stages(zpath: Path, det, cls, level=1) -> dict:
+    from napari_bm_cells.detect import Detections, tile_grid
+    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.pipeline import AnalysisOptions, _blocks, _cell_crops, analyze
+
+    opts = AnalysisOptions(level=level)
+    slide = open_slide(zpath)
+    analyze(slide, det, cls, options=dataclasses.replace(opts, region=(0, 0, 1500, 2000)))  # warm-up
+    d = float(slide.downsamples[level]) if isinstance(level, int) else None
+
+    # the same tiles, read once into memory
+    H, W = slide.shape
+    res = None
+
+    def stage():
+        nonlocal res
+        res = analyze(slide, det, cls, options=opts)
+
+    d = d or 2.0
+    tiles = tile_grid(math.ceil(H / d), math.ceil(W / d), opts.tile_size, opts.overlap)
+    imgs = [slide.read_region(t.y0 * d, t.x0 * d, t.y1 * d, t.x1 * d, downsample=d)[: t.y1 - t.y0, : t.x1 - t.x0]
+            for t in tiles]
+    bgr = [np.ascontiguousarray(t[..., ::-1]) for t in imgs]
+    imgsz = int(math.ceil(max(max(t.shape[:2]) for t in imgs) / 32) * 32)
+    B = opts.det_batch
+
+    def raw_predict():
+        for i in range(0, len(bgr), B):
+            det.model.predict(bgr[i:i + B], imgsz=imgsz, conf=det.conf, iou=det.iou,
+                              classes=det.class_ids, device=det.device, verbose=False)
+
+    backend = det.model.predictor.model
+    same = len({t.shape for t in imgs}) == 1
+    xs = [torch.from_numpy(np.stack(imgs[i:i + B])).permute(0, 3, 1, 2).float().div(255)
+          for i in range(0, len(imgs), B)] if same else []
+
+    def raw_forward():
+        with torch.inference_mode():
+            for x in xs:
+                backend(x)
+
+    # interleave: raw, stage, raw (the machine's load drifts); raw = mean of the two
+    t_pred = [_timed(raw_predict)]
+    t_fwd = [_timed(raw_forward)] if xs else []
+    t_stage = _timed(stage)
+    t_pred.append(_timed(raw_predict))
+    if xs:
+        t_fwd.append(_timed(raw_forward))
+    tm = res.timings
+    n_tiles = len(tiles)
+    out = {"slide_shape": list(slide.shape), "detect_downsample": d, "n_tiles": n_tiles,
+           "det_batch": B, "detect_stage_s": round(tm["detect_s"], 3),
+           "raw_predict_s": round(float(np.mean(t_pred)), 3),
+           "raw_forward_s": round(float(np.mean(t_fwd)), 3) if t_fwd else None,
+           "analysis_total_s": round(t_stage, 3)}
+    out["detect_tiles_per_s"] = round(n_tiles / tm["detect_s"], 3)
+    out["raw_predict_tiles_per_s"] = round(n_tiles / out["raw_predict_s"], 3)
+    out["ratio_detect_vs_predict"] = round(out["raw_predict_s"] / tm["detect_s"], 3)
+    if t_fwd:
+        out["ratio_detect_vs_forward"] = round(out["raw_forward_s"] / tm["detect_s"], 3)
+
+    # classification: the same crops, cut exactly as the pipeline cuts them
+    cells = res.cells
+    dets = Detections(cells[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(np.float32),
+                      cells["det_score"].to_numpy(np.float32))
+    side = res.summary["classifier"]["crop_px_level0"]
+    margin = int(math.ceil(side)) + 2
+    crops = []
+    t = time.perf_counter()
+    for group in _blocks(dets, slide.shape, opts.block):
+        b = dets.boxes[group]
+        gy0, gx0 = int(b[:, 1].min()) - margin, int(b[:, 0].min()) - margin
+        img = slide.read_region(gy0, gx0, int(b[:, 3].max()) + margin, int(b[:, 2].max()) + margin)
+        for j in range(0, len(group), opts.batch_size):
+            crops.append(_cell_crops(img, (gy0, gx0), dets, group[j:j + opts.batch_size], side, cls)[0])
+    t_crops = time.perf_counter() - t
+    crops = np.concatenate(crops) if crops else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)
+    bs = opts.batch_size
+    mean, std = cls._mean, cls._std
+    cx = [((torch.from_numpy(crops[i:i + bs]).permute(0, 3, 1, 2).float().div(255) - mean) / std)
+          .contiguous(memory_format=torch.channels_last) for i in range(0, len(crops), bs)]
+
+    def raw_cls():
+        with torch.inference_mode():
+            for x in cx:
+                cls.model(x)
+
+    def predict():
+        for i in range(0, len(crops), bs):
+            cls.predict(crops[i:i + bs])
+
+    raw_cls()  # warm-up at these batch sizes
+    t_raw = [_timed(raw_cls)]
+    t_pred_c = _timed(predict)
+    res2 = None
+
+    def stage2():
+        nonlocal res2
+        res2 = analyze(slide, det, cls, options=opts)
+
+    _timed(stage2)
+    t_raw.append(_timed(raw_cls))
+    t_cls = float(np.mean([tm["classify_s"], res2.timings["classify_s"]]))
+    n = len(crops)
+    out.update({"n_cells": n, "cls_batch": bs, "classify_stage_s": round(t_cls, 3),
+                "classify_stage_runs_s": [round(tm["classify_s"], 3), round(res2.timings["classify_s"], 3)],
+                "raw_cls_forward_s": round(float(np.mean(t_raw)), 3),
+                "cls_predict_s": round(t_pred_c, 3), "crop_cutting_s": round(t_crops, 3),
+                "classify_cells_per_s": round(n / t_cls, 2) if t_cls else None,
+                "raw_cls_cells_per_s": round(n / np.mean(t_raw), 2) if n else None,
+                "ratio_classify_vs_forward": round(float(np.mean(t_raw)) / t_cls, 3) if t_cls else None,
+                "detect_stage_runs_s": [round(tm["detect_s"], 3), round(res2.timings["detect_s"], 3)]})
+    return out
+
+
+# --- SAHI ----------------------------------------------------------------------------
+
+def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, reps: int = 1) -> dict:
+    """Each method in a fresh process, ``reps`` rounds (interleaved); the fastest run counts."""
+    gt1 = gt / 2.0  # the level-1 image both methods see
+    out = {"image_shape": list(np.load(npy, mmap_mode="r").shape[:2]), "tile": 640, "overlap": 160,
+           "reps": reps}
+    methods = (("ours_in_memory", "detect_ours", {"npy": str(npy)}),
+               ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(zpath)}),
+               ("sahi_greedynmm", "detect_sahi", {"npy": str(npy)}),
+               ("sahi_nms", "detect_sahi", {"npy": str(npy), "postprocess": "NMS"}))
+    for rep in range(reps):
+        for name, task, kw in methods:
+            log(f"  {name} (round {rep + 1}/{reps}) ...")
+            r = run_task(task, detector=detector, **kw)
+            q = box_quality(np.asarray(r.pop("boxes")), np.asarray(r.pop("scores")), gt1, r.pop("tiles", None))
+            prev = out.get(name)
+            if prev is None or r["wall_s"] < prev["wall_s"]:
+                out[name] = {**r, **q, "wall_s_runs": (prev or {}).get("wall_s_runs", []) + [r["wall_s"]]}
+            else:
+                prev["wall_s_runs"].append(r["wall_s"])
+    o, s = out["ours_in_memory"], out["sahi_nms"]
+    out["speedup_vs_sahi_nms"] = round(s["wall_s"] / o["wall_s"], 3)
+    out["speedup_vs_sahi_greedynmm"] = round(out["sahi_greedynmm"]["wall_s"] / o["wall_s"], 3)
+    return out
+
+
+# --- memory --------------------------------------------------------------------------
+
+def bench_memory(workdir: Path, sides, classifier: str, detector: str | None, data: Path,
+                 keep: bool) -> dict:
+    rows = []
+    for side in sides:
+        z = workdir / f"mem_{side}.ome.zarr"
+        t = time.perf_counter()
+        write_mosaic_zarr(z, side, side, data, seed=side)
+        t_build = time.perf_counter() - t
+        disk = sum(f.stat().st_size for f in z.rglob("*") if f.is_file())
+        log(f"  {side}^2: built in {t_build:.0f} s ({disk / 2**30:.2f} GB on disk); analysing ...")
+        r = run_task("analyse", path=str(z), level=1, classifier=classifier, detector=detector)
+        r.update(side=side, raw_rgb_mb=mb(side * side * 3), zarr_on_disk_mb=mb(disk),
+                 build_s=round(t_build, 1))
+        r["growth_over_models_mb"] = round(r["peak_rss_mb"] - r["rss_models_loaded_mb"], 1)
+        rows.append(r)
+        log(f"  {side}^2: peak RSS {r['peak_rss_mb']:.0f} MB (ru_maxrss {r['ru_maxrss_mb']:.0f} MB), "
+            f"{r['n_cells']} cells, {r['wall_s']:.0f} s")
+        if not keep and side >= 20000:
+            shutil.rmtree(z, ignore_errors=True)
+    return {"rows": rows}
+
+
+# --- classifier speed-ups ------------------------------------------------------------
+
+def bench_speedups(ckpt: Path, n: int) -> dict:
+    import onnxruntime as ort
+
+    from napari_bm_cells.classify import Classifier
+    from napari_bm_cells.testing import data_dir
+    from napari_bm_cells.training.cls_data import load_images
+    from napari_bm_cells.training.evaluate import _test_rows
+    from napari_bm_cells.training.metrics import classification_metrics
+
+    fp32 = Classifier(ckpt, device="cpu")
+    from napari_bm_cells.training.cls_data import scan_class_folders
+    from napari_bm_cells.training.train_classifier import split_path
+
+    rows = _test_rows(data_dir() / "pbc", ckpt, "auto")
+    source = "the checkpoint's held-back test split"
+    if len(rows) < n:  # e.g. the tiny smoke-test checkpoint: any PBC image it was not trained on
+        rows = scan_class_folders(data_dir() / "pbc")
+        sp = split_path(ckpt)
+        if sp.is_file():
+            import pandas as pd
+            seen = pd.read_csv(sp)
+            seen = {str(Path(p).resolve()) for p in seen.loc[seen["split"] != "test", "path"]}
+            rows = rows[~rows["path"].map(lambda p: str(Path(p).resolve()) in seen)]
+        source = "PBC images outside the checkpoint's training/validation split"
+    k = max(1, n // rows["label"].nunique())
+    rows = rows.sample(frac=1.0, random_state=0).groupby("label").head(k).sort_index().reset_index(drop=True)
+    imgs, ok = load_images(rows["path"].tolist(), fp32.input_size, fov=fp32.meta.crop_size_px)
+    y = rows["label"].to_numpy()[ok]
+    bs = 32
+    out = {"n_crops": int(len(imgs)), "crops": source, "batch": bs, "input_size": fp32.input_size,
+           "arch": fp32.meta.arch}
+
+    def run_torch(c, a):
+        return np.concatenate([c.predict(a[i:i + bs]) for i in range(0, len(a), bs)])
+
+    bf16 = Classifier(ckpt, device="cpu", precision="bf16")
+    onnx_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bm_cells_cls_{os.getpid()}.onnx"
+    model = fp32.model.to(memory_format=torch.contiguous_format).eval()
+    dummy = torch.zeros(1, 3, fp32.input_size, fp32.input_size)
+    torch.onnx.export(model, dummy, str(onnx_path), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    fp32.model = model.to(memory_format=torch.channels_last)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    mean = np.asarray(fp32.meta.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(fp32.meta.std, np.float32).reshape(1, 3, 1, 1)
+
+    def run_onnx(a):
+        outs = []
+        for i in range(0, len(a), bs):
+            x = (a[i:i + bs].transpose(0, 3, 1, 2).astype(np.float32) / 255 - mean) / std
+            lg = sess.run(None, {"x": x})[0]
+            e = np.exp(lg - lg.max(1, keepdims=True))
+            outs.append(e / e.sum(1, keepdims=True))
+        return np.concatenate(outs)
+
+    variants = {"torch_fp32": lambda a: run_torch(fp32, a), "torch_bf16_autocast": lambda a: run_torch(bf16, a),
+                "onnxruntime_fp32": run_onnx}
+    probs, times = {}, {k: [] for k in variants}
+    for fn in variants.values():  # warm-up on one batch
+        fn(imgs[:bs])
+    for _ in range(3):  # interleaved repetitions (the machine's load drifts); best of three
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            probs[name] = fn(imgs)
+            times[name].append(time.perf_counter() - t)
+    base = probs["torch_fp32"]
+    for name in variants:
+        m = classification_metrics(y, probs[name], fp32.classes)
+        t = min(times[name])
+        out[name] = {"s": round(t, 3), "crops_per_s": round(len(imgs) / t, 2), "macro_f1": round(m["macro_f1"], 4),
+                     "accuracy": round(m["accuracy"], 4),
+                     "argmax_agreement_with_fp32": round(float((probs[name].argmax(1) == base.argmax(1)).mean()), 4),
+                     "max_abs_prob_diff": round(float(np.abs(probs[name] - base).max()), 5)}
+    for name in ("torch_bf16_autocast", "onnxruntime_fp32"):
+        out[name]["speedup_vs_fp32"] = round(out["torch_fp32"]["s"] / out[name]["s"], 3)
+        out[name]["macro_f1_minus_fp32"] = round(out[name]["macro_f1"] - out["torch_fp32"]["macro_f1"], 4)
+    onnx_path.unlink(missing_ok=True)
+    return out
+
+
+# --- main ----------------------------------------------------------------------------
+
+def summary_lines(r: dict) -> list[str]:
+    L = []
+    s = r.get("stages")
+    if s:
+        L.append(f"detection stage / raw YOLO predict, same {s['n_tiles']} tiles: "
+                 f"{s['ratio_detect_vs_predict']:.2f} (goal >= 0.85; {s['detect_tiles_per_s']:.2f} vs "
+                 f"{s['raw_predict_tiles_per_s']:.2f} tiles/s)")
+        if s.get("ratio_detect_vs_forward"):
+            L.append(f"detection stage / bare network forward (no pre/post-processing): "
+                     f"{s['ratio_detect_vs_forward']:.2f}")
+        if s.get("ratio_classify_vs_forward") is not None:
+            L.append(f"classification stage / raw classifier forward, same {s['n_cells']} crops: "
+                     f"{s['ratio_classify_vs_forward']:.2f} (goal >= 0.90; {s['classify_cells_per_s']:.1f} vs "
+                     f"{s['raw_cls_cells_per_s']:.1f} cells/s; cutting the crops took {s['crop_cutting_s']:.2f} s "
+                     f"of {s['classify_stage_s']:.2f} s)")
+    q = r.get("sahi")
+    if q:
+        o = q["ours_in_memory"]
+        L.append(f"vs SAHI, same {q['image_shape'][0]}x{q['image_shape'][1]} image, weights, 640 px slices, "
+                 f"160 px overlap (best of {q['reps']}):")
+        for name in ("ours_in_memory", "ours_lazy_zarr_level1", "sahi_nms", "sahi_greedynmm"):
+            x = q[name]
+            extra = (f", of which across tiles {x['dup_pairs_across_tiles']}" if "dup_pairs_across_tiles" in x else "")
+            L.append(f"  {name:<22} wall {x['wall_s']:6.1f} s  peak RSS {x['peak_rss_mb']:6.0f} MB "
+                     f"(+{x['peak_rss_mb'] - x['rss_before_mb']:.0f})  boxes {x['n_pred']}/{x['n_gt']} GT  "
+                     f"recall {x['recall']:.3f}  precision {x['precision']:.3f}  "
+                     f"extra boxes on one GT cell {x['dup_gt']}  overlapping pairs {x['dup_pairs']}{extra}")
+        L.append(f"  speed-up of ours vs SAHI: x{q['speedup_vs_sahi_nms']:.2f} (NMS), "
+                 f"x{q['speedup_vs_sahi_greedynmm']:.2f} (GREEDYNMM, SAHI's default)")
+    m = r.get("memory")
+    if m:
+        rows = m["rows"]
+        L.append("peak RSS by slide side: " + ", ".join(
+            f"{x['side'] // 1000 if x['side'] % 1000 == 0 else x['side'] / 1000}k^2 {x['peak_rss_mb']:.0f} MB"
+            for x in rows) + " (goal flat; 30k^2 < 2500 MB)")
+        if len(rows) > 1:
+            a, b = rows[0], rows[-1]
+            L.append(f"  area x{(b['side'] / a['side']) ** 2:.0f} -> peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
+    sp = r.get("speedups")
+    if sp:
+        for k in ("torch_bf16_autocast", "onnxruntime_fp32"):
+            L.append(f"classifier {k}: x{sp[k]['speedup_vs_fp32']:.2f} vs fp32 "
+                     f"({sp[k]['crops_per_s']:.0f} vs {sp['torch_fp32']['crops_per_s']:.0f} crops/s), "
+                     f"macro-F1 {sp[k]['macro_f1_minus_fp32']:+.4f}, argmax agreement "
+                     f"{sp[k]['argmax_agreement_with_fp32']:.3f} (n={sp['n_crops']})")
+    return L
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    p.add_argument("--only", default="stages,sahi,memory,speedups", help="comma-separated sections")
+    p.add_argument("--workdir", default=None, help="mosaics and temporary files (default: $TMPDIR/bm_cells_bench)")
+    p.add_argument("--json", default=None, help="write all results here (default: WORKDIR/results.json)")
+    p.add_argument("--classifier", default=None, help="default: the shipped checkpoint")
+    p.add_argument("--detector", default=None, help="default: the shipped YOLO weights")
+    p.add_argument("--memory-sides", default=None, help="e.g. 5000,10000 (overrides the preset)")
+    p.add_argument("--keep-mosaics", action="store_true", help="keep the >= 20k^2 mosaics")
+    a = p.parse_args(argv)
+    cfg = dict(QUICK if a.quick else FULL)
+    if a.memory_sides:
+        cfg["memory_sides"] = [int(s) for s in a.memory_sides.split(",")]
+    workdir = Path(a.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / "bm_cells_bench")
+    workdir.mkdir(parents=True, exist_ok=True)
+    sections = a.only.split(",")
+
+    from napari_bm_cells.classify import Classifier
+    from napari_bm_cells.detect import DEFAULT_DETECTOR, load_detector
+    from napari_bm_cells.testing import data_dir
+
+    data = data_dir()
+    ckpt, ckpt_kind = classifier_path(a, workdir)
+    detector = a.detector or str(DEFAULT_DETECTOR)
+    results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "preset": "quick" if a.quick else "full",
+               "machine": machine(), "classifier": {"path": str(ckpt), "kind": ckpt_kind},
+               "detector": {"path": detector,
+                            "meta": json.loads(Path(detector).with_suffix(".json").read_text())
+                            if Path(detector).with_suffix(".json").is_file() else None},
+               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    t0 = time.perf_counter()
+    if "stages" in sections:
+        log("stages: building mosaic ...")
+        z, _, _ = stage_mosaic(workdir, cfg["stage_grid"], "s")
+        cls = Classifier(ckpt, device="cpu")
+        det = load_detector(detector, device="cpu")
+        log("stages: measuring ...")
+        results["stages"] = bench_stages(z, det, cls)
+        del cls, det
+    if "sahi" in sections:
+        log("sahi: ...")
+        z, npy, gt = stage_mosaic(workdir, cfg["sahi_grid"], "s")
+        results["sahi"] = bench_sahi(z, npy, gt, detector, reps=1 if a.quick else 2)
+    if "speedups" in sections:
+        log("speedups: ...")
+        results["speedups"] = bench_speedups(ckpt, cfg["speedup_n"])
+    if "memory" in sections:
+        log("memory: ...")
+        results["memory"] = bench_memory(workdir, cfg["memory_sides"], str(ckpt), detector, data,
+                                         a.keep_mosaics)
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    results["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    out = Path(a.json) if a.json else workdir / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summary_lines(results)
+    out.write_text(json.dumps(results, indent=2))
+    m = results["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, torch {m['torch']} "
+          f"({m['torch_threads']} threads), load average {m['load_avg_1m_at_start']} -> {m['load_avg_1m_at_end']}")
+    print(f"classifier: {ckpt_kind} ({ckpt.name}); detector: {Path(detector).name}")
+    for line in results["summary"]:
+        print(line)
+    print(f"({results['wall_s']:.0f} s; all numbers in {out})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""``bm-cells analyze`` on bad and unusual input: exit codes, one-line errors, outputs."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from napari_bm_cells.cli import main
+
+BASE_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
+                "label", "confidence", "p_blast", "p_atypical"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The CI box shares 2 cores with training jobs: 2 OpenMP threads thrash (~30x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def field(bccd_jpeg) -> np.ndarray:
+    """A real 640 x 480 BCCD field (one white cell) as RGB uint8."""
+    with Image.open(bccd_jpeg) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _analyze(path, out, classifier_path, capsys):
+    rc = main(["analyze", str(path), "--out", str(out), "--classifier", str(classifier_path),
+               "--device", "cpu", "-q"])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _assert_one_line_error(rc, out, err, name):
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bm-cells: error: ") and str(name) in lines[0], lines[0]
+
+
+# --- bad input: exit 2, one line naming the file -------------------------------------------
+
+def test_truncated_jpeg(bccd_jpeg, classifier_path, tmp_path, capsys):
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(bccd_jpeg.read_bytes()[:5000])
+    rc, out, err = _analyze(bad, tmp_path / "out", classifier_path, capsys)
+    _assert_one_line_error(rc, out, err, bad)
+    assert not (tmp_path / "out" / "cells.csv").exists()
+
+
+def test_text_file_renamed_tif(classifier_path, tmp_path, capsys):
+    bad = tmp_path / "notes.tif"
+    bad.write_text("patient 12, slide 3: re-scan tomorrow\n")
+    rc, out, err = _analyze(bad, tmp_path / "out", classifier_path, capsys)
+    _assert_one_line_error(rc, out, err, bad)
+
+
+def test_missing_file(classifier_path, tmp_path, capsys):
+    missing = tmp_path / "nope" / "slide.svs"
+    rc, out, err = _analyze(missing, tmp_path / "out", classifier_path, capsys)
+    _assert_one_line_error(rc, out, err, missing)
+    assert "not found" in err
+
+
+def test_classifier_whose_class_list_does_not_match_its_weights(bccd_jpeg, classifier_path, tmp_path,
+                                                                capsys):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from napari_bm_cells.checkpoint import read_meta, save_checkpoint
+
+    meta = read_meta(classifier_path)
+    wrong = replace(meta, classes=meta.classes[:-2])  # two classes fewer than the head has
+    bad = save_checkpoint(tmp_path / "wrong_classes.safetensors", load_file(str(classifier_path)), wrong)
+    rc, out, err = _analyze(bccd_jpeg, tmp_path / "out", bad, capsys)
+    _assert_one_line_error(rc, out, err, bad)
+    assert "do not match" in err
+
+
+def test_missing_classifier_checkpoint(bccd_jpeg, tmp_path, capsys):
+    missing = tmp_path / "none.safetensors"
+    rc, out, err = _analyze(bccd_jpeg, tmp_path / "out", missing, capsys)
+    _assert_one_line_error(rc, out, err, missing)
+
+
+# --- unusual but valid images: exit 0, documented outputs ----------------------------------
+
+def _check_outputs(out_dir, classifier_path, min_cells=0):
+    from napari_bm_cells.checkpoint import read_meta
+
+    classes = read_meta(classifier_path).classes
+    cells = pd.read_csv(out_dir / "cells.csv")
+    assert list(cells.columns) == BASE_COLUMNS + [f"prob_{c}" for c in classes]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["n_cells"] == len(cells) >= min_cells
+    if len(cells):
+        probs = cells[[f"prob_{c}" for c in classes]].to_numpy()
+        np.testing.assert_allclose(probs.sum(1), 1, atol=1e-3)
+        assert set(cells["label"]) <= set(classes)
+        assert ((cells["x"] >= 0) & (cells["x"] < 640) & (cells["y"] >= 0) & (cells["y"] < 480)).all()
+    return cells, summary
+
+
+def test_rgb_jpeg_reference(bccd_jpeg, classifier_path, tmp_path, capsys):
+    rc, out, err = _analyze(bccd_jpeg, tmp_path / "out", classifier_path, capsys)
+    assert rc == 0, err
+    assert "cells.csv" in out and "summary.json" in out
+    _check_outputs(tmp_path / "out", classifier_path, min_cells=1)
+
+
+def test_grey_png(field, classifier_path, tmp_path, capsys):
+    path = tmp_path / "grey.png"
+    Image.fromarray(field).convert("L").save(path)
+    assert np.asarray(Image.open(path)).ndim == 2
+    rc, out, err = _analyze(path, tmp_path / "out", classifier_path, capsys)
+    assert rc == 0, err
+    _check_outputs(tmp_path / "out", classifier_path)
+
+
+def test_rgba_png(field, classifier_path, tmp_path, capsys):
+    path = tmp_path / "rgba.png"
+    rgba = np.dstack([field, np.full(field.shape[:2], 255, np.uint8)])
+    rgba[:40, :40, 3] = 0  # a transparent corner
+    Image.fromarray(rgba, "RGBA").save(path)
+    rc, out, err = _analyze(path, tmp_path / "out", classifier_path, capsys)
+    assert rc == 0, err
+    _check_outputs(tmp_path / "out", classifier_path, min_cells=1)
+
+
+def test_16_bit_tiff(field, classifier_path, tmp_path, capsys):
+    import tifffile
+
+    path = tmp_path / "field16.tif"
+    tifffile.imwrite(path, field.astype(np.uint16) * 257, photometric="rgb")
+    rc, out, err = _analyze(path, tmp_path / "out", classifier_path, capsys)
+    assert rc == 0, err
+    cells16, _ = _check_outputs(tmp_path / "out", classifier_path, min_cells=1)
+    # the same cells as the 8-bit original
+    Image.fromarray(field).save(tmp_path / "field8.png")
+    rc, _, err = _analyze(tmp_path / "field8.png", tmp_path / "out8", classifier_path, capsys)
+    assert rc == 0, err
+    cells8 = pd.read_csv(tmp_path / "out8" / "cells.csv")
+    assert len(cells8) == len(cells16)
+    np.testing.assert_allclose(cells16[["x", "y"]].to_numpy(), cells8[["x", "y"]].to_numpy(), atol=2)
+
+
+def test_blank_white_image_has_no_cells(classifier_path, tmp_path, capsys):
+    path = tmp_path / "white.png"
+    Image.fromarray(np.full((480, 640, 3), 255, np.uint8)).save(path)
+    rc, out, err = _analyze(path, tmp_path / "out", classifier_path, capsys)
+    assert rc == 0, err
+    text = (tmp_path / "out" / "cells.csv").read_text()
+    assert len(text.strip().splitlines()) == 1  # header only
+    cells, summary = _check_outputs(tmp_path / "out", classifier_path)
+    assert len(cells) == 0 and summary["n_cells"] == 0

@@ -1,0 +1,240 @@
+"""Detection data: VOC -> YOLO conversion, YOLO reading, detector evaluation, box matching."""
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from napari_bm_cells.training.det_data import CLASS_SETS, read_voc, read_yolo, write_yolo_set
+from napari_bm_cells.training.evaluate import detection_scores, match_boxes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The CI box shares 2 cores with training jobs: 2 OpenMP threads thrash (~30x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _raw_voc(bccd: Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
+    """Objects of every BCCD annotation, parsed independently of det_data (VOC 1-based)."""
+    out = {}
+    for xml in sorted((bccd / "Annotations").glob("*.xml")):
+        root = ET.parse(xml).getroot()
+        objs = []
+        for o in root.iter("object"):
+            b = o.find("bndbox")
+            objs.append((o.findtext("name"), *(float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))))
+        out[xml.stem] = objs
+    return out
+
+
+def _yolo_back(label_file: Path, w: int, h: int, names) -> list[tuple[str, float, float, float, float]]:
+    out = []
+    for line in label_file.read_text().splitlines():
+        c, cx, cy, bw, bh = line.split()
+        cx, cy, bw, bh = float(cx) * w, float(cy) * h, float(bw) * w, float(bh) * h
+        out.append((names[int(c)], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bccd_all(data_dir, tmp_path_factory):
+    return write_yolo_set([data_dir / "bccd"], tmp_path_factory.mktemp("yolo") / "all", CLASS_SETS["all"])
+
+
+def test_voc_to_yolo_keeps_every_box_and_round_trips(data_dir, bccd_all):
+    bccd = data_dir / "bccd"
+    raw = _raw_voc(bccd)
+    n_objects = sum(len(v) for v in raw.values())
+    assert n_objects == 4155 + 372 + 361  # README counts
+    root = bccd_all.parent
+    cfg = yaml.safe_load(bccd_all.read_text())
+    names = [cfg["names"][i] for i in sorted(cfg["names"])]
+    assert names == ["WBC", "RBC", "Platelets"]
+    label_files = sorted((root / "labels").rglob("*.txt"))
+    assert len(label_files) == len(raw) == 364
+    n_lines = sum(len(f.read_text().splitlines()) for f in label_files)
+    assert n_lines == n_objects
+    # per split: one image and one label file per id of ImageSets/Main
+    for split in ("train", "val", "test"):
+        ids = (bccd / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        assert sorted(p.stem for p in (root / "images" / split).iterdir()) == sorted(f"s0_{i}" for i in ids)
+        assert cfg[split] == f"images/{split}"
+    # coordinates back in pixels: within 1 px of the VOC numbers, same classes in order
+    for f in label_files:
+        stem = f.stem.removeprefix("s0_")
+        back = _yolo_back(f, 640, 480, names)
+        assert [b[0] for b in back] == [o[0] for o in raw[stem]], stem
+        for b, o in zip(back, raw[stem]):
+            assert np.allclose(b[1:], o[1:], atol=1.0 + 1e-3), (stem, b, o)
+            assert b[1] < b[3] and b[2] < b[4]  # even BCCD's two zero-size boxes keep a size
+    img = next((root / "images" / "test").iterdir())
+    assert img.resolve() == (bccd / "JPEGImages" / (img.stem.removeprefix("s0_") + ".jpg")).resolve()
+
+
+def test_read_yolo_of_the_converted_set_matches_read_voc(data_dir, bccd_all):
+    voc = read_voc(data_dir / "bccd")
+    yolo = read_yolo(bccd_all)
+    assert {k: len(v) for k, v in yolo.items()} == {k: len(v) for k, v in voc.items()}
+    by_stem = {s.image.stem.removeprefix("s0_"): s for v in yolo.values() for s in v}
+    for s in voc["test"]:
+        y = by_stem[s.image.stem]
+        assert (y.width, y.height) == (s.width, s.height)
+        a = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes])
+        b = np.array([[b.x0, b.y0, b.x1, b.y1] for b in y.boxes])
+        np.testing.assert_allclose(b, a, atol=0.01)  # 6 decimals of normalised coordinates
+        assert [b.cls for b in y.boxes] == [b.cls for b in s.boxes]
+
+
+def test_wbc_only_set_keeps_exactly_the_white_cells(data_dir, tmp_path):
+    raw = _raw_voc(data_dir / "bccd")
+    data_yaml = write_yolo_set([data_dir / "bccd"], tmp_path / "wbc", CLASS_SETS["wbc"])
+    cfg = yaml.safe_load(data_yaml.read_text())
+    assert cfg["names"] == {0: "WBC"}
+    for f in sorted((tmp_path / "wbc" / "labels").rglob("*.txt")):
+        stem = f.stem.removeprefix("s0_")
+        back = _yolo_back(f, 640, 480, ["WBC"])
+        want = [o for o in raw[stem] if o[0] == "WBC"]
+        assert len(back) == len(want), stem
+        for b, o in zip(back, want):
+            assert np.allclose(b[1:], o[1:], atol=1.0 + 1e-3)
+    lines = [ln for f in (tmp_path / "wbc" / "labels").rglob("*.txt") for ln in f.read_text().splitlines()]
+    assert len(lines) == 372 and all(ln.startswith("0 ") for ln in lines)
+
+
+def test_read_yolo_txl_pbc_gives_pixel_boxes_inside_the_image(data_dir):
+    sets = read_yolo(data_dir / "txl-pbc" / "data.yaml")
+    assert {k: len(v) for k, v in sets.items()} == {"train": 1008, "val": 288, "test": 144}
+    counts = {}
+    for samples in sets.values():
+        for s in samples:
+            for b in s.boxes:
+                counts[b.cls] = counts.get(b.cls, 0) + 1
+                assert -0.5 <= b.x0 < b.x1 <= s.width + 0.5, (s.image, b)
+                assert -0.5 <= b.y0 < b.y1 <= s.height + 0.5, (s.image, b)
+    assert counts == {"WBC": 1515, "RBC": 24271, "Platelets": 851}
+    # pixels, not normalised coordinates: white cells are tens of pixels wide
+    wbc = [b.x1 - b.x0 for s in sets["test"] for b in s.boxes if b.cls == "WBC"]
+    assert np.median(wbc) > 20
+
+
+def test_read_yolo_finds_labels_when_a_parent_folder_is_called_images(data_dir, tmp_path):
+    """Labels sit beside the *last* ``images`` folder (ultralytics' rule), not the first."""
+    src = data_dir / "txl-pbc"
+    root = tmp_path / "images" / "txl"
+    imgs = sorted((src / "images" / "test").iterdir())[:2]
+    (root / "images" / "test").mkdir(parents=True)
+    (root / "labels" / "test").mkdir(parents=True)
+    n_boxes = 0
+    for p in imgs:
+        (root / "images" / "test" / p.name).symlink_to(p)
+        lab = src / "labels" / "test" / f"{p.stem}.txt"
+        shutil.copy(lab, root / "labels" / "test" / lab.name)
+        n_boxes += len([ln for ln in lab.read_text().splitlines() if ln.split()])
+    (root / "data.yaml").write_text("test: ./images/test/\nval: ./images/test/\nnames: ['WBC', 'RBC', 'Platelets']\n")
+    sets = read_yolo(root / "data.yaml")
+    assert n_boxes > 0
+    assert sum(len(s.boxes) for s in sets["test"]) == n_boxes
+
+
+def _tiny_voc(data_dir, dst: Path, n: int = 5) -> list[str]:
+    bccd = data_dir / "bccd"
+    ids = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()[:n]
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (dst / sub).mkdir(parents=True)
+    for i in ids:
+        (dst / "Annotations" / f"{i}.xml").symlink_to(bccd / "Annotations" / f"{i}.xml")
+        (dst / "JPEGImages" / f"{i}.jpg").symlink_to(bccd / "JPEGImages" / f"{i}.jpg")
+    (dst / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
+    return ids
+
+
+def test_evaluate_detector_on_a_tiny_voc_set(data_dir, tmp_path):
+    from napari_bm_cells.training.evaluate import evaluate_detector
+
+    ids = _tiny_voc(data_dir, tmp_path / "voc")
+    n_wbc = sum(o[0] == "WBC" for i in ids for o in _raw_voc(data_dir / "bccd")[i])
+    m = evaluate_detector(tmp_path / "voc", tmp_path / "out", device="cpu")
+    for k in ("recall", "precision", "ap50"):
+        assert 0.0 <= m[k] <= 1.0, (k, m[k])
+    assert m["split"] == "test" and m["n_images"] == len(ids) == 5
+    assert m["n_gt"] == n_wbc
+    assert m["recall"] > 0  # the shipped detector finds white cells on real fields
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {k: saved[k] for k in ("recall", "precision", "ap50", "n_gt")} == \
+        {k: m[k] for k in ("recall", "precision", "ap50", "n_gt")}
+    assert (tmp_path / "out" / "per_image.csv").is_file()
+
+
+def test_evaluate_detector_missing_split_is_an_input_error(data_dir, tmp_path):
+    from napari_bm_cells.errors import InputError
+    from napari_bm_cells.training.evaluate import evaluate_detector
+
+    _tiny_voc(data_dir, tmp_path / "voc", n=1)
+    with pytest.raises(InputError, match="train"):
+        evaluate_detector(tmp_path / "voc", tmp_path / "out", split="train")
+
+
+# --- box matching and scores on hand examples -------------------------------------------
+
+GT = np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 70, 30]], np.float32)
+
+
+def test_perfect_detector():
+    scores = np.array([0.9, 0.8, 0.7])
+    tp = match_boxes(GT.copy(), scores, GT)
+    assert tp.tolist() == [True, True, True]
+    d = detection_scores(tp, scores, len(GT), conf=0.5)
+    assert d["recall"] == 1 and d["precision"] == 1 and d["n_pred"] == 3 and d["n_gt"] == 3
+    assert d["ap50"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_duplicates_misses_and_false_positives_are_counted():
+    pred = np.array([[0, 0, 10, 10],      # gt 0
+                     [1, 1, 11, 11],      # duplicate of gt 0 (IoU .68), lower score -> FP
+                     [20, 20, 40, 40],    # gt 1
+                     [100, 100, 120, 120],  # nothing there -> FP
+                     [50, 0, 70, 12]],    # gt 2 but IoU 0.4 -> FP, gt 2 missed
+                    np.float32)
+    scores = np.array([0.9, 0.6, 0.8, 0.3, 0.7])
+    tp = match_boxes(pred, scores, GT)
+    assert tp.tolist() == [True, False, True, False, False]
+    d = detection_scores(tp, scores, len(GT), conf=0.5)  # 4 predictions above .5, 2 right
+    assert d["recall"] == pytest.approx(2 / 3)
+    assert d["precision"] == pytest.approx(2 / 4)
+    assert d["n_pred"] == 4
+    # a looser IoU threshold accepts the gt 2 box
+    assert match_boxes(pred, scores, GT, iou=0.35).tolist() == [True, False, True, False, True]
+
+
+def test_higher_score_wins_the_ground_truth_box():
+    pred = np.array([[1, 1, 11, 11], [0, 0, 10, 10]], np.float32)  # the better box scores lower
+    tp = match_boxes(pred, np.array([0.9, 0.5]), GT[:1])
+    assert tp.tolist() == [True, False]
+
+
+def test_ap_of_a_false_positive_ranked_first_by_hand():
+    # ranks: FP, TP, TP, TP -> precision envelope 0.75 at every recall -> AP ~ 0.75
+    tp = np.array([False, True, True, True])
+    d = detection_scores(tp, np.array([0.95, 0.8, 0.7, 0.6]), 3, conf=0.0)
+    assert d["ap50"] == pytest.approx(0.75, abs=0.01)
+    assert d["precision"] == pytest.approx(0.75) and d["recall"] == 1.0
+    # half of the cells found, no false positive: AP ~ recall
+    d = detection_scores(np.array([True, True]), np.array([0.9, 0.8]), 4, conf=0.5)
+    assert d["recall"] == 0.5 and d["precision"] == 1.0
+    assert d["ap50"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_no_predictions_or_no_ground_truth():
+    assert match_boxes(np.zeros((0, 4), np.float32), np.zeros(0), GT).tolist() == []
+    assert match_boxes(GT, np.ones(3), np.zeros((0, 4), np.float32)).tolist() == [False] * 3
+    d = detection_scores(np.zeros(0, bool), np.zeros(0), 3, conf=0.5)
+    assert d["recall"] == 0 and d["precision"] == 0 and d["ap50"] == 0 and d["n_pred"] == 0

@@ -1,0 +1,301 @@
+"""GUI tests of the napari plugin: the Analyze widget driving the pipeline in a worker,
+the cells / masks layers, the differential panel, cancel, errors, regions, exports.
+
+napari draws with OpenGL: without a display these tests start ``Xvfb`` (``apt-get install
+xvfb``) and use Qt's offscreen platform with it; they are skipped when neither exists.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def _ensure_display() -> bool:
+    """An X display for OpenGL (GLX): ``$DISPLAY``, else a private Xvfb we start."""
+    if os.environ.get("DISPLAY"):
+        return True
+    xvfb = shutil.which("Xvfb")
+    if not xvfb:
+        return False
+    for n in range(97, 140):
+        if os.path.exists(f"/tmp/.X{n}-lock") or os.path.exists(f"/tmp/.X11-unix/X{n}"):
+            continue
+        # Xvfb outlives this process by up to a second (a watchdog shell ends it): killing
+        # it while Qt is still connected would make Qt exit the process with an error
+        watch = (f'"{xvfb}" :{n} -screen 0 1920x1200x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
+                 f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; '
+                 'kill $x 2>/dev/null')
+        proc = subprocess.Popen(["sh", "-c", watch], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(f"/tmp/.X11-unix/X{n}") or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if proc.poll() is None and os.path.exists(f"/tmp/.X11-unix/X{n}"):
+            os.environ["DISPLAY"] = f":{n}"
+            return True
+    return False
+
+
+HAVE_DISPLAY = _ensure_display()
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(
+    not HAVE_DISPLAY, reason="napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")]
+
+napari = pytest.importorskip("napari")
+
+from napari_bm_cells import _layers as L  # noqa: E402
+from napari_bm_cells import _widget  # noqa: E402,F401 -- guards triton before any GL context
+from napari_bm_cells._panel import DifferentialPanel  # noqa: E402
+from napari_bm_cells._widget import AnalyzeWidget  # noqa: E402
+from napari_bm_cells.count import differential  # noqa: E402
+
+PLUGIN = "napari-bm-cells"
+
+
+# --------------------------------------------------------------------------- helpers
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A shown viewer (offscreen) with napari's cached GL queries answered.
+
+    napari asks OpenGL for its extensions and texture limits through vispy's current
+    canvas without making that canvas' context current; on Xvfb with Qt's offscreen
+    platform the answer is then sometimes empty (a crash when adding a layer). Asking
+    once with the context current fills napari's caches.
+    """
+    from napari._vispy.utils.gl import get_gl_extensions, get_max_texture_sizes
+
+    v = make_napari_viewer(show=True)
+    v.window._qt_viewer.canvas._scene_canvas.set_current()
+    get_gl_extensions()
+    get_max_texture_sizes()
+    return v
+
+
+def _dock(viewer):
+    """The Analyze widget and the panel, docked as napari's Plugins menu does."""
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Analyze smear")
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Differential count")
+    assert isinstance(w, AnalyzeWidget) and isinstance(panel, DifferentialPanel)
+    return w, panel
+
+
+def _configure(w, classifier_path, detector="shipped"):
+    w.device.value = "cpu"
+    w.classifier.value = "file"
+    w.classifier_file.value = str(classifier_path)
+    w.detector.value = detector
+
+
+def _wait_done(qtbot, w, timeout=240):
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout * 1000)
+
+
+def _press(qtbot, viewer, key: str):
+    """Press a key on the canvas (goes through napari's keymaps, as a user's key does)."""
+    from qtpy.QtCore import Qt
+
+    canvas = viewer.window._qt_viewer.canvas
+    native = canvas.native if hasattr(canvas, "native") else canvas._scene_canvas.native
+    qtbot.keyClick(native, getattr(Qt, f"Key_{key}"))
+
+
+def _error_records():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [r for r in notification_manager.records if r.severity == NotificationSeverity.ERROR]
+
+
+# --------------------------------------------------------------------------- tests
+def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg,
+                                                        classifier_path, tmp_path):
+    [image] = viewer.open(str(bccd_jpeg), plugin=PLUGIN)
+    w, panel = _dock(viewer)
+    assert w.image.value is image
+    _configure(w, classifier_path)
+    assert w.run()
+    assert w.running and w.cancel_button.enabled and not w.run_button.enabled
+    _wait_done(qtbot, w)
+    assert w.last_error is None, w.last_error
+    res = w.result
+    assert res is not None and len(res.cells) >= 1
+    assert w.run_button.enabled and not w.cancel_button.enabled
+
+    # one point per detected cell, with the expected features and class colours
+    pts = viewer.layers[f"{image.name} cells"]
+    assert pts is w.points_layer
+    assert len(pts.data) == len(res.cells), (len(pts.data), res.cells)
+    classes = res.summary["classifier"]["classes"]
+    expected = ["cell_id", "label", "confidence", "p_blast", "p_atypical", "reviewed"] + \
+        [f"prob_{c}" for c in classes]
+    assert set(expected) <= set(pts.features.columns)
+    assert list(pts.features["cell_id"]) == list(res.cells["cell_id"])
+    np.testing.assert_allclose(pts.face_color, L.class_colours(res.cells["label"]), atol=1e-6)
+    # the masks: a Labels layer whose ids are the cell ids, under the points
+    masks = viewer.layers[f"{image.name} masks"]
+    assert isinstance(masks, napari.layers.Labels) and masks.data.shape == (480, 640)
+    assert set(np.unique(masks.data)) - {0} <= set(res.cells["cell_id"])
+    assert viewer.layers.index(masks) < viewer.layers.index(pts)
+
+    # the panel counts what the cells table says
+    qtbot.waitUntil(lambda: panel.layer is pts and panel.summary is not None, timeout=5000)
+    panel.refresh()
+    assert panel.summary["counts"] == differential(res.cells["label"], classes)["counts"]
+    assert panel.summary["n_cells"] == len(res.cells)
+    heights = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
+    assert heights == {c: k for c, k in panel.summary["counts"].items() if k}
+
+    # reassigning a point (number key on the layer, as a user does) changes counts and bars
+    pts.selected_data = {0}
+    panel.update_inspector()
+    assert "cell 1" in panel.cell_label.text() and panel.crop_label.pixmap() is not None
+    old = str(pts.features.loc[0, "label"])
+    key, new = next((k, c) for k, c in panel.keys.items() if c != old)
+    viewer.layers.selection.active = pts
+    _press(qtbot, viewer, key)
+    qtbot.waitUntil(lambda: panel.summary["counts"].get(new, 0) >= 1, timeout=5000)
+    assert pts.features.loc[0, "label"] == new and bool(pts.features.loc[0, "reviewed"])
+    assert panel.summary["counts"][old] == res.summary["counts"][old] - 1
+    bars = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
+    assert bars.get(new) == panel.summary["counts"][new]
+    np.testing.assert_allclose(pts.face_color[0], L.class_colours([new])[0], atol=1e-6)
+
+    # export, then read back through our reader: same points, classes and review flags
+    out = panel.export(tmp_path / "export")
+    assert {p.name for p in out.values()} == {"cells.csv", "summary.json", "cells.geojson",
+                                              "differential.png"}
+    for key in ("cells", "geojson"):
+        [back] = viewer.open(str(out[key]), plugin=PLUGIN)
+        assert isinstance(back, napari.layers.Points)
+        np.testing.assert_allclose(back.data, pts.data, atol=0.01)
+        assert list(back.features["label"]) == list(pts.features["label"])
+        assert list(back.features["reviewed"]) == list(pts.features["reviewed"])
+        np.testing.assert_allclose(back.face_color, pts.face_color, atol=1e-6)
+    # corrections: crops of reviewed cells, one folder per class
+    crops = panel.export_corrections(tmp_path / "corrections")
+    assert [p.parent.name for p in crops] == [new]
+    assert (tmp_path / "corrections" / "corrections.csv").is_file()
+
+
+def test_cancel_stops_a_long_run(viewer, qtbot, data_dir, classifier_path):
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(8, 6, "bccd", split=("test", "val", "train"), seed=0)  # 3840 x 3840
+    image = viewer.add_image(img, rgb=True, name="mosaic")
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    w.tile_size.value = 320
+    w.overlap.value = 96
+    assert w.run()
+    qtbot.waitUntil(lambda: w.status.value.startswith("detecting: ") and
+                    not w.status.value.startswith("detecting: 0/"), timeout=120_000)
+    total = int(w.status.value.split("/")[1].split()[0])
+    assert total > 8
+    t0 = time.perf_counter()
+    w.cancel_button.native.click()
+    _wait_done(qtbot, w, timeout=30)
+    took = time.perf_counter() - t0
+    assert took < 15, f"cancel took {took:.1f} s"
+    assert w.result is None and w.status.value == "cancelled"
+    assert "mosaic cells" not in viewer.layers  # stopped during detection
+    assert w.run_button.enabled and not w.cancel_button.enabled
+    assert not _error_records() or all("cancel" not in str(r.message) for r in _error_records())
+    # the viewer stays usable: a new run on a drawn rectangle works
+    shapes = viewer.add_shapes([np.array([[0, 0], [0, 700], [500, 700], [500, 0]])],
+                               shape_type="rectangle", name="roi")
+    w.reset_choices()
+    w.image.value = image
+    w.region.value = "shapes"
+    w.shapes.value = shapes
+    w.detector.value = "contour"
+    w.tile_size.value = 640
+    w.overlap.value = 160
+    assert w.run()
+    _wait_done(qtbot, w)
+    assert w.last_error is None, w.last_error
+    assert w.result.summary["region"] == [0, 0, 501, 701]
+    cells = w.result.cells
+    assert ((cells["x"] < 701 + 1) & (cells["y"] < 501 + 1)).all()
+
+
+def test_wrong_weights_show_an_error(viewer, qtbot, bccd_jpeg, classifier_path, tmp_path):
+    viewer.open(str(bccd_jpeg), plugin=PLUGIN)
+    w, _ = _dock(viewer)
+    bad_cls = tmp_path / "x.safetensors"
+    bad_cls.write_text("this is not a checkpoint\n")
+    bad_det = tmp_path / "x.pt"
+    bad_det.write_text("this is not a YOLO model\n")
+    n0 = len(_error_records())
+
+    _configure(w, bad_cls)
+    assert w.run()
+    _wait_done(qtbot, w, timeout=60)
+    assert w.last_error and "x.safetensors" in w.last_error
+    assert w.result is None and w.run_button.enabled
+    errs = _error_records()[n0:]
+    assert any("x.safetensors" in str(r.message) for r in errs)
+
+    _configure(w, classifier_path, detector="file")
+    w.detector_file.value = str(bad_det)
+    assert w.run()
+    _wait_done(qtbot, w, timeout=60)
+    assert w.last_error and "x.pt" in w.last_error
+    assert any("x.pt" in str(r.message) for r in _error_records()[n0:])
+    # settings errors are reported before starting: missing file, overlap >= tile
+    w.detector_file.value = str(tmp_path / "missing.pt")
+    assert not w.run() and "no such file" in w.last_error
+    w.detector.value = "contour"
+    w.overlap.value = w.tile_size.value
+    assert not w.run() and "overlap" in w.last_error
+    assert f"{viewer.layers[0].name} cells" not in viewer.layers
+
+
+def test_ome_zarr_current_field_of_view(viewer, qtbot, tmp_path, data_dir, classifier_path):
+    from napari_bm_cells.testing import build_mosaic, write_ome_zarr
+
+    img, boxes = build_mosaic(3, 4, "bccd", seed=2)  # 1440 x 2560, >= 12 white cells
+    mpp = 0.055  # ~12 um white cells in BCCD's ~219 px boxes
+    path = write_ome_zarr(img, tmp_path / "slide.ome.zarr", n_levels=3, chunk=512, mpp=mpp)
+    [image] = viewer.open(str(path), plugin=PLUGIN)
+    assert image.multiscale and len(image.data) == 3
+    assert tuple(image.scale) == pytest.approx((mpp, mpp))
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+
+    # whole image first
+    assert w.run()
+    _wait_done(qtbot, w)
+    assert w.last_error is None, w.last_error
+    n_whole = len(w.result.cells)
+    assert n_whole >= 6
+    # zoom on the field in row 1, column 1 (world units are micrometres)
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    cam.center = (720 * mpp, 960 * mpp)
+    h, wd = L.canvas_size(viewer)
+    cam.zoom = max(h / (700 * mpp), wd / (900 * mpp))  # at most 700 x 900 px visible
+    region = L.visible_region(viewer, image)
+    y0, x0, y1, x1 = region
+    assert 0 < y0 < 720 < y1 < 1440 and 0 < x0 < 960 < x1 < 2560
+    w.region.value = "view"
+    assert w.run()
+    _wait_done(qtbot, w)
+    assert w.last_error is None, w.last_error
+    cells = w.result.cells
+    assert w.result.summary["region"] == list(region)
+    assert 0 < len(cells) < n_whole
+    assert ((cells["x"] >= x0) & (cells["x"] <= x1) & (cells["y"] >= y0) & (cells["y"] <= y1)).all()
+    # points sit in world coordinates on the image: check through the transforms
+    pts = w.points_layer
+    assert tuple(pts.scale) == pytest.approx((mpp, mpp))
+    world = np.array([pts.data_to_world(p) for p in pts.data])
+    assert (world[:, 0] >= (y0 - 1) * mpp).all() and (world[:, 0] <= y1 * mpp).all()
+    # the panel follows the new run
+    qtbot.waitUntil(lambda: panel.layer is pts and panel.summary is not None
+                    and panel.summary["n_cells"] == len(cells), timeout=5000)

@@ -1,0 +1,304 @@
+"""Classifier training on small real subsets: loss, checkpoint, split, layouts, bad input, resume, CLI."""
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_bm_cells.errors import InputError
+from napari_bm_cells.training.cls_data import load_images, scan_class_folders
+from napari_bm_cells.training.train_classifier import split_path, train_classifier
+
+PBC3 = ("EOS", "LYT", "NGS")
+FAST = dict(arch="resnet10t", img_size=32, batch_size=4, progress=lambda s: None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The CI box shares 2 cores with training jobs: 2 OpenMP threads thrash (~30x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pbc_subset(data_dir, dst, classes=PBC3, n=20):
+    """``dst/<CODE>/*.jpg``: the first ``n`` PBC crops of each class, symlinked."""
+    for c in classes:
+        (dst / c).mkdir(parents=True)
+        for p in sorted((data_dir / "pbc" / c).glob("*.jpg"))[:n]:
+            (dst / c / p.name).symlink_to(p)
+    return dst
+
+
+def _messages(record):
+    return [str(w.message) for w in record]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """3 PBC classes x 20 crops, 64 px, batch 8, 5 epochs of 5 steps, augmentation off so the
+    training loss measures fitting rather than augmentation noise."""
+    import torch
+    from torchvision.transforms import v2
+
+    import napari_bm_cells.training.augment as augment
+
+    tmp = tmp_path_factory.mktemp("train3")
+    data = _pbc_subset(data_dir, tmp / "pbc3")
+    out = tmp / "model" / "clf.safetensors"
+    msgs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(augment, "train_transform", lambda: v2.ToDtype(torch.float32, scale=True))
+        r = train_classifier(data, out, img_size=64, batch_size=8, epochs=5, seed=0,
+                             progress=msgs.append)
+    return {"data": data, "out": out, "result": r, "progress": msgs}
+
+
+def test_training_lowers_the_loss(trained):
+    h = trained["result"]["history"]
+    assert [e["epoch"] for e in h] == [0, 1, 2, 3, 4]
+    losses = [e["loss"] for e in h]
+    assert all(np.isfinite(losses))
+    # 25 steps on 42 fixed crops: the loss must clearly drop (last/first 0.42-0.55 for seeds 0-3)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert any("epoch 5/5" in m for m in trained["progress"])
+
+
+def test_trained_checkpoint_loads_with_its_metadata(trained):
+    import torch
+    from safetensors import safe_open
+
+    from napari_bm_cells.checkpoint import load_model, read_meta
+
+    out = trained["out"]
+    with safe_open(str(out), framework="pt") as f:
+        raw = json.loads(f.metadata()["bm_cells"])
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    for k in ("arch", "classes", "input_size", "crop_size_px", "ref_cell_px", "mean", "std",
+              "format_version", "metrics"):
+        assert k in raw, k
+    assert torch.float16 in dtypes and torch.float32 not in dtypes  # shipped in half precision
+    model, meta = load_model(out)
+    assert meta.classes == sorted(p.name for p in trained["data"].iterdir()) == list(PBC3)
+    assert meta.input_size == 64 and meta.arch == "resnext26ts"
+    # defaults measured on the images: PBC crops are 360 x 363 px
+    assert meta.crop_size_px == 363
+    assert isinstance(raw["ref_cell_px"], float) and 0.15 * 363 < meta.ref_cell_px < 0.75 * 363
+    assert meta.metrics["test"]["n"] == 9 and 0 <= meta.metrics["val_macro_f1"] <= 1
+    assert meta == read_meta(out)
+    with torch.inference_mode():
+        y = model(torch.zeros(2, 3, 64, 64))
+    assert y.shape == (2, 3) and y.dtype == torch.float32
+    hist = json.loads(out.with_name("clf.history.json").read_text())
+    assert hist == trained["result"]["history"]
+
+
+def test_trained_model_fits_its_training_crops(trained):
+    from napari_bm_cells.checkpoint import load_model
+    from napari_bm_cells.training.train_classifier import predict_array
+
+    df = pd.read_csv(split_path(trained["out"]))
+    tr = df[df["split"] == "train"]
+    model, meta = load_model(trained["out"])
+    imgs, ok = load_images(tr["path"].tolist(), meta.input_size, fov=meta.crop_size_px)
+    assert ok.all()
+    pred = np.asarray(meta.classes)[predict_array(model, imgs, meta).argmax(1)]
+    assert (pred == tr["label"].to_numpy()).mean() > 0.6  # chance is 1/3
+
+
+def test_split_csv_is_stratified_and_complete(trained):
+    sp = split_path(trained["out"])
+    assert sp == trained["out"].with_name("clf.split.csv") and sp.is_file()
+    df = pd.read_csv(sp)
+    assert list(df.columns[:3]) == ["path", "label", "split"]
+    assert sorted(df["path"]) == sorted(str(p) for p in trained["data"].rglob("*.jpg"))
+    assert df["path"].is_unique
+    counts = df.groupby(["label", "split"]).size().unstack()
+    assert sorted(counts.index) == list(PBC3)
+    for c in PBC3:  # every class in every split, same proportions (20 -> 14 / 3 / 3)
+        assert counts.loc[c].to_dict() == {"test": 3, "train": 14, "val": 3}
+    assert all(df["label"] == df["path"].map(lambda p: p.split("/")[-2]))
+
+
+def test_evaluate_classifier_uses_the_checkpoints_test_split(trained, tmp_path):
+    """The training folder is made of symlinks: its files must still be recognised."""
+    from napari_bm_cells.training.evaluate import evaluate_classifier
+
+    m = evaluate_classifier(trained["data"], tmp_path / "eval", checkpoint=trained["out"], device="cpu")
+    assert m["n"] == 9
+    assert m["macro_f1"] == pytest.approx(trained["result"]["test"]["macro_f1"], abs=1e-6)
+
+
+# --- TCIA nested layout ------------------------------------------------------------------
+
+def _tcia_tree(data_dir, dst, codes=("BLA", "EOS", "LYT", "NGS", "PMO")):
+    """``dst/<CODE>/<batch>/<CODE>_<n>.jpg``: 6 flips/rotations of each real bone-marrow crop."""
+    from PIL import Image
+
+    ops = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
+           Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270]
+    for code in codes:
+        with Image.open(data_dir / "matek-bm" / f"{code}_00009.jpg") as im:
+            im = im.convert("RGB")
+            for n, op in enumerate(ops):
+                batch = dst / code / ("2018_batch1" if n < 3 else "2019_batch2")
+                batch.mkdir(parents=True, exist_ok=True)
+                (im if op is None else im.transpose(op)).save(batch / f"{code}_{n + 1:05d}.jpg", quality=95)
+    return dst
+
+
+def test_training_on_the_tcia_nested_layout(data_dir, tmp_path):
+    data = _tcia_tree(data_dir, tmp_path / "bm")
+    out = tmp_path / "bm.safetensors"
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        r = train_classifier(data, out, epochs=1, max_steps=2, **FAST)
+    assert not [m for m in _messages(rec) if "class code" in m or "skipped" in m], _messages(rec)
+    from napari_bm_cells.checkpoint import load_model
+    _, meta = load_model(out)
+    assert meta.classes == ["BLA", "EOS", "LYT", "NGS", "PMO"]  # top folder, not the batch folder
+    assert meta.crop_size_px == 250 and 0.15 * 250 < meta.ref_cell_px < 0.75 * 250
+    df = pd.read_csv(split_path(out))
+    assert len(df) == 30
+    splits = df.groupby("label")["split"].agg(lambda s: sorted(set(s)))
+    assert all(v == ["test", "train", "val"] for v in splits), splits
+    assert set(df["label"]) == set(meta.classes)
+    assert len(r["history"]) == 1
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def _write_corrupt(data_dir, folder):
+    """A truncated real JPEG and a non-JPEG named .jpg."""
+    src = sorted((data_dir / "pbc" / "LYT").glob("*.jpg"))[-1]
+    trunc = folder / "truncated.jpg"
+    trunc.write_bytes(src.read_bytes()[:3000])
+    junk = folder / "junk.jpg"
+    junk.write_bytes(b"this is not a jpeg\n" * 10)
+    return trunc, junk
+
+
+def test_scan_skips_empty_class_folders_and_non_images(data_dir, tmp_path):
+    data = _pbc_subset(data_dir, tmp_path / "d", classes=("EOS", "LYT"), n=4)
+    (data / "NGS").mkdir()                       # empty class
+    (data / "EOS" / "notes.txt").write_text("scanned on Monday")
+    (data / "LYT" / "Thumbs.db").write_bytes(b"\0" * 16)
+    (data / "LYT" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored silently
+    (data / "LYT" / ".ipynb_checkpoints").mkdir()  # hidden folder: its copies are not data
+    (data / "LYT" / ".ipynb_checkpoints" / "x-checkpoint.jpg").write_bytes(b"\xff\xd8")
+    with pytest.warns(UserWarning) as rec:
+        df = scan_class_folders(data)
+    msgs = _messages(rec)
+    assert any(str(data / "NGS") in m and "no images" in m and "skipped" in m for m in msgs), msgs
+    assert any("2 non-image files" in m for m in msgs), msgs
+    assert sorted(df["label"].unique()) == ["EOS", "LYT"] and len(df) == 8
+    assert not df["path"].str.endswith((".txt", ".db", ".DS_Store")).any()
+
+
+def test_a_single_class_is_an_input_error(data_dir, tmp_path):
+    data = _pbc_subset(data_dir, tmp_path / "one", classes=("EOS",), n=3)
+    with pytest.raises(InputError, match="at least two classes") as exc:
+        train_classifier(data, tmp_path / "x.safetensors", **FAST)
+    assert str(data) in str(exc.value)
+    (data / "LYT").mkdir()  # a second, empty class folder does not count
+    with pytest.warns(UserWarning, match="no images"), pytest.raises(InputError, match="found 1 class"):
+        scan_class_folders(data)
+    with pytest.raises(InputError, match="not a folder"):
+        scan_class_folders(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="found 0 class"):
+        scan_class_folders(empty)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_load_images_warns_about_a_corrupt_jpeg_by_name(data_dir, tmp_path):
+    good = sorted((data_dir / "pbc" / "EOS").glob("*.jpg"))[:2]
+    trunc, junk = _write_corrupt(data_dir, tmp_path)
+    with pytest.warns(UserWarning) as rec:
+        imgs, ok = load_images([good[0], trunc, junk, good[1]], 32)
+    msgs = _messages(rec)
+    assert ok.tolist() == [True, False, False, True]
+    assert any(str(trunc) in m for m in msgs) and any(str(junk) in m for m in msgs), msgs
+    assert imgs.shape == (4, 32, 32, 3) and imgs[0].any() and not imgs[1].any()
+
+
+def test_training_goes_on_past_empty_folders_junk_and_corrupt_jpegs(data_dir, tmp_path):
+    data = _pbc_subset(data_dir, tmp_path / "d", n=8)
+    (data / "BAS").mkdir()
+    (data / "EOS" / "readme.md").write_text("x")
+    trunc, junk = _write_corrupt(data_dir, data / "LYT")
+    out = tmp_path / "m.safetensors"
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        r = train_classifier(data, out, epochs=1, max_steps=2, **FAST)
+    msgs = _messages(rec)
+    assert any(str(data / "BAS") in m and "class skipped" in m for m in msgs), msgs
+    assert any("non-image" in m for m in msgs), msgs
+    assert any(str(trunc) in m and "unreadable" in m for m in msgs), msgs
+    assert any(str(junk) in m and "unreadable" in m for m in msgs), msgs
+    from napari_bm_cells.checkpoint import read_meta
+    assert read_meta(out).classes == list(PBC3)
+    df = pd.read_csv(split_path(out))
+    bad = df["path"].isin([str(trunc), str(junk)])
+    assert bad.sum() == 2
+    # the unreadable files are left out of the evaluation too
+    assert r["test"]["n"] == int(((df["split"] == "test") & ~bad).sum())
+
+
+def test_resume_continues_from_the_state_file(data_dir, tmp_path):
+    import torch
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)  # 4 train crops per class: 3 steps/epoch
+    out = tmp_path / "r.safetensors"
+    state = tmp_path / "r.state.pt"
+    r1 = train_classifier(data, out, epochs=3, max_steps=1, **FAST)
+    assert [e["epoch"] for e in r1["history"]] == [0]
+    assert torch.load(state, weights_only=False)["epoch"] == 0
+    split_before = split_path(out).read_text()
+    msgs = []
+    r2 = train_classifier(data, out, epochs=3, resume=True, **{**FAST, "progress": msgs.append})
+    assert "resumed at epoch 1" in msgs
+    assert [e["epoch"] for e in r2["history"]] == [0, 1, 2]
+    assert r2["history"][0] == r1["history"][0]  # carried over from the state file
+    assert torch.load(state, weights_only=False)["epoch"] == 2
+    assert split_path(out).read_text() == split_before
+    # a finished run resumed again has nothing left to do
+    r3 = train_classifier(data, out, epochs=3, resume=True, **FAST)
+    assert r3["history"] == r2["history"]
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def test_cli_train_classifier(data_dir, tmp_path, capsys):
+    from napari_bm_cells.checkpoint import read_meta
+    from napari_bm_cells.cli import main
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)
+    out = tmp_path / "cli.safetensors"
+    rc = main(["train-classifier", str(data), "--out", str(out), "--arch", "resnet10t",
+               "--img-size", "32", "--batch-size", "4", "--epochs", "1", "--max-steps", "2",
+               "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert f"wrote {out}" in cap.out and "test split: macro-F1" in cap.out
+    assert "epoch 1/1" in cap.err
+    assert read_meta(out).classes == list(PBC3) and read_meta(out).input_size == 32
+
+
+def test_cli_train_classifier_on_one_class_exits_2_without_traceback(data_dir, tmp_path, capsys):
+    from napari_bm_cells.cli import main
+
+    data = _pbc_subset(data_dir, tmp_path / "one", classes=("EOS",), n=2)
+    rc = main(["train-classifier", str(data), "--out", str(tmp_path / "x.safetensors"),
+               "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 2
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bm-cells: error:") and str(data) in lines[0]
+    assert "Traceback" not in cap.out + cap.err
