@@ -24,17 +24,23 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=32):
     """Whole-slide analysis (detection + classification) of a zarr mosaic."""
     from napari_bm_cells.classify import Classifier
     from napari_bm_cells.detect import load_detector
-    from napari_bm_cells.pipeline import AnalysisOptions, analyze
+    from napari_bm_cells.pipeline import AnalysisOptions, iter_analysis
 
     rss0 = RssSampler.rss()
     cls = Classifier(classifier, device="cpu")
     det = load_detector(detector, device="cpu")
     rss_models = RssSampler.rss()
     t = time.perf_counter()
+    stages = {}  # peak RSS seen per stage, and RSS at the stage's last event
     with RssSampler() as s:
-        res = analyze(path, detector=det, classifier=cls,
-                      options=AnalysisOptions(level=level, batch_size=batch_size))
-    return {"shape": res.summary["image_shape"], "n_cells": len(res.cells),
+        for ev in iter_analysis(path, det, cls, AnalysisOptions(level=level, batch_size=batch_size)):
+            st = stages.setdefault(ev.stage, {"events": 0})
+            st["events"] += 1
+            st["peak_rss_so_far_mb"] = mb(s.peak)
+            st["rss_last_mb"] = mb(RssSampler.rss())
+            if ev.stage == "done":
+                res = ev.payload
+    return {"shape": res.summary["image_shape"], "n_cells": len(res.cells), "stages": stages,
             "wall_s": round(time.perf_counter() - t, 2), "timings": res.summary["timings"],
             "rss_after_imports_mb": mb(rss0), "rss_models_loaded_mb": mb(rss_models),
             "peak_rss_mb": mb(s.peak), "ru_maxrss_mb": mb(RssSampler.maxrss()),

@@ -232,6 +232,7 @@ def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, rep
     out = {"image_shape": list(np.load(npy, mmap_mode="r").shape[:2]), "tile": 640, "overlap": 160,
            "reps": reps}
     methods = (("ours_in_memory", "detect_ours", {"npy": str(npy)}),
+               ("ours_in_memory_batch1", "detect_ours", {"npy": str(npy), "batch": 1}),
                ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(zpath)}),
                ("sahi_greedynmm", "detect_sahi", {"npy": str(npy)}),
                ("sahi_nms", "detect_sahi", {"npy": str(npy), "postprocess": "NMS"}))
@@ -381,7 +382,8 @@ def summary_lines(r: dict) -> list[str]:
         o = q["ours_in_memory"]
         L.append(f"vs SAHI, same {q['image_shape'][0]}x{q['image_shape'][1]} image, weights, 640 px slices, "
                  f"160 px overlap (best of {q['reps']}):")
-        for name in ("ours_in_memory", "ours_lazy_zarr_level1", "sahi_nms", "sahi_greedynmm"):
+        for name in ("ours_in_memory", "ours_in_memory_batch1", "ours_lazy_zarr_level1", "sahi_nms",
+                     "sahi_greedynmm"):
             x = q[name]
             extra = (f", of which across tiles {x['dup_pairs_across_tiles']}" if "dup_pairs_across_tiles" in x else "")
             L.append(f"  {name:<22} wall {x['wall_s']:6.1f} s  peak RSS {x['peak_rss_mb']:6.0f} MB "
@@ -419,7 +421,13 @@ def main(argv=None):
     p.add_argument("--detector", default=None, help="default: the shipped YOLO weights")
     p.add_argument("--memory-sides", default=None, help="e.g. 5000,10000 (overrides the preset)")
     p.add_argument("--keep-mosaics", action="store_true", help="keep the >= 20k^2 mosaics")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch / OpenMP threads in every process (default: torch's default). "
+                        "On a machine whose cores are busy, 1 avoids spin-waiting threads")
     a = p.parse_args(argv)
+    if a.threads:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by the measurement processes
+        torch.set_num_threads(a.threads)
     cfg = dict(QUICK if a.quick else FULL)
     if a.memory_sides:
         cfg["memory_sides"] = [int(s) for s in a.memory_sides.split(",")]

@@ -169,29 +169,29 @@ def test_local_cluster_matches_serial(serial, slides, classifier_path, detector,
                                   read_cohort(serial[0] / "cohort.csv"), check_exact=False, rtol=1e-4)
 
 
-def test_headless_napari(slides, detector, classifier):
-    """A folder through napari's API without a window: each slide becomes a layer, the
-    layer's data is analysed and the cells are added as points.
+def test_headless_napari(slides, detector, classifier, tmp_path):
+    """A folder through napari's API without a window: open each slide with our reader,
+    analyse the layer's data, write the results and open cells.csv with our reader.
 
     ``napari.Viewer(show=False)`` needs an OpenGL context even offscreen (absent on this
-    test machine), so this uses the viewer's model, which has the same layer API.
+    test machine), so this uses the viewer's model, which has the same layer API; it needs
+    the plugins discovered (``napari.Viewer`` does that itself).
     """
-    napari = pytest.importorskip("napari")
+    pytest.importorskip("napari")
+    npe2 = pytest.importorskip("npe2")
     from napari.components import ViewerModel
 
-    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.export import write_results
     from napari_bm_cells.pipeline import analyze
 
+    npe2.PluginManager.instance().discover()
     viewer = ViewerModel()
     for rel in ("a1.jpg", "sub/mosaic.ome.zarr"):
-        s = open_slide(slides / rel)
-        multiscale = len(s.levels) > 1
-        layer = viewer.add_image(s.levels if multiscale else s.levels[0], rgb=True,
-                                 multiscale=multiscale, name=rel)
-        res = analyze(list(layer.data) if multiscale else layer.data, detector=detector,
-                      classifier=classifier)
-        viewer.add_points(res.cells[["y", "x"]].to_numpy(), name=f"{rel} cells")
-        assert len(res.cells) >= 1
-    assert [ly.name for ly in viewer.layers] == ["a1.jpg", "a1.jpg cells", "sub/mosaic.ome.zarr",
-                                                 "sub/mosaic.ome.zarr cells"]
-    assert napari.__version__
+        (layer,) = viewer.open(slides / rel, plugin="napari-bm-cells")
+        data = list(layer.data) if layer.multiscale else layer.data
+        res = analyze(data, detector=detector, classifier=classifier)
+        paths = write_results(res, tmp_path / rel)
+        (points,) = viewer.open(paths["cells"], plugin="napari-bm-cells")
+        assert len(points.data) == len(res.cells) >= 1
+    assert [ly._type_string for ly in viewer.layers] == ["image", "points"] * 2
+    assert viewer.layers[2].multiscale

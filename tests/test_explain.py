@@ -16,8 +16,10 @@ needs_shipped = pytest.mark.skipif(
     "not there yet: attribution-on-the-cell needs a trained model, the stand-in checkpoint is "
     "barely trained")
 
-#: one real crop per class: different shapes and stains
-CODES = ("MON", "LYT", "NGS", "EOS", "MYB")
+#: one real crop per class: different shapes and stains. Not EOS: its evidence is the
+#: eosinophilic granules of the cytoplasm, which the stain-based centre-contour mask
+#: (nucleus-dominated) leaves outside, so "inside > outside" would test the mask.
+CODES = ("MON", "LYT", "NGS", "BAS", "MYB")
 
 
 def _held_out(classifier_path, data_dir, code):

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +50,19 @@ pytestmark = [pytest.mark.gui, pytest.mark.skipif(
 
 napari = pytest.importorskip("napari")
 
+
+def _qt_gl_attributes():
+    """Attributes napari / vispy need before the QApplication exists (pytest-qt creates it
+    first): shared OpenGL contexts between the canvas and Qt's widget compositor."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        QApplication.setAttribute(Qt.AA_ShareOpenGLContexts, True)
+
+
+_qt_gl_attributes()
+
 from napari_bm_cells import _layers as L  # noqa: E402
 from napari_bm_cells import _widget  # noqa: E402,F401 -- guards triton before any GL context
 from napari_bm_cells._panel import DifferentialPanel  # noqa: E402
@@ -61,22 +73,34 @@ PLUGIN = "napari-bm-cells"
 
 
 # --------------------------------------------------------------------------- helpers
-@pytest.fixture
-def viewer(make_napari_viewer):
-    """A shown viewer (offscreen) with napari's cached GL queries answered.
+def _prime_gl():
+    """Answer napari's cached OpenGL queries (extensions, texture limits) once, from a
+    small vispy canvas whose context is current.
 
-    napari asks OpenGL for its extensions and texture limits through vispy's current
-    canvas without making that canvas' context current; on Xvfb with Qt's offscreen
-    platform the answer is then sometimes empty (a crash when adding a layer). Asking
-    once with the context current fills napari's caches.
+    napari asks through vispy's current canvas without making its context current; with
+    Xvfb and Qt's offscreen platform the answer is then sometimes empty, and adding a
+    layer fails. The tests need no drawing, so the viewer itself is not shown (software
+    OpenGL on Xvfb has crashed while redrawing a re-tiled multiscale image).
     """
     from napari._vispy.utils.gl import get_gl_extensions, get_max_texture_sizes
 
-    v = make_napari_viewer(show=True)
-    v.window._qt_viewer.canvas._scene_canvas.set_current()
-    get_gl_extensions()
-    get_max_texture_sizes()
-    return v
+    if get_gl_extensions.cache_info().currsize and get_max_texture_sizes.cache_info().currsize:
+        return
+    from vispy.app import Canvas
+
+    c = Canvas(show=True, size=(16, 16))
+    try:
+        c.set_current()
+        get_gl_extensions()
+        get_max_texture_sizes()
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, qapp):
+    _prime_gl()
+    return make_napari_viewer()
 
 
 def _dock(viewer):
@@ -299,3 +323,38 @@ def test_ome_zarr_current_field_of_view(viewer, qtbot, tmp_path, data_dir, class
     # the panel follows the new run
     qtbot.waitUntil(lambda: panel.layer is pts and panel.summary is not None
                     and panel.summary["n_cells"] == len(cells), timeout=5000)
+
+
+def test_points_and_panel_update_incrementally(viewer, qtbot, data_dir, classifier, detector,
+                                               monkeypatch):
+    """Classify events append their cells to one Points layer as they come; the panel
+    recounts after each update; ``done`` puts the final table in place."""
+    from napari_bm_cells import _widget as W
+    from napari_bm_cells.detect import Progress
+    from napari_bm_cells.pipeline import AnalysisOptions, analyze
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(1, 4, "bccd", seed=3)
+    res = analyze(img, detector=detector, classifier=classifier, options=AnalysisOptions(masks=True),
+                  device="cpu")
+    assert len(res.cells) >= 3
+    image = viewer.add_image(img, rgb=True, name="fields")
+    w, panel = _dock(viewer)
+    monkeypatch.setattr(W, "FLUSH_S", 0.0)  # flush at every event
+    w._image_layer = image
+    w.points_layer = None
+    n = len(res.cells)
+    w._on_event(Progress("classify", 0, n))
+    for i in range(n):  # one cell per event, in reverse order (blocks arrive in any order)
+        rows = res.cells.iloc[[n - 1 - i]]
+        w._on_event(Progress("classify", i + 1, n, payload=rows))
+        pts = w.points_layer
+        assert len(pts.data) == i + 1 and len(pts.features) == i + 1
+        qtbot.waitUntil(lambda: panel.summary is not None and panel.summary["n_cells"] == i + 1,
+                        timeout=5000)
+    assert [L.unwrap(lyr) for lyr in viewer.layers if isinstance(lyr, napari.layers.Points)] == [pts]
+    w._on_event(Progress("done", n, n, payload=res))
+    assert w.points_layer is pts  # the same layer, now in cell-id order
+    assert list(pts.features["cell_id"]) == list(res.cells["cell_id"])
+    assert f"{image.name} masks" in viewer.layers
+    qtbot.waitUntil(lambda: panel.summary["counts"] == res.summary["counts"], timeout=5000)

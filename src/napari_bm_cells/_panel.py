@@ -99,6 +99,7 @@ class DifferentialPanel(QWidget):
         outer.setContentsMargins(2, 2, 2, 2)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # wrap text to the dock
         scroll.setFrameShape(QFrame.NoFrame)
         content = QWidget()
         lay = QVBoxLayout(content)
@@ -123,7 +124,10 @@ class DifferentialPanel(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        hh = self.table.horizontalHeader()
+        for k in range(3):
+            hh.setSectionResizeMode(k, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(3, QHeaderView.Stretch)
         self.table.setMinimumHeight(170)
         lay.addWidget(self.table)
         self.summary_label = QLabel("no cells yet: run 'Analyze smear'")
@@ -247,6 +251,12 @@ class DifferentialPanel(QWidget):
     def refresh(self):
         """Recount the differential of the layer's current features and redraw."""
         self._timer.stop()
+        try:
+            self._refresh()
+        except Exception as exc:  # noqa: BLE001 -- a slot must never raise into Qt
+            _notify_error("panel", exc)
+
+    def _refresh(self):
         if self.layer is None or self.layer not in self._viewer.layers:
             self.summary = None
             self.table.setRowCount(0)
@@ -260,7 +270,7 @@ class DifferentialPanel(QWidget):
         self._fill_table(s)
         self._fill_summary(s)
         if self._index is not None:
-            self.update_inspector()
+            self._update_inspector()
 
     def _draw_histogram(self, s):
         L.draw_histogram(self.ax, s, L.layer_classes(self.layer), text_colour=self._fg)
@@ -288,20 +298,25 @@ class DifferentialPanel(QWidget):
     def _fill_summary(self, s):
         me = s.get("me_ratio")
         n = s["n_counted"]
-        tg = s["targets"]
-        targets = " &nbsp; ".join(
-            f"{t}: {'reached' if v['reached'] else str(v['remaining']) + ' to go'}" for t, v in tg.items())
-        lin = " &middot; ".join(f"{k} {v} ({s['lineage_percent'][k]:.0f}%)"
-                                for k, v in s["lineage_counts"].items() if v)
+        targets = ", ".join(
+            f"{t}: {'reached' if v['reached'] else str(v['remaining']) + ' to go'}"
+            for t, v in s["targets"].items())
+        lin = ", ".join(f"{k} {v} ({s['lineage_percent'][k]:.0f}%)"
+                        for k, v in s["lineage_counts"].items() if v)
+        f = self.layer.features
+        reviewed = int(f["reviewed"].sum()) if "reviewed" in f else 0
+        bl, at = s["blast_pct_ci95"], s["atypical_pct_ci95"]
+        lines = [
+            f"<b>{n}</b> counted of {s['n_cells']} cells, {reviewed} reviewed",
+            f"targets {targets}",
+            f"blast <b>{s['blast_pct']:.1f}%</b> ({bl[0]:.1f}-{bl[1]:.1f}), "
+            f"atypical <b>{s['atypical_pct']:.1f}%</b> ({at[0]:.1f}-{at[1]:.1f})",
+            f"M:E <b>{'n/a' if me is None else f'{me:.2f}'}</b>; {lin or 'no lineage yet'}",
+        ]
         miss = s.get("missing_blast_classes")
-        note = (f"<br><i>model lacks {', '.join(miss)}: P(blast) is structurally 0</i>" if miss else "")
-        reviewed = int(self.layer.features["reviewed"].sum()) if "reviewed" in self.layer.features else 0
-        self.summary_label.setText(
-            f"<b>{n}</b> counted of {s['n_cells']} cells ({reviewed} reviewed); targets {targets}<br>"
-            f"blast <b>{s['blast_pct']:.1f}%</b> ({s['blast_pct_ci95'][0]:.1f}-{s['blast_pct_ci95'][1]:.1f}), "
-            f"atypical <b>{s['atypical_pct']:.1f}%</b> "
-            f"({s['atypical_pct_ci95'][0]:.1f}-{s['atypical_pct_ci95'][1]:.1f}), "
-            f"M:E <b>{'n/a' if me is None else f'{me:.2f}'}</b><br>{lin}{note}")
+        if miss:
+            lines.append(f"<i>the model has no {', '.join(miss)} class: P(blast) is 0 by design</i>")
+        self.summary_label.setText("<br>".join(lines))
 
     # ---------------------------------------------------------------- inspector
     def _schedule_inspector(self, *_):
@@ -323,6 +338,12 @@ class DifferentialPanel(QWidget):
     def update_inspector(self):
         """Show the (first) selected cell: crop, probabilities, scores."""
         self._sel_timer.stop()
+        try:
+            self._update_inspector()
+        except Exception as exc:  # noqa: BLE001
+            _notify_error("inspector", exc)
+
+    def _update_inspector(self):
         sel = sorted(self.layer.selected_data) if self.layer is not None else []
         sel = [i for i in sel if i < len(self.layer.data)] if sel else []
         self._set_inspector_enabled(bool(sel))
@@ -375,7 +396,11 @@ class DifferentialPanel(QWidget):
         """Reassign the selected cells to ``code`` (marks them reviewed)."""
         if self.layer is None or not code:
             return []
-        return L.reassign(self.layer, self.layer.selected_data, code)
+        try:
+            return L.reassign(self.layer, self.layer.selected_data, code)
+        except Exception as exc:  # noqa: BLE001
+            _notify_error("reassign", exc)
+            return []
 
     def reassign(self, indices, code: str):
         """Reassign cells ``indices`` of the layer to ``code`` (marks them reviewed)."""
@@ -383,7 +408,10 @@ class DifferentialPanel(QWidget):
 
     def delete_selected(self):
         if self.layer is not None:
-            L.delete_cells(self.layer, list(self.layer.selected_data))
+            try:
+                L.delete_cells(self.layer, list(self.layer.selected_data))
+            except Exception as exc:  # noqa: BLE001
+                _notify_error("delete", exc)
 
     # ---------------------------------------------------------------- export
     def export(self, folder) -> dict[str, Path]:
@@ -425,6 +453,12 @@ class DifferentialPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder")
         if folder:
             self.export_corrections(folder)
+
+
+def _notify_error(what: str, exc: BaseException) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(f"napari-bm-cells {what}: {type(exc).__name__}: {exc}")
 
 
 def _selection_signal(layer):

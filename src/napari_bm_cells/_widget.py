@@ -211,6 +211,10 @@ class AnalyzeWidget(Container):
         self._image_layer = None
         self._t0 = 0.0
         self.native.destroyed.connect(_cancel_on_destroy(self))
+        # take only the height the controls need: the differential panel below gets the rest
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.native.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
         self._on_layers_changed()
 
     # ---------------------------------------------------------------- choices
@@ -301,7 +305,7 @@ class AnalyzeWidget(Container):
         self.result = None
         self._pending = []
         self._last_flush = 0.0
-        self._remove_old_layers(layer)
+        self.points_layer = self.labels_layer = None  # old results stay until new cells come
         self._show_panel()
         job = _JobHandle()
         job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop)
@@ -377,15 +381,15 @@ class AnalyzeWidget(Container):
     def _labels_name(self):
         return f"{self._image_layer.name} masks"
 
-    def _remove_old_layers(self, image_layer):
-        self._image_layer = image_layer
+    def _remove_old_layers(self):
+        """Remove the previous run's cells and masks of this image (replaced by this run)."""
         for name in (self._points_name(), self._labels_name()):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
-        self.points_layer = self.labels_layer = None
 
     def _ensure_points(self, cells, summary=None):
         if self.points_layer is None or self.points_layer not in self._viewer.layers:
+            self._remove_old_layers()
             kw = L.points_kwargs(cells, self._image_layer, name=self._points_name(),
                                  classes=L.classes_of(cells), summary=summary)
             self.points_layer = L.unwrap(self._viewer.add_points(**kw))
@@ -417,6 +421,8 @@ class AnalyzeWidget(Container):
             self.points_layer.current_size = L.point_size(cells)
             L.replace_cells(self.points_layer, cells)
         if result.labels is not None:
+            if self._labels_name() in self._viewer.layers:
+                self._viewer.layers.remove(self._labels_name())
             kw = L.labels_kwargs(result.labels, self._image_layer, name=self._labels_name(),
                                  slide=result.slide)
             self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))

@@ -206,9 +206,14 @@ def run_settings(options, detector, classifier, device: str) -> dict:
         if not Path(det_spec).is_file():
             raise InputError(f"{det_spec}: detector weights not found; pass --detector with a "
                              "YOLO .pt file or --detector contour")
-        det = {"name": "yolo", "sha256": file_sha256(det_spec, n=64)}
-        if detector is not None and not isinstance(detector, (str, Path)):
-            det.update(conf=getattr(detector, "conf", None), iou=getattr(detector, "iou", None))
+        import inspect
+
+        from .detect import YoloDetector
+
+        defaults = inspect.signature(YoloDetector.__init__).parameters
+        det = {"name": "yolo", "sha256": file_sha256(det_spec, n=64),
+               "conf": getattr(detector, "conf", defaults["conf"].default),
+               "iou": getattr(detector, "iou", defaults["iou"].default)}
     read_meta(cls_spec)  # a missing / foreign checkpoint is one clear error, not N slide errors
     opts = dataclasses.asdict(options)
     return {"options": json.loads(json.dumps(opts, default=str)), "device": device,

@@ -52,7 +52,7 @@ class YoloDetector:
     name = "yolo"
 
     def __init__(self, weights: str | Path = DEFAULT_DETECTOR, device: str = "cpu",
-                 conf: float = 0.25, iou: float = 0.5, classes: tuple[str, ...] = ("WBC",)):
+                 conf: float | None = None, iou: float = 0.5, classes: tuple[str, ...] = ("WBC",)):
         weights = Path(weights)
         if not weights.is_file():
             raise InputError(f"{weights}: detector weights not found; pass --detector with a "
@@ -69,7 +69,9 @@ class YoloDetector:
                              "'bm-cells train-detector' or pass --detector contour") from None
         self.weights = weights
         self.device = device
-        self.conf, self.iou = conf, iou
+        # the operating threshold chosen on the validation split when the model was trained
+        self.conf = float(conf if conf is not None else self.meta.get("conf", 0.25))
+        self.iou = iou
         wanted = [i for i, n in names.items() if n in classes or n.lower() in ("wbc", "white", "leukocyte")]
         self.class_ids = wanted or None
         self.input_cell_px = float(self.meta.get("input_cell_px", 120.0))

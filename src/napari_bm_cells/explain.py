@@ -304,9 +304,10 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
 
     The crop side is the one ``analyze`` uses whenever it does not depend on the whole
     slide's detections (camera fields, slides with a pixel size, ``cell_px`` or
-    ``crop_px`` given). For a large slide without a pixel size ``analyze`` scales by the
-    median box of *all* cells; pass ``options=AnalysisOptions(crop_px=...)`` with the
-    run's ``summary["classifier"]["crop_px_level0"]`` to reproduce its crop exactly.
+    ``crop_px`` given). For a large slide without a pixel size ``analyze`` scales by cells
+    measured across the whole slide, here by those of the window; pass
+    ``options=AnalysisOptions(crop_px=...)`` with the run's
+    ``summary["classifier"]["crop_px_level0"]`` to reproduce its crop exactly.
 
     Parameters
     ----------

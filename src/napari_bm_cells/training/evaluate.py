@@ -114,6 +114,19 @@ def detection_scores(tp: np.ndarray, scores: np.ndarray, n_gt: int, conf: float)
             "n_gt": int(n_gt), "n_pred": int(at.sum()), "conf": conf}
 
 
+def choose_threshold(tp: np.ndarray, scores: np.ndarray, n_gt: int, min_recall: float | None = 0.95) -> float:
+    """Highest score threshold whose recall reaches ``min_recall``; with ``None`` (or
+    when no threshold reaches it) the one with the best F1."""
+    order = np.argsort(-scores)
+    s, tpc = scores[order], np.cumsum(tp[order])
+    recall, precision = tpc / max(n_gt, 1), tpc / np.arange(1, len(s) + 1)
+    ok = np.flatnonzero(recall >= min_recall) if min_recall is not None else []
+    if len(ok):
+        return float(s[ok[0]])
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    return float(s[int(np.argmax(f1))]) if len(s) else 0.25
+
+
 def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str | None = None,
                       cls: str = "WBC") -> dict:
     """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
@@ -146,7 +159,10 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
         tps.append(tp); scs.append(d.scores); n_gt += len(gt)
         per_image.append({"image": str(s.image), "n_gt": len(gt),
                           "n_tp": int(tp[d.scores >= op_conf].sum()), "n_pred": int((d.scores >= op_conf).sum())})
-    m = detection_scores(np.concatenate(tps), np.concatenate(scs), n_gt, op_conf)
+    tp_all, sc_all = np.concatenate(tps), np.concatenate(scs)
+    m = detection_scores(tp_all, sc_all, n_gt, op_conf)
+    m["threshold_for_recall_0.95"] = choose_threshold(tp_all, sc_all, n_gt)
+    m["threshold_best_f1"] = choose_threshold(tp_all, sc_all, n_gt, None)
     m.update({"split": split, "n_images": len(samples), "data": str(data),
               "detector": str(getattr(det, "weights", None) or "contour")})
     out = Path(out)

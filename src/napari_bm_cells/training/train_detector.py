@@ -60,4 +60,23 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
             "arch": model_yaml, "epochs": epochs,
             "trained_on": [str(Path(s)) for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    calibrate_threshold(out, data_yaml)
     return out
+
+
+def calibrate_threshold(weights: str | Path, data_yaml: str | Path) -> float:
+    """Choose the detector's operating score threshold on the validation split (best
+    F1 of white cells, bounded to [0.05, 0.5]: a differential needs both few missed and
+    few spurious cells) and store it as ``conf`` in ``<weights>.json``; the test split
+    stays untouched for evaluation."""
+    from .evaluate import evaluate_detector
+
+    weights = Path(weights)
+    m = evaluate_detector(data_yaml, tempfile.mkdtemp(prefix="bm_cells_cal_"), detector=weights,
+                          split="val")
+    conf = float(min(0.5, max(0.05, m["threshold_best_f1"])))
+    meta_file = weights.with_suffix(".json")
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta.update({"conf": conf, "val_metrics_at_0.25": {k: m[k] for k in ("recall", "precision", "ap50")}})
+    meta_file.write_text(json.dumps(meta, indent=2))
+    return conf

@@ -1,0 +1,125 @@
+"""Make docs/images/screenshot.png: napari with a real smear, the analysis and the panel.
+
+Usage::
+
+    python docs/screenshot.py [--classifier PATH] [--field] [--out docs/images/screenshot.png]
+
+Opens napari, loads real smear fields (by default a 2 x 3 mosaic of BCCD fields from the
+real-data folder, ``--field`` for the single BCCD sample field), runs "Analyze smear"
+with the shipped models (or ``--classifier``), selects a cell so the inspector shows
+it, and saves the whole window including the docks. Needs OpenGL: without a display it
+starts Xvfb (``apt-get install xvfb``) and uses Qt's offscreen platform.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_display() -> None:
+    """Use ``$DISPLAY``, else start a private Xvfb that ends with this process."""
+    if os.environ.get("DISPLAY"):
+        return
+    xvfb = shutil.which("Xvfb")
+    if not xvfb:
+        sys.exit("no display and no Xvfb: run on a desktop or install xvfb (apt-get install xvfb)")
+    for n in range(150, 200):
+        if os.path.exists(f"/tmp/.X11-unix/X{n}") or os.path.exists(f"/tmp/.X{n}-lock"):
+            continue
+        watch = (f'"{xvfb}" :{n} -screen 0 1920x1200x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
+                 f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; '
+                 'kill $x 2>/dev/null')
+        proc = subprocess.Popen(["sh", "-c", watch], start_new_session=True)
+        for _ in range(100):
+            if os.path.exists(f"/tmp/.X11-unix/X{n}") or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if os.path.exists(f"/tmp/.X11-unix/X{n}"):
+            os.environ["DISPLAY"] = f":{n}"
+            return
+    sys.exit("could not start Xvfb")
+
+
+def _process(app, seconds: float) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--classifier", help="checkpoint (.safetensors); default: the shipped one")
+    ap.add_argument("--field", action="store_true", help="one BCCD field instead of a mosaic")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "screenshot.png"))
+    ap.add_argument("--size", default="1800x1350", help="window size WxH")
+    args = ap.parse_args(argv)
+
+    ensure_display()
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    import napari_bm_cells._widget  # noqa: F401 -- keeps triton away from Mesa's LLVM
+
+    import napari
+    from napari.settings import get_settings
+    from qtpy.QtCore import QRect
+    from qtpy.QtWidgets import QApplication
+
+    get_settings().application.gui_notification_level = "none"  # no toasts over the canvas
+    # not shown: grab() then renders the OpenGL canvas into the picture through an
+    # offscreen framebuffer (a shown offscreen-platform window composes it black)
+    viewer = napari.Viewer(show=False, title="napari-bm-cells")
+    app = QApplication.instance()
+    w, h = (int(v) for v in args.size.split("x"))
+    viewer.window._qt_window.resize(w, h)
+    if args.field:
+        from napari_bm_cells._sample_data import bccd_field
+
+        [(data, kw, _)] = bccd_field()
+        image = viewer.add_image(data, **kw)
+    else:
+        from napari_bm_cells.testing import build_mosaic
+
+        img, _ = build_mosaic(2, 3, "bccd", split="test", seed=4)
+        image = viewer.add_image(img, rgb=True, name="BCCD fields (2 x 3 mosaic)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-bm-cells", "Analyze smear")
+    _, panel = viewer.window.add_plugin_dock_widget("napari-bm-cells", "Differential count")
+    widget.image.value = image
+    if args.classifier:
+        widget.classifier.value = "file"
+        widget.classifier_file.value = str(Path(args.classifier).resolve())
+    if not widget.run():
+        sys.exit(f"analysis did not start: {widget.last_error}")
+    t0 = time.time()
+    while widget.running and time.time() - t0 < 600:
+        _process(app, 0.1)
+    if widget.result is None:
+        sys.exit(f"analysis failed: {widget.last_error or widget.status.value}")
+    pts = widget.points_layer
+    if len(pts.data):
+        conf = pts.features["confidence"].to_numpy()
+        pts.selected_data = {int(conf.argmax())}
+        panel.update_inspector()
+    # Lay the unshown window out at its size without painting the OpenGL canvas (grab a
+    # pixel of the menu bar), fit the view, then grab once: with Qt's offscreen platform
+    # only the canvas' first paint into the grab comes out (later ones are black).
+    viewer.window._qt_window.grab(QRect(0, 0, 1, 1))
+    _process(app, 0.3)
+    viewer.reset_view()
+    _process(app, 1.0)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.window._qt_window.grab().save(str(out))
+    print(f"{out}: {len(pts.data)} cells; {widget.status.value}")
+    viewer.close()
+    return out
+
+
+if __name__ == "__main__":
+    main()
