@@ -99,7 +99,8 @@ def test_rerun_reuses_and_detects_changes(serial, slides, detector, classifier, 
     assert df.attrs["batch"]["n_reused"] == 2  # a3 and the mosaic
     assert _cells(out, "a2.jpg") == _cells(ref_out, "a2.jpg")
     done = json.loads((out / "slides" / "a1.jpg.out" / MARKER).read_text())
-    assert done["input"]["sha256"] != json.loads((ref_out / "slides" / "a1.jpg.out" / MARKER).read_text())["input"]["sha256"]
+    before = json.loads((ref_out / "slides" / "a1.jpg.out" / MARKER).read_text())
+    assert done["input"]["sha256"] != before["input"]["sha256"]
     assert not list(out.rglob("*.tmp"))
     # other settings: nothing is reused
     from napari_bm_cells.pipeline import AnalysisOptions

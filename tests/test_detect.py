@@ -98,8 +98,9 @@ def _check_mosaic_detections(d: Detections, boxes):
 def test_mosaic_ome_zarr_tiles_smaller_than_a_field(mosaic, detector):
     slide = open_slide(mosaic["zarr"])
     assert len(slide.levels) == 3
-    # tiles of 256 px at downsample 2 cover 512 level-0 px, less than a 640x480 field
-    d, _ = _run(slide, detector, tile=256, overlap=128, downsample=2.0)
+    # tiles of 300 px at downsample 2 cover 600 level-0 px, less than a 640x480 field;
+    # the overlap (160 px) exceeds a cell (~110 px at that scale)
+    d, _ = _run(slide, detector, tile=300, overlap=160, downsample=2.0)
     _check_mosaic_detections(d, mosaic["boxes"])
 
 
@@ -110,7 +111,7 @@ def test_mosaic_pyramidal_tiff_detects_on_level_1(mosaic, detector):
     slide = open_slide(mosaic["tiff"])
     down = parse_level(1, slide, detector)
     assert down == pytest.approx(2.0, rel=0.01)
-    d, _ = _run(slide, detector, tile=256, overlap=128, downsample=down)
+    d, _ = _run(slide, detector, tile=300, overlap=160, downsample=down)
     _check_mosaic_detections(d, mosaic["boxes"])
 
 

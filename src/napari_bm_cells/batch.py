@@ -210,10 +210,16 @@ def run_settings(options, detector, classifier, device: str) -> dict:
 
         from .detect import YoloDetector
 
+        # the weights, their sidecar (class list, scale, confidence threshold) and the
+        # thresholds in effect: a loaded detector's own, else what loading would give
+        sidecar = Path(det_spec).with_suffix(".json")
+        meta = _read_json(sidecar) or {}
         defaults = inspect.signature(YoloDetector.__init__).parameters
+        conf = defaults["conf"].default
         det = {"name": "yolo", "sha256": file_sha256(det_spec, n=64),
-               "conf": getattr(detector, "conf", defaults["conf"].default),
-               "iou": getattr(detector, "iou", defaults["iou"].default)}
+               "sidecar_sha256": file_sha256(sidecar, n=64) if sidecar.is_file() else None,
+               "conf": float(getattr(detector, "conf", conf if conf is not None else meta.get("conf", 0.25))),
+               "iou": float(getattr(detector, "iou", defaults["iou"].default))}
     read_meta(cls_spec)  # a missing / foreign checkpoint is one clear error, not N slide errors
     opts = dataclasses.asdict(options)
     return {"options": json.loads(json.dumps(opts, default=str)), "device": device,

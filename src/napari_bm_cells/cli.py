@@ -73,7 +73,7 @@ def cmd_train_classifier(a):
                          batch_size=a.batch_size, device=_dev(a.device), seed=a.seed, lr=a.lr,
                          crop_size_px=a.crop_size_px, ref_cell_px=a.ref_cell_px, mpp=a.mpp,
                          balance=not a.no_balance, resume=a.resume, max_steps=a.max_steps,
-                         max_per_class=a.max_per_class, precision=a.precision,
+                         max_per_class=a.max_per_class, precision=a.precision, init=a.init,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
     if t:
@@ -97,7 +97,7 @@ def cmd_train_detector(a):
 
     train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
-                   resume=a.resume)
+                   resume=a.resume, init=a.init, lr0=a.lr0)
     print(f"wrote {a.out}")
 
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bfloat16 autocast where supported (faster on AVX512-BF16 CPUs)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    s.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
     s.set_defaults(func=cmd_train_classifier)
 
     s = sub.add_parser("evaluate-classifier", help="metrics of a classifier on a folder per class")
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--imgsz", type=int, default=320)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--model", default="yolov8n.yaml", help="ultralytics model yaml (built from scratch)")
+    s.add_argument("--init", default=None, help="fine-tune from these local weights instead")
+    s.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
     s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import measure, morphology, transform
+from skimage import measure, morphology
 
 
 @dataclass
@@ -35,7 +35,8 @@ def stain_channel(rgb: np.ndarray) -> np.ndarray:
 
 
 def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
-                   min_length: float = 100.0, sigma: float | None = None) -> CentreContour | None:
+                   min_length: float = 100.0, sigma: float | None = None,
+                   work_size: int | None = 128) -> CentreContour | None:
     """Find the closed contour nearest ``centre`` in an RGB patch.
 
     The edges are the iso-contours of the smoothed stain channel at Otsu's level (holes
@@ -52,6 +53,9 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
         noise, platelets, fragments.
     sigma : float, optional
         Smoothing before thresholding; default 0.8% of the patch side (at least 1).
+    work_size : int, optional
+        Larger patches are searched at this side (4x faster at 250 px) and the result
+        scaled back; lengths and ``min_length`` keep the patch's units.
 
     Returns
     -------
@@ -63,6 +67,18 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
     h, w = patch.shape[:2]
     if centre is None:
         centre = ((h - 1) / 2, (w - 1) / 2)
+    if work_size and max(h, w) > work_size:
+        import cv2
+
+        f = work_size / max(h, w)
+        small = cv2.resize(np.ascontiguousarray(patch), (max(1, round(w * f)), max(1, round(h * f))),
+                           interpolation=cv2.INTER_AREA)
+        cc = centre_contour(small, (centre[0] * f, centre[1] * f), min_length * f, work_size=None)
+        if cc is None:
+            return None
+        mask = cv2.resize(cc.mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        return CentreContour(cc.contour / f, mask, (cc.centroid[0] / f, cc.centroid[1] / f),
+                             cc.diameter / f)
     chan = filters.gaussian(stain_channel(patch), sigma or max(1.0, 0.008 * max(h, w)))
     if float(chan.max() - chan.min()) < 0.05:
         return None
@@ -127,6 +143,7 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB uint8 square to ``size`` × ``size`` (anti-aliased)."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    out = transform.resize(img, (size, size), order=1, anti_aliasing=img.shape[0] > size,
-                           preserve_range=True)
-    return out.astype(np.uint8)
+    import cv2  # 10-20x faster than skimage here; INTER_AREA anti-aliases when shrinking
+
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)

@@ -186,10 +186,13 @@ def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tu
     borders. Boxes are in detection-level pixels. Returns the merged boxes and how many
     duplicates the final suppression removed.
     """
-    boxes, scores, near = [], [], []
+    boxes, scores, near, rank = [], [], [], []
     for t, d in per_tile:
         if not len(d):
             continue
+        if len(d) > 1:  # nested boxes within a tile (a cell and a part of it): keep one
+            k = _suppress(d.boxes, d.scores, iou)
+            d = Detections(d.boxes[k], d.scores[k])
         b = d.boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         cy0, cx0, cy1, cx1 = t.core
@@ -197,14 +200,19 @@ def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tu
         # a box reaching across its tile's core border may have a twin in the neighbour
         border = ((b[:, 0] < cx0) & (cx0 > t.x0)) | ((b[:, 2] > cx1) & (cx1 < t.x1)) | \
                  ((b[:, 1] < cy0) & (cy0 > t.y0)) | ((b[:, 3] > cy1) & (cy1 < t.y1))
+        # boxes cut by an inner tile edge are partial views: they lose ties to whole boxes
+        edge = ((b[:, 0] <= t.x0 + 2) & (cx0 > t.x0)) | ((b[:, 1] <= t.y0 + 2) & (cy0 > t.y0)) | \
+               ((b[:, 2] >= t.x1 - 2) & (cx1 < t.x1)) | ((b[:, 3] >= t.y1 - 2) & (cy1 < t.y1))
         boxes.append(b[own]); scores.append(d.scores[own]); near.append(border[own])
+        rank.append(np.where(edge, 0.5, 1.0)[own] * d.scores[own])
     if not boxes:
         return Detections.empty(), 0
     boxes, scores, near = np.concatenate(boxes), np.concatenate(scores), np.concatenate(near)
+    rank = np.concatenate(rank)
     keep = np.ones(len(scores), bool)
     cand = np.flatnonzero(near)
     if len(cand) > 1:
-        keep[cand[~_suppress(boxes[cand], scores[cand], iou)]] = False
+        keep[cand[~_suppress(boxes[cand], rank[cand], iou, contain=0.5)]] = False
     return Detections(boxes[keep], scores[keep]), int((~keep).sum())
 
 

@@ -89,7 +89,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      ref_cell_px: float | None = None, crop_size_px: int | None = None,
                      mpp: float | None = None, balance: bool = True, max_per_class: int | None = None,
                      resume: bool = False, max_steps: int | None = None,
-                     precision: str = "auto", progress=print) -> dict:
+                     precision: str = "auto", init: str | Path | None = None,
+                     progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -109,6 +110,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         Weighted sampling so every class is drawn equally often.
     max_steps : int, optional
         Stop after this many optimiser steps (smoke tests).
+    init : path, optional
+        Start from the weights of this checkpoint (same architecture and classes):
+        a second, shorter run with a fresh learning-rate schedule fine-tunes a model.
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -166,6 +170,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
 
     model = timm.create_model(arch, pretrained=False, num_classes=len(classes), drop_rate=0.2,
                               **arch_kwargs(arch, img_size))
+    if init:
+        from ..checkpoint import load_model as _load
+        src, src_meta = _load(init, "cpu")
+        if list(src_meta.classes) != classes or src_meta.arch != arch:
+            raise InputError(f"{init}: --init checkpoint has arch {src_meta.arch} and classes "
+                             f"{src_meta.classes}; this run needs {arch} and {classes}")
+        model.load_state_dict(src.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = max(1, len(tr) // batch_size)

@@ -27,7 +27,8 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC") -> float:
 def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    imgsz: int = 320, batch: int = 16, device: str = "cpu",
                    model_yaml: str = "yolov8n.yaml", classes: str = "wbc", seed: int = 0,
-                   workers: int = 2, resume: bool = False) -> Path:
+                   workers: int = 2, resume: bool = False, init: str | Path | None = None,
+                   lr0: float = 0.01) -> Path:
     """Train a detector on VOC / YOLO sets and write ``out`` (.pt) plus ``out.json``.
 
     Parameters
@@ -38,6 +39,8 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         Weights file to write (ultralytics ``.pt``); ``<out>.json`` gets the metadata.
     classes : {"wbc", "all"}
         White cells only (the differential counts leukocytes) or WBC/RBC/platelets.
+    init : path, optional
+        Start from these local weights (fine-tuning) instead of ``model_yaml``.
     """
     from ultralytics import YOLO
 
@@ -46,18 +49,18 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     names = CLASS_SETS[classes]
     work = Path(tempfile.mkdtemp(prefix="bm_cells_det_"))
     data_yaml = write_yolo_set(sources, work / "data", names)
-    model = YOLO(model_yaml)
+    model = YOLO(str(init) if init else model_yaml)
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
                 workers=workers, seed=seed, plots=False, amp=False, project=str(work),
                 name="run", exist_ok=True, flipud=0.5, fliplr=0.5, degrees=90, scale=0.6,
                 hsv_h=0.05, hsv_s=0.6, hsv_v=0.4, cache=True, patience=max(epochs, 5),
-                resume=resume, verbose=False)
+                resume=resume, verbose=False, lr0=lr0, warmup_epochs=0 if init else 3)
     best = work / "run" / "weights" / "best.pt"
     shutil.copy2(best, out)
     from ultralytics.utils.torch_utils import strip_optimizer
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
     meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz),
-            "arch": model_yaml, "epochs": epochs,
+            "arch": model_yaml, "epochs": epochs, "init": str(init) if init else None,
             "trained_on": [str(Path(s)) for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     calibrate_threshold(out, data_yaml)
