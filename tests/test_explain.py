@@ -27,12 +27,12 @@ def _held_out(classifier_path, data_dir, code):
     beside it (never seen in training), else the last file of the class folder."""
     import pandas as pd
 
-    from napari_bm_cells.training.train_classifier import split_path
+    from napari_bm_cells.training.train_classifier import read_split, split_path
 
     files = sorted((data_dir / "pbc" / code).glob("*.jpg"))
     sp = split_path(classifier_path)
     if sp.is_file():
-        df = pd.read_csv(sp)
+        df = read_split(sp, data_dir / "pbc")
         test = {Path(p).name for p in df.loc[(df["split"] == "test") & (df["label"] == code), "path"]}
         held = [f for f in files if f.name in test]
         if held:

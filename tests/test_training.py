@@ -8,7 +8,7 @@ import pytest
 
 from napari_bm_cells.errors import InputError
 from napari_bm_cells.training.cls_data import load_images, scan_class_folders
-from napari_bm_cells.training.train_classifier import split_path, train_classifier
+from napari_bm_cells.training.train_classifier import read_split, split_path, train_classifier
 
 PBC3 = ("EOS", "LYT", "NGS")
 FAST = dict(arch="resnet10t", img_size=32, batch_size=4, progress=lambda s: None)
@@ -102,7 +102,7 @@ def test_trained_model_fits_its_training_crops(trained):
     from napari_bm_cells.checkpoint import load_model
     from napari_bm_cells.training.train_classifier import predict_array
 
-    df = pd.read_csv(split_path(trained["out"]))
+    df = read_split(split_path(trained["out"]), trained["data"])
     tr = df[df["split"] == "train"]
     model, meta = load_model(trained["out"])
     imgs, ok = load_images(tr["path"].tolist(), meta.input_size, fov=meta.crop_size_px)
@@ -114,7 +114,7 @@ def test_trained_model_fits_its_training_crops(trained):
 def test_split_csv_is_stratified_and_complete(trained):
     sp = split_path(trained["out"])
     assert sp == trained["out"].with_name("clf.split.csv") and sp.is_file()
-    df = pd.read_csv(sp)
+    df = read_split(sp, trained["data"])
     assert list(df.columns[:3]) == ["path", "label", "split"]
     assert sorted(df["path"]) == sorted(str(p) for p in trained["data"].rglob("*.jpg"))
     assert df["path"].is_unique
@@ -163,7 +163,7 @@ def test_training_on_the_tcia_nested_layout(data_dir, tmp_path):
     _, meta = load_model(out)
     assert meta.classes == ["BLA", "EOS", "LYT", "NGS", "PMO"]  # top folder, not the batch folder
     assert meta.crop_size_px == 250 and 0.15 * 250 < meta.ref_cell_px < 0.75 * 250
-    df = pd.read_csv(split_path(out))
+    df = read_split(split_path(out), data)
     assert len(df) == 30
     splits = df.groupby("label")["split"].agg(lambda s: sorted(set(s)))
     assert all(v == ["test", "train", "val"] for v in splits), splits
@@ -244,7 +244,7 @@ def test_training_goes_on_past_empty_folders_junk_and_corrupt_jpegs(data_dir, tm
     assert any(str(junk) in m and "unreadable" in m for m in msgs), msgs
     from napari_bm_cells.checkpoint import read_meta
     assert read_meta(out).classes == list(PBC3)
-    df = pd.read_csv(split_path(out))
+    df = read_split(split_path(out), data)
     bad = df["path"].isin([str(trunc), str(junk)])
     assert bad.sum() == 2
     # the unreadable files are left out of the evaluation too

@@ -16,12 +16,12 @@ from .metrics import classification_metrics
 def _test_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
     """Images to evaluate: the checkpoint's held-back test split when it lists files of
     ``data_dir`` (``split="auto"`` or ``"test"``), else every image of ``data_dir``."""
-    from .train_classifier import split_path
+    from .train_classifier import read_split, split_path
 
     df = scan_class_folders(data_dir)
     sp = split_path(ckpt)
     if split in ("auto", "test", "val", "train") and sp.is_file():
-        s = pd.read_csv(sp)
+        s = read_split(sp, data_dir)
         root = Path(data_dir).resolve()
         # folder containment, not a string prefix ("pbc" is not "pbc_more"); the file
         # itself is not resolved, so folders of symlinks (subsets) still match

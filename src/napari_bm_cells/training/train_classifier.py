@@ -16,6 +16,21 @@ from .cls_data import load_images, scan_class_folders, stratified_split
 log = logging.getLogger(__name__)
 
 
+def write_split(df: pd.DataFrame, path: Path, data_dir: str | Path) -> None:
+    """Write the split with paths relative to ``data_dir`` (portable across machines)."""
+    root = Path(data_dir).absolute()
+    rel = df["path"].map(lambda p: str(Path(p).absolute().relative_to(root))
+                         if Path(p).absolute().is_relative_to(root) else str(p))
+    df.assign(path=rel).to_csv(path, index=False)
+
+
+def read_split(path: Path, data_dir: str | Path) -> pd.DataFrame:
+    """Read a split file; relative paths are joined to ``data_dir``."""
+    df = pd.read_csv(path)
+    df["path"] = df["path"].map(lambda p: p if Path(p).is_absolute() else str(Path(data_dir) / p))
+    return df
+
+
 def split_path(ckpt: str | Path) -> Path:
     """Where the train/val/test split of a checkpoint is written."""
     ckpt = Path(ckpt)
@@ -135,13 +150,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     out.parent.mkdir(parents=True, exist_ok=True)
     sp = split_path(out)
     if resume and sp.is_file():
-        df = pd.read_csv(sp)
+        df = read_split(sp, data_dir)
     else:
         df = stratified_split(scan_class_folders(data_dir), seed=seed)
         if max_per_class:  # small subsets for smoke tests, keeping the split's proportions
             frac = df["split"].map({"train": .7, "val": .15, "test": .15})
             df = df[df.groupby(["label", "split"]).cumcount() < (max_per_class * frac).clip(lower=1)]
-        df.to_csv(sp, index=False)
+        write_split(df, sp, data_dir)
     classes = sorted(df["label"].unique())
     if crop_size_px is None:
         sides = []
