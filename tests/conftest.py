@@ -48,3 +48,15 @@ def detector():
     from napari_bm_cells.detect import load_detector
 
     return load_detector(None, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread: on a 2-core box shared with other jobs, 2 OpenMP threads thrash
+    (measured ~30x slower per training step); on an idle one the cost is small."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

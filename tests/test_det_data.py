@@ -12,15 +12,6 @@ from napari_bm_cells.training.det_data import CLASS_SETS, read_voc, read_yolo, w
 from napari_bm_cells.training.evaluate import detection_scores, match_boxes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The CI box shares 2 cores with training jobs: 2 OpenMP threads thrash (~30x slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _raw_voc(bccd: Path) -> dict[str, list[tuple[str, float, float, float, float]]]:

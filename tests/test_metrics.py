@@ -10,15 +10,6 @@ import pytest
 from napari_bm_cells.training.metrics import classification_metrics, tolerant_predictions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The CI box shares 2 cores with training jobs: 2 OpenMP threads thrash (~30x slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _probs(y_pred, classes, hi=0.7):

@@ -14,15 +14,6 @@ PBC3 = ("EOS", "LYT", "NGS")
 FAST = dict(arch="resnet10t", img_size=32, batch_size=4, progress=lambda s: None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The CI box shares 2 cores with training jobs: 2 OpenMP threads thrash (~30x slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pbc_subset(data_dir, dst, classes=PBC3, n=20):

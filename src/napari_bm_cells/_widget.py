@@ -242,18 +242,12 @@ class AnalyzeWidget(Container):
     def _specs(self):
         det = {"shipped": None, "contour": "contour"}.get(self.detector.value)
         if self.detector.value == "file":
-            p = Path(self.detector_file.value or "")
-            if not p.is_file():
-                raise InputError(f"detector weights {str(p)!r}: no such file; pick a YOLO .pt file "
-                                 "or use the shipped / contour detector")
-            det = p
+            det = _picked_file(self.detector_file.value, "detector weights",
+                               "pick a YOLO .pt file or use the shipped / contour detector")
         cls = None
         if self.classifier.value == "file":
-            p = Path(self.classifier_file.value or "")
-            if not p.is_file():
-                raise InputError(f"classifier checkpoint {str(p)!r}: no such file; pick a "
-                                 ".safetensors checkpoint or use the shipped one")
-            cls = p
+            cls = _picked_file(self.classifier_file.value, "classifier checkpoint",
+                               "pick a .safetensors checkpoint or use the shipped one")
         else:
             from .classify import DEFAULT_CLASSIFIER
             if not DEFAULT_CLASSIFIER.is_file():
@@ -490,3 +484,11 @@ def _cancel_on_destroy(widget):
             w._job.cancel()
 
     return _slot
+
+
+def _picked_file(value, what: str, fix: str) -> Path:
+    """The file chosen in a file picker, or an InputError naming it and the fix."""
+    p = Path(value or "")
+    if not p.is_file():
+        raise InputError(f"{what} {str(p)!r}: no such file; {fix}")
+    return p

@@ -199,7 +199,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                                                 pct_start=0.15)
     meta = ClassifierMeta(arch=arch, classes=classes, input_size=img_size,
                           crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
-                          trained_on=str(data_dir))
+                          trained_on=Path(data_dir).name)
     state_file = out.with_name(out.stem + ".state.pt")
     start, best_f1, history = 0, -1.0, []
     if resume and state_file.is_file():

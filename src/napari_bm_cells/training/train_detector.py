@@ -61,7 +61,8 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
     meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz),
             "arch": model_yaml, "epochs": epochs, "init": str(init) if init else None,
-            "trained_on": [str(Path(s)) for s in sources]}
+            "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
+                           for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     calibrate_threshold(out, data_yaml)
     return out
@@ -80,6 +81,7 @@ def calibrate_threshold(weights: str | Path, data_yaml: str | Path) -> float:
     conf = float(min(0.5, max(0.05, m["threshold_best_f1"])))
     meta_file = weights.with_suffix(".json")
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    meta.update({"conf": conf, "val_metrics_at_0.25": {k: m[k] for k in ("recall", "precision", "ap50")}})
+    meta.update({"conf": conf,
+                 "val_metrics_before_calibration": {k: m[k] for k in ("conf", "recall", "precision", "ap50")}})
     meta_file.write_text(json.dumps(meta, indent=2))
     return conf
