@@ -71,6 +71,7 @@ class YoloDetector:
         self.device = device
         # the operating threshold chosen on the validation split when the model was trained
         self.conf = float(conf if conf is not None else self.meta.get("conf", 0.25))
+        self.operating_conf = self.conf
         self.iou = iou
         wanted = [i for i, n in names.items() if n in classes or n.lower() in ("wbc", "white", "leukocyte")]
         self.class_ids = wanted or None
@@ -86,8 +87,20 @@ class YoloDetector:
         res = self.model.predict([np.ascontiguousarray(t[..., ::-1]) for t in tiles], imgsz=imgsz,
                                  conf=self.conf, iou=self.iou, classes=self.class_ids,
                                  device=self.device, verbose=False)
-        return [Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32),
-                           r.boxes.conf.cpu().numpy().astype(np.float32)) for r in res]
+        out = []
+        for r in res:
+            d = Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32),
+                           r.boxes.conf.cpu().numpy().astype(np.float32))
+            # YOLO's NMS compares IoU only: a box nested in a better one (a cell and a part
+            # of it) survives it. Drop those among the boxes at the operating threshold;
+            # lower-scored ones (kept only when evaluating a PR curve) are left as YOLO gave them.
+            hi = np.flatnonzero(d.scores >= self.operating_conf)
+            if len(hi) > 1:
+                keep = np.ones(len(d), bool)
+                keep[hi[~_suppress(d.boxes[hi], d.scores[hi], self.iou)]] = False
+                d = Detections(d.boxes[keep], d.scores[keep])
+            out.append(d)
+        return out
 
 
 class ContourDetector:
@@ -190,9 +203,6 @@ def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tu
     for t, d in per_tile:
         if not len(d):
             continue
-        if len(d) > 1:  # nested boxes within a tile (a cell and a part of it): keep one
-            k = _suppress(d.boxes, d.scores, iou)
-            d = Detections(d.boxes[k], d.scores[k])
         b = d.boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         cy0, cx0, cy1, cx1 = t.core
