@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,26 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ensure_display() -> None:
     """Use ``$DISPLAY``, else start a private Xvfb that ends with this process."""
-    if os.environ.get("DISPLAY"):
-        return
-    xvfb = shutil.which("Xvfb")
-    if not xvfb:
+    from napari_bm_cells.testing import ensure_display as _ensure
+
+    if not _ensure(150):
         sys.exit("no display and no Xvfb: run on a desktop or install xvfb (apt-get install xvfb)")
-    for n in range(150, 200):
-        if os.path.exists(f"/tmp/.X11-unix/X{n}") or os.path.exists(f"/tmp/.X{n}-lock"):
-            continue
-        watch = (f'"{xvfb}" :{n} -screen 0 1920x1200x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
-                 f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; '
-                 'kill $x 2>/dev/null')
-        proc = subprocess.Popen(["sh", "-c", watch], start_new_session=True)
-        for _ in range(100):
-            if os.path.exists(f"/tmp/.X11-unix/X{n}") or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if os.path.exists(f"/tmp/.X11-unix/X{n}"):
-            os.environ["DISPLAY"] = f":{n}"
-            return
-    sys.exit("could not start Xvfb")
 
 
 def _process(app, seconds: float) -> None:

@@ -7,8 +7,6 @@ xvfb``) and use Qt's offscreen platform with it; they are skipped when neither e
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -16,35 +14,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-
-def _ensure_display() -> bool:
-    """An X display for OpenGL (GLX): ``$DISPLAY``, else a private Xvfb we start."""
-    if os.environ.get("DISPLAY"):
-        return True
-    xvfb = shutil.which("Xvfb")
-    if not xvfb:
-        return False
-    for n in range(97, 140):
-        if os.path.exists(f"/tmp/.X{n}-lock") or os.path.exists(f"/tmp/.X11-unix/X{n}"):
-            continue
-        # Xvfb outlives this process by up to a second (a watchdog shell ends it): killing
-        # it while Qt is still connected would make Qt exit the process with an error
-        watch = (f'"{xvfb}" :{n} -screen 0 1920x1200x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
-                 f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; '
-                 'kill $x 2>/dev/null')
-        proc = subprocess.Popen(["sh", "-c", watch], start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if os.path.exists(f"/tmp/.X11-unix/X{n}") or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if proc.poll() is None and os.path.exists(f"/tmp/.X11-unix/X{n}"):
-            os.environ["DISPLAY"] = f":{n}"
-            return True
-    return False
+from napari_bm_cells.testing import ensure_display  # noqa: E402
 
 
-HAVE_DISPLAY = _ensure_display()
+HAVE_DISPLAY = ensure_display(97)
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(
     not HAVE_DISPLAY, reason="napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")]
 

@@ -232,3 +232,38 @@ def write_pyramidal_tiff(image, path, n_levels: int = 3, tile: int = 256,
                       subifds=n_levels - 1 if lvl == 0 else None,
                       subfiletype=1 if lvl else 0, **res)
     return path
+
+
+def ensure_display(first: int = 97, last: int = 200) -> bool:
+    """An X display for napari's OpenGL canvas: ``$DISPLAY``, else a private Xvfb.
+
+    The Xvfb is watched by a small shell loop that ends it (within a second) after this
+    process exits: killing it while Qt is still connected would make Qt abort the
+    process. Returns False when there is no display and no Xvfb to start.
+    """
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    if os.environ.get("DISPLAY"):
+        return True
+    xvfb = shutil.which("Xvfb")
+    if not xvfb:
+        return False
+    for n in range(first, last):
+        if os.path.exists(f"/tmp/.X{n}-lock") or os.path.exists(f"/tmp/.X11-unix/X{n}"):
+            continue
+        watch = (f'"{xvfb}" :{n} -screen 0 1920x1200x24 -nolisten tcp >/dev/null 2>&1 & x=$!; '
+                 f'while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 1; done; '
+                 'kill $x 2>/dev/null')
+        proc = subprocess.Popen(["sh", "-c", watch], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(f"/tmp/.X11-unix/X{n}") or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if proc.poll() is None and os.path.exists(f"/tmp/.X11-unix/X{n}"):
+            os.environ["DISPLAY"] = f":{n}"
+            return True
+    return False

@@ -22,13 +22,15 @@ def _test_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
     sp = split_path(ckpt)
     if split in ("auto", "test", "val", "train") and sp.is_file():
         s = read_split(sp, data_dir)
-        root = Path(data_dir).resolve()
-        # folder containment, not a string prefix ("pbc" is not "pbc_more"); the file
-        # itself is not resolved, so folders of symlinks (subsets) still match
-        s = s[s["path"].map(lambda p: (Path(p).parent.resolve() / Path(p).name).is_relative_to(root))]
-        want = "test" if split == "auto" else split
-        if len(s) and (s["split"] == want).any():
-            return s[s["split"] == want][["path", "label"]].reset_index(drop=True)
+        # the split belongs to this folder only if it lists exactly its images (a subset
+        # or another folder gets evaluated whole); paths compared without resolving files
+        # so folders of symlinks still match
+        def key(p):
+            return str(Path(p).parent.resolve() / Path(p).name)
+        if set(s["path"].map(key)) == set(df["path"].map(key)):
+            want = "test" if split == "auto" else split
+            if (s["split"] == want).any():
+                return s[s["split"] == want][["path", "label"]].reset_index(drop=True)
     if split not in ("auto", "all"):
         raise InputError(f"{ckpt}: no {split!r} split of {data_dir} in {sp.name}; "
                          "use --split auto or all")
