@@ -250,3 +250,20 @@ def test_export_and_read_back(mosaic_result, tmp_path):
         assert list(back["reviewed"]) == list(layer.features["reviewed"])
         assert kw["scale"] == pytest.approx((0.1, 0.1))
         np.testing.assert_allclose(kw["face_color"], layer.face_color)
+
+
+def test_histogram_lineage_view_rolls_up_the_differential():
+    from matplotlib.figure import Figure
+
+    from napari_bm_cells._layers import draw_histogram
+    from napari_bm_cells.count import differential
+
+    s = differential(["NGS", "NGS", "NGB", "LYT", "EBO", "MON", "PLT"])
+    ax = Figure().add_subplot(111)
+    draw_histogram(ax, s, by="lineage")
+    heights = [b.get_height() for b in ax.patches]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["erythropoiesis", "granulopoiesis", "lymphopoiesis", "monopoiesis", "other"]
+    assert heights == [1, 3, 1, 1, 0]  # PLT is excluded from the count
+    draw_histogram(ax, s, by="class")
+    assert sorted(t.get_text() for t in ax.get_xticklabels()) == ["EBO", "LYT", "MON", "NGB", "NGS", "PLT"]

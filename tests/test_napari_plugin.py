@@ -148,6 +148,13 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     assert panel.summary["n_cells"] == len(res.cells)
     heights = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
     assert heights == {c: k for c, k in panel.summary["counts"].items() if k}
+    # the lineage view rolls the same counts up by lineage, and switches back
+    panel.view_combo.setCurrentText("lineages")
+    panel.refresh()
+    lin = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
+    assert lin == panel.summary["lineage_counts"]
+    panel.view_combo.setCurrentText("classes")
+    panel.refresh()
 
     # reassigning a point (number key on the layer, as a user does) changes counts and bars
     pts.selected_data = {0}

@@ -421,17 +421,28 @@ def default_crop_side(points_layer, index: int | None = None) -> float:
 
 
 # --------------------------------------------------------------------------- plots / export
-def draw_histogram(ax, summary: dict, classes=None, text_colour: str | None = None) -> None:
-    """Bar chart of cell counts per class (palette colours; excluded classes hatched)."""
+def draw_histogram(ax, summary: dict, classes=None, text_colour: str | None = None,
+                   by: str = "class") -> None:
+    """Bar chart of cell counts per class (palette colours; excluded classes hatched),
+    or with ``by="lineage"`` the roll-up over the differentiation tree's lineages
+    (erythro-, granulo-, lympho-, monopoiesis, other; counted cells only)."""
+    from .taxonomy import LINEAGE_PALETTE
+
     ax.clear()
-    counts = summary.get("counts", {})
-    codes = [c for c in (classes or counts) if c in counts]
-    codes += [c for c in counts if c not in codes]
-    codes = [c for c in codes if counts[c] > 0] or codes
+    if by == "lineage":
+        counts = dict(summary.get("lineage_counts", {}))
+        codes = list(counts)
+        colours = [LINEAGE_PALETTE.get(c, UNKNOWN_COLOUR) for c in codes]
+    else:
+        counts = summary.get("counts", {})
+        codes = [c for c in (classes or counts) if c in counts]
+        codes += [c for c in counts if c not in codes]
+        codes = [c for c in codes if counts[c] > 0] or codes
+        colours = [colour_of(c) for c in codes]
     vals = [counts[c] for c in codes]
-    bars = ax.bar(range(len(codes)), vals, color=[colour_of(c) for c in codes],
+    bars = ax.bar(range(len(codes)), vals, color=colours,
                   edgecolor=text_colour or "black", linewidth=0.5)
-    excl = set(summary.get("excluded_codes", []))
+    excl = set(summary.get("excluded_codes", [])) if by != "lineage" else set()
     for b, c in zip(bars, codes):
         if c in excl:
             b.set_hatch("//")

@@ -112,6 +112,11 @@ class DifferentialPanel(QWidget):
         self.layer_combo = QComboBox()
         self.layer_combo.currentIndexChanged.connect(self._on_combo)
         row.addWidget(self.layer_combo, 1)
+        self.view_combo = QComboBox()  # histogram of classes or of lineages
+        self.view_combo.addItems(["classes", "lineages"])
+        self.view_combo.setToolTip("histogram by class, or rolled up by lineage")
+        self.view_combo.currentIndexChanged.connect(self._schedule)
+        row.addWidget(self.view_combo)
         lay.addLayout(row)
 
         self.figure, self.canvas = _make_canvas(napari_viewer, (4.2, 2.6))
@@ -273,7 +278,8 @@ class DifferentialPanel(QWidget):
             self._update_inspector()
 
     def _draw_histogram(self, s):
-        L.draw_histogram(self.ax, s, L.layer_classes(self.layer), text_colour=self._fg)
+        by = "lineage" if self.view_combo.currentText() == "lineages" else "class"
+        L.draw_histogram(self.ax, s, L.layer_classes(self.layer), text_colour=self._fg, by=by)
         self.ax.set_facecolor(self._bg)
         try:
             self.figure.tight_layout()

@@ -90,6 +90,9 @@ PALETTE = {
     "PLT": "#e7ba52",
 }
 UNKNOWN_COLOUR = "#ffffff"
+#: colour per lineage, for the lineage view of the histogram
+LINEAGE_PALETTE = {"erythropoiesis": "#8c564b", "granulopoiesis": "#ff7f0e",
+                   "lymphopoiesis": "#1f77b4", "monopoiesis": "#2ca02c", "other": "#7f7f7f"}
 
 
 def is_known(code: str) -> bool:
