@@ -148,6 +148,15 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     assert panel.summary["n_cells"] == len(res.cells)
     heights = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
     assert heights == {c: k for c, k in panel.summary["counts"].items() if k}
+    # the review queue walks cells in the documented order and centres the camera on each
+    from napari_bm_cells.review import review_queue
+    queue = review_queue(pts.features)
+    for k in range(min(2, len(queue))):
+        cid = panel.review_step(+1)
+        assert cid == queue[k]
+        i = int(np.flatnonzero(pts.features["cell_id"].to_numpy() == cid)[0])
+        assert pts.selected_data == {i}
+        np.testing.assert_allclose(viewer.camera.center[-2:], pts.data_to_world(pts.data[i])[-2:], atol=1e-6)
     # the lineage view rolls the same counts up by lineage, and switches back
     panel.view_combo.setCurrentText("lineages")
     panel.refresh()

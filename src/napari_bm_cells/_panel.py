@@ -170,6 +170,18 @@ class DifferentialPanel(QWidget):
         self.keys_label = QLabel("")
         self.keys_label.setWordWrap(True)
         il.addWidget(self.keys_label)
+        row = QHBoxLayout()  # review queue: most uncertain cells first (review.review_queue)
+        self.prev_button = QPushButton("< Previous")
+        self.prev_button.clicked.connect(lambda: self.review_step(-1))
+        self.next_button = QPushButton("Next uncertain >")
+        self.next_button.clicked.connect(lambda: self.review_step(+1))
+        self.queue_label = QLabel("")
+        row.addWidget(self.prev_button)
+        row.addWidget(self.next_button)
+        row.addWidget(self.queue_label, 1)
+        il.addLayout(row)
+        self._queue: list[int] | None = None  # cell ids, snapshot taken at the first step
+        self._queue_pos, self._queue_layer = -1, None
         lay.addWidget(insp)
         lay.addStretch(1)
 
@@ -398,6 +410,30 @@ class DifferentialPanel(QWidget):
             self.class_combo.setCurrentIndex(k)
 
     # ---------------------------------------------------------------- corrections
+    def review_step(self, step: int) -> int | None:
+        """Move ``step`` cells along the review queue (smallest margin between the two
+        most likely classes first, reviewed cells last), select that cell and centre the
+        camera on it. Returns its cell id."""
+        from .review import review_queue
+
+        if self.layer is None or len(self.layer.data) == 0:
+            return None
+        feats = self.layer.features
+        if self._queue is None or self._queue_layer is not self.layer:
+            self._queue, self._queue_pos, self._queue_layer = review_queue(feats), -1, self.layer
+        self._queue_pos = int(np.clip(self._queue_pos + step, 0, len(self._queue) - 1))
+        cid = self._queue[self._queue_pos]
+        rows = np.flatnonzero(feats["cell_id"].to_numpy() == cid)
+        if not len(rows):
+            return None
+        i = int(rows[0])
+        self.layer.selected_data = {i}
+        world = np.asarray(self.layer.data_to_world(self.layer.data[i]))
+        self._viewer.camera.center = tuple(world[-2:])
+        self.queue_label.setText(f"{self._queue_pos + 1} of {len(self._queue)} in the queue")
+        self.update_inspector()
+        return cid
+
     def reassign_selected(self, code: str | None = None):
         """Reassign the selected cells to ``code`` (marks them reviewed)."""
         if self.layer is None or not code:
