@@ -346,6 +346,10 @@ class AnalyzeWidget(Container):
         self._pbar, self._pbar_stage = None, None
 
     def _on_event(self, ev: Progress):
+        # progress queued before a cancel (or delivered after the worker finished) must
+        # not overwrite "cancelling..." / "cancelled"
+        if ev.stage in ("load", "detect", "classify") and self.status.value.startswith(("cancel", "error")):
+            return
         try:
             if ev.stage in ("load", "detect"):
                 self._progress(ev.stage, ev.done, ev.total)
@@ -446,8 +450,7 @@ class AnalyzeWidget(Container):
             except (RuntimeError, ValueError):
                 pass
         self._close_pbar()
-        if self.result is None and self.status.value.startswith(("detecting", "classifying",
-                                                                 "loading", "cancelling")):
+        if self.result is None and not self.status.value.startswith(("error", "done")):
             self._flush()
             self.status.value = "cancelled"
         self.worker = None
