@@ -121,7 +121,8 @@ def measure_cell_px(slide: Slide, dets: Detections, n: int = 64, seed: int = 0) 
         side = max(16, int(1.5 * max(x1 - x0, y1 - y0)))
         cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
         patch = slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
-        d = cell_diameter(resize_square(square_crop(patch, (side / 2, side / 2), side), 250))
+        # read_region pads out-of-image parts, so the patch is already side x side
+        d = cell_diameter(resize_square(patch, 250))
         if d is not None:
             diam.append(d * side / 250)
     return float(np.median(diam)) if diam else None
@@ -192,7 +193,7 @@ def _cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, cls
     return np.stack(crops), centres, masks
 
 
-def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info, box, side, S):
+def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info, box, side):
     """Paint a cell's mask (contour mask, or the box's inscribed ellipse) into a block."""
     by, bx = block_origin
     x0, y0, x1, y1 = box
@@ -307,8 +308,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                 centres[idx] = cents
                 if lab_block is not None:
                     for k, i in enumerate(idx):
-                        _paint_mask(lab_block, (gy0, gx0), int(i) + 1, masks[k], dets.boxes[i], side,
-                                    cls.meta.crop_size_px)
+                        _paint_mask(lab_block, (gy0, gx0), int(i) + 1, masks[k], dets.boxes[i], side)
                 done += len(idx)
                 yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
                 check()
