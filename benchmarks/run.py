@@ -112,7 +112,7 @@ def _timed(fn, reps=1):
 def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     from napari_bm_cells.detect import Detections, tile_grid
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.pipeline import AnalysisOptions, _blocks, _cell_crops, analyze
+    from napari_bm_cells.pipeline import AnalysisOptions, _blocks, analyze, cell_crops, window_for
 
     opts = AnalysisOptions(level=level)
     slide = open_slide(zpath)
@@ -178,15 +178,14 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     dets = Detections(cells[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(np.float32),
                       cells["det_score"].to_numpy(np.float32))
     side = res.summary["classifier"]["crop_px_level0"]
-    margin = int(math.ceil(side)) + 2
     crops = []
     t = time.perf_counter()
     for group in _blocks(dets, slide.shape, opts.block):
-        b = dets.boxes[group]
-        gy0, gx0 = int(b[:, 1].min()) - margin, int(b[:, 0].min()) - margin
-        img = slide.read_region(gy0, gx0, int(b[:, 3].max()) + margin, int(b[:, 2].max()) + margin)
+        gy0, gx0, gy1, gx1 = window_for(dets, group, side)
+        img = slide.read_region(gy0, gx0, gy1, gx1)
         for j in range(0, len(group), opts.batch_size):
-            crops.append(_cell_crops(img, (gy0, gx0), dets, group[j:j + opts.batch_size], side, cls)[0])
+            crops.append(cell_crops(img, (gy0, gx0), dets, group[j:j + opts.batch_size], side,
+                                    cls.input_size, cls.meta.crop_size_px)[0])
     t_crops = time.perf_counter() - t
     crops = np.concatenate(crops) if crops else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)
     bs = opts.batch_size
@@ -383,7 +382,6 @@ def summary_lines(r: dict) -> list[str]:
                      f"of {s['classify_stage_s']:.2f} s)")
     q = r.get("sahi")
     if q:
-        o = q["ours_in_memory"]
         L.append(f"vs SAHI, same {q['image_shape'][0]}x{q['image_shape'][1]} image, weights, 640 px slices, "
                  f"160 px overlap (best of {q['reps']}):")
         for name in ("ours_in_memory", "ours_in_memory_batch1", "ours_lazy_zarr_level1", "sahi_nms",

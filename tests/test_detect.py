@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_bm_cells.detect import Detections, Tile, iter_detect, merge_tiles, tile_grid
+from napari_bm_cells.detect import Detections, iter_detect, merge_tiles, tile_grid
 from napari_bm_cells.io import open_slide
 from napari_bm_cells.training.det_data import read_voc
 from napari_bm_cells.training.evaluate import match_boxes

@@ -25,7 +25,6 @@ CODES = ("MON", "LYT", "NGS", "BAS", "MYB")
 def _held_out(classifier_path, data_dir, code):
     """A crop of class ``code`` from the checkpoint's test split when its split file is
     beside it (never seen in training), else the last file of the class folder."""
-    import pandas as pd
 
     from napari_bm_cells.training.train_classifier import read_split, split_path
 

@@ -347,3 +347,129 @@ def test_points_and_panel_update_incrementally(viewer, qtbot, data_dir, classifi
     assert list(pts.features["cell_id"]) == list(res.cells["cell_id"])
     assert f"{image.name} masks" in viewer.layers
     qtbot.waitUntil(lambda: panel.summary["counts"] == res.summary["counts"], timeout=5000)
+
+
+# --------------------------------------------------------------------------- review tools
+@pytest.fixture(scope="module")
+def many_cells(data_dir, classifier, detector):
+    """A 4x6 mosaic of real BCCD fields (a few dozen white cells) and its analysis."""
+    from napari_bm_cells.pipeline import analyze
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(4, 6, "bccd", split=("test", "val"), seed=1)
+    res = analyze(img, detector=detector, classifier=classifier, device="cpu")
+    assert len(res.cells) >= 20, len(res.cells)
+    return img, res
+
+
+def _add_cells(viewer, img, res):
+    image = viewer.add_image(img, rgb=True, name="mosaic")
+    pts = viewer.add_points(**L.points_kwargs(res.cells, image, name="mosaic cells",
+                                              summary=res.summary))
+    return image, L.unwrap(pts)
+
+
+def _centred_on(viewer, pts, i):
+    np.testing.assert_allclose(viewer.camera.center[-2:], pts.data_to_world(pts.data[i])[-2:], atol=1e-6)
+
+
+def test_review_queue_walks_a_many_cell_slide(viewer, qtbot, many_cells):
+    from napari_bm_cells.review import review_queue
+
+    img, res = many_cells
+    _, pts = _add_cells(viewer, img, res)
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Differential count")
+    qtbot.waitUntil(lambda: panel.layer is pts, timeout=5000)
+    queue = review_queue(pts.features)
+    assert len(queue) == len(res.cells)
+    seen = []
+    for k in range(len(queue)):  # the whole queue, forwards
+        cid = panel.review_step(+1)
+        assert cid == queue[k]
+        i = int(np.flatnonzero(pts.features["cell_id"].to_numpy() == cid)[0])
+        assert pts.selected_data == {i}
+        _centred_on(viewer, pts, i)
+        seen.append(cid)
+    assert sorted(seen) == sorted(res.cells["cell_id"])
+    assert panel.review_step(+1) == queue[-1]  # stays at the end
+    assert panel.review_step(-3) == queue[-4]  # and walks back
+    assert f"{len(queue) - 3} of {len(queue)}" in panel.queue_label.text()
+
+
+def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells):
+    from napari_bm_cells._gallery import CellGallery
+    from napari_bm_cells.review import gallery
+
+    img, res = many_cells
+    _, pts = _add_cells(viewer, img, res)
+    _, gal = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell gallery")
+    assert isinstance(gal, CellGallery)
+    qtbot.waitUntil(lambda: gal.layer is pts, timeout=5000)
+    counts = res.cells["label"].value_counts()
+    code = counts.index[0]  # the commonest class
+    gal.set_class(code)
+    ids = gal.cell_ids()
+    # exactly the cells of the class, most confident first (review.gallery's order)
+    assert ids == gallery(pts.features, code)
+    assert set(ids) == set(res.cells.loc[res.cells["label"] == code, "cell_id"])
+    conf = [float(pts.features.set_index("cell_id").loc[c, f"prob_{code}"]) for c in ids]
+    assert conf == sorted(conf, reverse=True)
+    gal.lowest_first.setChecked(True)
+    assert gal.cell_ids() == gallery(pts.features, code, lowest_first=True)
+    assert gal.cell_ids()[0] == ids[-1]
+    qtbot.waitUntil(gal.loaded, timeout=20000)  # every crop read in the worker thread
+    assert gal.grid.item(0).icon().availableSizes()
+
+    # clicking a crop selects that cell and centres the viewer on it
+    item = gal.grid.item(1)
+    cid = int(item.data(_user_role()))
+    i = int(np.flatnonzero(pts.features["cell_id"].to_numpy() == cid)[0])
+    rect = gal.grid.visualItemRect(item)
+    qtbot.mouseClick(gal.grid.viewport(), _left(), pos=rect.center())
+    assert pts.selected_data == {i}
+    _centred_on(viewer, pts, i)
+
+    # reassigning from the gallery: the cell changes class, is reviewed, leaves the grid
+    other = next(c for c in L.layer_classes(pts) if c != code)
+    assert gal.reassign_selected(other) == [i]
+    assert pts.features.loc[i, "label"] == other and bool(pts.features.loc[i, "reviewed"])
+    qtbot.waitUntil(lambda: cid not in gal.cell_ids(), timeout=5000)
+    assert len(gal.cell_ids()) == len(ids) - 1
+    gal.set_class(other)
+    assert cid in gal.cell_ids()
+
+
+def test_explain_shows_an_attribution_layer_over_the_cell(viewer, qtbot, many_cells):
+    img, res = many_cells
+    image, pts = _add_cells(viewer, img, res)
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Differential count")
+    qtbot.waitUntil(lambda: panel.layer is pts, timeout=5000)
+    pts.selected_data = {3}
+    panel.update_inspector()
+    worker = panel.explain_selected("gradcam")
+    assert worker is not None
+    qtbot.waitUntil(lambda: panel.attribution_layer is not None and panel._explain_worker is None,
+                    timeout=60000)
+    lyr = panel.attribution_layer
+    amap = np.asarray(lyr.data)
+    n = panel._classifier().input_size
+    assert amap.shape == (n, n) and np.ptp(amap) > 0.1
+    assert lyr.metadata[L.META]["explained_cell"] == int(pts.features["cell_id"].iloc[3])
+    # the map covers the cell's crop: its centre is the point, its side the run's crop side
+    corners = np.array([lyr.data_to_world((-0.5, -0.5)), lyr.data_to_world((n - 0.5, n - 0.5))])
+    np.testing.assert_allclose(corners.mean(0), pts.data_to_world(pts.data[3]), atol=1.0)
+    np.testing.assert_allclose(np.diff(corners, axis=0)[0], [res.summary["classifier"]["crop_px_level0"]] * 2,
+                               rtol=1e-6)
+    # it sits under the points, which stay the active layer
+    assert viewer.layers.index(lyr) < viewer.layers.index(pts)
+    assert L.unwrap(viewer.layers.selection.active) is pts
+
+
+def _user_role():
+    from qtpy.QtCore import Qt
+    return Qt.UserRole
+
+
+def _left():
+    from qtpy.QtCore import Qt
+    return Qt.LeftButton

@@ -3,7 +3,6 @@ import json
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from napari_bm_cells.errors import InputError

@@ -392,16 +392,72 @@ def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: 
 
 
 # --------------------------------------------------------------------------- crops
-def cell_crop(image_layer, points_layer, index: int, side: float | None = None,
-              slide: Slide | None = None) -> np.ndarray:
-    """RGB crop of ``side`` level-0 pixels around point ``index``, cut from the image layer
-    (positions go through world coordinates, so differing transforms are fine)."""
-    slide = slide or layer_slide(image_layer)
+def cell_centre_level0(image_layer, points_layer, index: int) -> tuple[float, float]:
+    """Level-0 pixel position (y, x) of point ``index`` on the image layer (through world
+    coordinates, so differing transforms are fine)."""
     p = np.asarray(points_layer.data[int(index)], float)
     world = np.asarray(points_layer.data_to_world(p))
     y, x = np.asarray(image_layer.world_to_data(world))[-2:] + 0.5
+    return float(y), float(x)
+
+
+def cell_crop(image_layer, points_layer, index: int, side: float | None = None,
+              slide: Slide | None = None) -> np.ndarray:
+    """RGB crop of ``side`` level-0 pixels around point ``index``, cut from the image layer."""
+    slide = slide or layer_slide(image_layer)
+    y, x = cell_centre_level0(image_layer, points_layer, index)
     side = float(side or default_crop_side(points_layer, index))
     return slide.read_region(y - side / 2, x - side / 2, y + side / 2, x + side / 2)
+
+
+def image_layer_for(viewer, points_layer):
+    """The image layer a cells layer was computed on (by the name stored with it), else
+    the first image layer, else None."""
+    from napari.layers import Image
+
+    name = layer_meta(points_layer).get("image") if points_layer is not None else None
+    if name and name in viewer.layers:
+        return unwrap(viewer.layers[name])
+    imgs = [unwrap(lyr) for lyr in viewer.layers if isinstance(lyr, Image)]
+    return imgs[0] if imgs else None
+
+
+def focus_cell(viewer, points_layer, index: int) -> None:
+    """Select point ``index`` (only it) and centre the camera on it."""
+    points_layer.selected_data = {int(index)}
+    world = np.asarray(points_layer.data_to_world(points_layer.data[int(index)]))
+    viewer.camera.center = tuple(world[-2:])
+
+
+def explain_point(image_layer, points_layer, index: int, classifier, method: str = "gradcam",
+                  target=None) -> tuple[np.ndarray, dict]:
+    """Attribution map of cell ``index`` as ``(map, image-layer kwargs)``.
+
+    The crop is cut as the pipeline cut it (the point is the cell's centre, the side the
+    run's field of view) and explained with :func:`explain.explain_crop`; the kwargs place
+    the map exactly over that square of the image (``viewer.add_image(map, **kwargs)``).
+    """
+    from .crop import resize_square
+    from .explain import explain_crop
+
+    slide = layer_slide(image_layer)
+    side = default_crop_side(points_layer, index)
+    y, x = cell_centre_level0(image_layer, points_layer, index)
+    crop = slide.read_region(y - side / 2, x - side / 2, y + side / 2, x + side / 2)
+    amap, label, probs = explain_crop(classifier, resize_square(crop, classifier.input_size),
+                                      method=method, target=target)
+    n = amap.shape[0]
+    s = side / n  # level-0 px per map pixel
+    sc, tr = np.asarray(image_layer.scale[-2:], float), np.asarray(image_layer.translate[-2:], float)
+    # map pixel r covers level-0 edges [y0 + r s, y0 + (r + 1) s]; data = edge - 0.5
+    y0, x0 = y - side / 2, x - side / 2
+    kwargs = {"scale": tuple(sc * s), "translate": tuple(tr + sc * (np.array([y0, x0]) + s / 2 - 0.5)),
+              "colormap": "turbo", "opacity": 0.5, "blending": "translucent",
+              "contrast_limits": (0.0, 1.0),
+              "metadata": {META: {"explained_cell": int(points_layer.features["cell_id"].iloc[index])
+                                  if "cell_id" in points_layer.features else int(index),
+                                  "method": method, "label": label}}}
+    return amap, kwargs
 
 
 def default_crop_side(points_layer, index: int | None = None) -> float:

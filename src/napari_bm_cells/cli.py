@@ -74,6 +74,7 @@ def cmd_train_classifier(a):
                          crop_size_px=a.crop_size_px, ref_cell_px=a.ref_cell_px, mpp=a.mpp,
                          balance=not a.no_balance, resume=a.resume, max_steps=a.max_steps,
                          max_per_class=a.max_per_class, precision=a.precision, init=a.init,
+                         field_cells=a.field_cells, field_weight=a.field_weight,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
     if t:
@@ -200,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bfloat16 autocast where supported (faster on AVX512-BF16 CPUs)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
     s.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
+    s.add_argument("--field-cells", action="append", default=[], metavar="VOC_DIR",
+                   help="also train on the labelled white cell of each train-split field of this "
+                        "BCCD-like folder (VOC + wbc_subtypes.csv), cut as analyze cuts cells; repeatable")
+    s.add_argument("--field-weight", type=float, default=3.0,
+                   help="how much more often a field cell is drawn than a DATA_DIR image (default 3)")
     s.set_defaults(func=cmd_train_classifier)
 
     s = sub.add_parser("evaluate-classifier", help="metrics of a classifier on a folder per class")

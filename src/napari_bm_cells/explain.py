@@ -328,7 +328,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     """
     from .detect import load_detector
     from .io import Slide, open_slide
-    from .pipeline import AnalysisOptions, _cell_crops, crop_side, parse_level
+    from .pipeline import AnalysisOptions, crop_side, parse_level, read_cell_crops
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -354,15 +354,8 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
         raise InputError(f"no white cell detected near ({x:g}, {y:g}); try another point, "
                          "--detector contour, or check the image scale")
     i = nearest_detection(dets.boxes, x, y)
-    side = crop_side(cls, slide, dets, opts)
-
-    # read the level-0 window exactly as iter_analysis does for a block holding this cell
-    margin = int(math.ceil(side)) + 2
-    bx0, by0, bx1, by1 = dets.boxes[i]
-    gy0, gx0 = int(by0) - margin, int(bx0) - margin
-    gy1, gx1 = int(by1) + margin, int(bx1) + margin
-    img = slide.read_region(gy0, gx0, gy1, gx1)
-    crops, centres, masks = _cell_crops(img, (gy0, gx0), dets, [i], side, cls)
+    side = crop_side(cls.meta, slide, dets, opts)
+    crops, centres, masks = read_cell_crops(slide, dets, [i], side, cls.input_size, cls.meta.crop_size_px)
     crop = crops[0]
 
     try:  # imported before timing: ``seconds`` is the attribution alone

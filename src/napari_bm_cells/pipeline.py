@@ -12,7 +12,6 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -128,11 +127,11 @@ def measure_cell_px(slide: Slide, dets: Detections, n: int = 64, seed: int = 0) 
     return float(np.median(diam)) if diam else None
 
 
-def crop_side(cls: Classifier, slide: Slide, dets: Detections, opts: AnalysisOptions) -> float:
+def crop_side(meta, slide: Slide, dets: Detections, opts: AnalysisOptions) -> float:
     """Level-0 side of the square cut around each cell: the checkpoint's field of view
-    scaled to this slide — by pixel size when slide and checkpoint state it, else by the
-    cells' measured size (centre-contour diameter) relative to the training cells."""
-    meta = cls.meta
+    (``meta``, a :class:`~napari_bm_cells.checkpoint.ClassifierMeta`) scaled to this
+    slide — by pixel size when slide and checkpoint state it, else by the cells'
+    measured size (centre-contour diameter) relative to the training cells."""
     if opts.crop_px:
         return float(opts.crop_px)
     if slide.mpp and meta.mpp:
@@ -161,15 +160,30 @@ def _blocks(dets: Detections, shape, block: int):
 CONTOUR_PX = 128
 
 
-def _cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, cls: Classifier):
-    """Centre-contour crops (at the model input size) and masks for cells ``idx``.
+def cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, out_size: int,
+               fov_px: float):
+    """Centre-contour crops and masks for cells ``idx``.
 
-    ``img`` is a level-0 window whose top-left is ``origin`` (y, x), large enough to
-    hold every crop (padding handles the slide edge).
+    Parameters
+    ----------
+    img : ndarray
+        A level-0 window whose top-left is ``origin`` (y, x), large enough to hold every
+        crop (padding handles the slide edge).
+    side : float
+        Level-0 side of each crop (see :func:`crop_side`).
+    out_size : int
+        Side of the returned crops (the model input size).
+    fov_px : float
+        The checkpoint's field of view (``crop_size_px``): the literature's 100 px
+        minimum contour length refers to it.
+
+    Returns
+    -------
+    crops (n, out_size, out_size, 3), centres [(y, x) level 0], masks [(contour, centre) or None]
     """
     W = CONTOUR_PX
     scale = side / W  # level-0 pixels per contour-search pixel
-    min_length = 100.0 * W / float(cls.meta.crop_size_px)
+    min_length = 100.0 * W / float(fov_px)
     side_i = int(round(side))
     crops, centres, masks = [], [], []
     for i in idx:
@@ -187,10 +201,27 @@ def _cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, cls
             if shift > 0.03 * side:  # re-centre on the cell, not the box
                 c = (c[0] + dy, c[1] + dx)
                 full = square_crop(img, c, side_i)
-        crops.append(resize_square(full, cls.input_size))
+        crops.append(resize_square(full, out_size))
         centres.append((c[0] + origin[0], c[1] + origin[1]))
         masks.append((cc, c) if cc is not None else None)
     return np.stack(crops), centres, masks
+
+
+def window_for(dets: Detections, idx, side: float) -> tuple[int, int, int, int]:
+    """Level-0 window (y0, x0, y1, x1) holding the crops of cells ``idx``."""
+    margin = int(math.ceil(side)) + 2
+    b = dets.boxes[idx]
+    return (int(b[:, 1].min()) - margin, int(b[:, 0].min()) - margin,
+            int(b[:, 3].max()) + margin, int(b[:, 2].max()) + margin)
+
+
+def read_cell_crops(slide: Slide, dets: Detections, idx, side: float, out_size: int, fov_px: float):
+    """Read the window around cells ``idx`` and cut their crops as :func:`iter_analysis` does
+    (returns what :func:`cell_crops` returns)."""
+    idx = np.atleast_1d(np.asarray(idx))
+    gy0, gx0, gy1, gx1 = window_for(dets, idx, side)
+    img = slide.read_region(gy0, gx0, gy1, gx1)
+    return cell_crops(img, (gy0, gx0), dets, idx, side, out_size, fov_px)
 
 
 def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info, box, side):
@@ -280,30 +311,28 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     # 2. crops + classification, block by block
     t = time.perf_counter()
-    side = crop_side(cls, slide, dets, opts)
+    side = crop_side(cls.meta, slide, dets, opts)
+    crop_args = (side, cls.input_size, cls.meta.crop_size_px)
     labels = new_labels(slide.shape) if opts.masks else None
     n = len(dets)
     probs = np.zeros((n, len(cls.classes)), np.float32)
     centres = np.zeros((n, 2), np.float64)
     done = 0
     yield Progress("classify", 0, n)
-    margin = int(math.ceil(side)) + 2
     B = opts.block
     with ThreadPoolExecutor(1) as pool:  # closes (after one batch at most) on cancel
         for group in _blocks(dets, slide.shape, B):
             check()
-            b = dets.boxes[group]
-            gy0, gx0 = int(b[:, 1].min()) - margin, int(b[:, 0].min()) - margin
-            gy1, gx1 = int(b[:, 3].max()) + margin, int(b[:, 2].max()) + margin
+            gy0, gx0, gy1, gx1 = window_for(dets, group, side)
             img = slide.read_region(gy0, gx0, gy1, gx1)
             lab_block = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
             batches = [group[j:j + opts.batch_size] for j in range(0, len(group), opts.batch_size)]
             # cut the next batch's crops in a thread while the model classifies this one
-            nxt = pool.submit(_cell_crops, img, (gy0, gx0), dets, batches[0], side, cls)
+            nxt = pool.submit(cell_crops, img, (gy0, gx0), dets, batches[0], *crop_args)
             for bi, idx in enumerate(batches):
                 crops, cents, masks = nxt.result()
                 if bi + 1 < len(batches):
-                    nxt = pool.submit(_cell_crops, img, (gy0, gx0), dets, batches[bi + 1], side, cls)
+                    nxt = pool.submit(cell_crops, img, (gy0, gx0), dets, batches[bi + 1], *crop_args)
                 probs[idx] = cls.predict(crops)
                 centres[idx] = cents
                 if lab_block is not None:

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ..errors import InputError
@@ -144,12 +145,53 @@ def read_detection_set(path: str | Path) -> dict[str, list[Sample]]:
                      "(Annotations/, JPEGImages/) or a YOLO data.yaml")
 
 
+def image_signature(path: str | Path) -> np.ndarray:
+    """A 32×24 standardised grey thumbnail: equal for re-encoded copies of one image."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise InputError(f"{path}: cannot read image")
+    t = cv2.resize(img, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    return (t - t.mean()) / (t.std() + 1e-6)
+
+
+class DuplicateFinder:
+    """Recognises images seen before, even re-encoded or re-annotated in another set.
+
+    TXL-PBC re-annotates BCCD fields and splits them differently, so merging the two
+    naively puts BCCD *training* fields into TXL-PBC's *test* split (and gives the
+    network two box sets for one image).
+    """
+
+    def __init__(self, tol: float = 0.05):
+        self.tol = tol
+        self._sigs: list[np.ndarray] = []
+        self._names: list[str] = []
+
+    def seen(self, path: str | Path, remember: bool = True) -> str | None:
+        """Name of the earlier copy of ``path`` (and remember ``path`` if new)."""
+        sig = image_signature(path)
+        if self._sigs:
+            d = ((np.stack(self._sigs) - sig) ** 2).mean(axis=1)
+            j = int(d.argmin())
+            if d[j] < self.tol:
+                return self._names[j]
+        if not remember:
+            return None
+        self._sigs.append(sig)
+        self._names.append(str(path))
+        return None
+
+
 def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
-                   classes: tuple[str, ...] = CLASS_SETS["wbc"]) -> Path:
+                   classes: tuple[str, ...] = CLASS_SETS["wbc"], dedupe: bool = True) -> Path:
     """Merge detection sets into one YOLO set keeping only ``classes``.
 
     Images are symlinked (copied where links are not allowed); every box of a kept
-    class is written. Returns the path of the new ``data.yaml``.
+    class is written. With ``dedupe``, an image already contributed by an earlier
+    source is left out (the earlier source's boxes and split win), so no field is in
+    two splits. Returns the path of the new ``data.yaml``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -158,9 +200,14 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
         (out_dir / "images" / split).mkdir(parents=True)
         (out_dir / "labels" / split).mkdir(parents=True)
     present = set()
+    finder = DuplicateFinder() if dedupe else None
+    n_dup = 0
     for si, src in enumerate(sources):
         for split, samples in read_detection_set(src).items():
             for s in samples:
+                if finder is not None and finder.seen(s.image):
+                    n_dup += 1
+                    continue
                 name = f"s{si}_{s.image.stem}"
                 dst = out_dir / "images" / split / f"{name}{s.image.suffix.lower()}"
                 try:
@@ -176,6 +223,8 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                     bw, bh = (b.x1 - b.x0) / s.width, (b.y1 - b.y0) / s.height
                     lines.append(f"{classes.index(b.cls)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
                 (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
+    if n_dup:
+        log.warning("left out %d images that an earlier source already holds", n_dup)
     cfg = {"path": str(out_dir.resolve()), "names": {i: c for i, c in enumerate(classes)}}
     for split in SPLITS:
         if any((out_dir / "images" / split).iterdir()):

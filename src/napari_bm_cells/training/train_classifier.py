@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +107,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      mpp: float | None = None, balance: bool = True, max_per_class: int | None = None,
                      resume: bool = False, max_steps: int | None = None,
                      precision: str = "auto", init: str | Path | None = None,
-                     progress=print) -> dict:
+                     field_cells=(), field_weight: float = 3.0, progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -128,6 +130,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     init : path, optional
         Start from the weights of this checkpoint (same architecture and classes):
         a second, shorter run with a fresh learning-rate schedule fine-tunes a model.
+    field_cells : list of path
+        BCCD-like folders (Pascal VOC fields plus ``wbc_subtypes.csv``): the single
+        labelled white cell of each *train-split* field is cut as the pipeline cuts
+        cells and added to the training set (never to val/test), so the model also sees
+        another lab's stain and camera.
+    field_weight : float
+        How much more often one such cell is drawn than one cell of ``data_dir``.
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -171,6 +180,20 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         ref_cell_px = estimate_cell_px(df[df["split"] == "train"]["path"], seed=seed)
         progress(f"typical cell diameter in the training images: {ref_cell_px:.1f} px")
 
+    if field_cells:
+        from .field_cells import export_field_cells
+        work = Path(tempfile.mkdtemp(prefix="bm_cells_fields_"))
+        fmeta = ClassifierMeta(arch=arch, classes=[], input_size=img_size,
+                               crop_size_px=crop_size_px, ref_cell_px=ref_cell_px)
+        extra = pd.concat([export_field_cells(d, work / Path(d).name, fmeta) for d in field_cells])
+        unknown = sorted(set(extra["label"]) - set(classes))
+        if unknown:
+            warnings.warn(f"field cells of classes {unknown} left out: not among {classes}", stacklevel=2)
+        extra = extra[extra["label"].isin(classes)].assign(split="train", extra=True)
+        progress(f"{len(extra)} cells cut from fields of {', '.join(map(str, field_cells))}")
+        df = pd.concat([df.assign(extra=False), extra], ignore_index=True)
+    else:
+        df = df.assign(extra=False)
     progress(f"loading {len(df)} images at {img_size}px ...")
     imgs, ok = load_images(df["path"].tolist(), img_size, fov=crop_size_px)
     df = df.assign(ok=ok)
@@ -199,7 +222,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                                                 pct_start=0.15)
     meta = ClassifierMeta(arch=arch, classes=classes, input_size=img_size,
                           crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
-                          trained_on=Path(data_dir).name)
+                          trained_on=" + ".join([Path(data_dir).name] + [
+                              f"{Path(d).name} train-split fields" for d in field_cells]))
     state_file = out.with_name(out.stem + ".state.pt")
     start, best_f1, history = 0, -1.0, []
     if resume and state_file.is_file():
@@ -209,8 +233,10 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         start, best_f1, history = st["epoch"] + 1, st["best_f1"], st["history"]
         progress(f"resumed at epoch {start}")
 
-    counts = np.bincount(y_all[tr], minlength=len(classes)).astype(float)
-    weights = (1.0 / counts[y_all[tr]]) if balance else np.ones(len(tr))
+    weights = np.where(df["extra"].to_numpy()[tr], field_weight, 1.0)
+    if balance:  # every class drawn equally often
+        per_class = np.bincount(y_all[tr], weights=weights, minlength=len(classes))
+        weights = weights / per_class[y_all[tr]]
     weights /= weights.sum()
     aug = train_transform()
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)

@@ -1,0 +1,54 @@
+"""A combo box listing the viewer's cells layers, shared by the panel and the gallery."""
+from __future__ import annotations
+
+from qtpy.QtWidgets import QComboBox
+
+from . import _layers as L
+
+
+class CellsLayerCombo(QComboBox):
+    """Follows the viewer's layer list and calls ``on_layer(layer or None)`` when the
+    chosen cells layer changes (a newly inserted cells layer is chosen)."""
+
+    def __init__(self, viewer, on_layer):
+        super().__init__()
+        self._viewer = viewer
+        self._on_layer = on_layer
+        self.layer = None
+        self.currentIndexChanged.connect(self._on_index)
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+
+    def cells_layers(self) -> list:
+        return [L.unwrap(lyr) for lyr in self._viewer.layers if L.is_cells_layer(lyr)]
+
+    def _on_layers_changed(self, event=None):
+        try:
+            self.update_choices(event)
+        except Exception as exc:  # noqa: BLE001 -- never break napari's layer list
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-bm-cells: {type(exc).__name__}: {exc}")
+
+    def update_choices(self, event=None):
+        layers = self.cells_layers()
+        inserted = L.unwrap(getattr(event, "value", None)) if getattr(event, "type", "") == "inserted" else None
+        want = inserted if inserted in layers else (self.layer if self.layer in layers else
+                                                    (layers[-1] if layers else None))
+        self.blockSignals(True)
+        self.clear()
+        for lyr in layers:
+            self.addItem(lyr.name)
+        if want is not None:
+            self.setCurrentIndex(layers.index(want))
+        self.blockSignals(False)
+        self._set(want)
+
+    def _on_index(self, i):
+        layers = self.cells_layers()
+        self._set(layers[i] if 0 <= i < len(layers) else None)
+
+    def _set(self, layer):
+        if layer is not self.layer:
+            self.layer = layer
+            self._on_layer(layer)
