@@ -38,7 +38,8 @@ def _yolo_back(label_file: Path, w: int, h: int, names) -> list[tuple[str, float
 
 @pytest.fixture(scope="module")
 def bccd_all(data_dir, tmp_path_factory):
-    return write_yolo_set([data_dir / "bccd"], tmp_path_factory.mktemp("yolo") / "all", CLASS_SETS["all"])
+    return write_yolo_set([data_dir / "bccd"], tmp_path_factory.mktemp("yolo") / "all", CLASS_SETS["all"],
+                          dedupe=False)
 
 
 def test_voc_to_yolo_keeps_every_box_and_round_trips(data_dir, bccd_all):
@@ -87,7 +88,7 @@ def test_read_yolo_of_the_converted_set_matches_read_voc(data_dir, bccd_all):
 
 def test_wbc_only_set_keeps_exactly_the_white_cells(data_dir, tmp_path):
     raw = _raw_voc(data_dir / "bccd")
-    data_yaml = write_yolo_set([data_dir / "bccd"], tmp_path / "wbc", CLASS_SETS["wbc"])
+    data_yaml = write_yolo_set([data_dir / "bccd"], tmp_path / "wbc", CLASS_SETS["wbc"], dedupe=False)
     cfg = yaml.safe_load(data_yaml.read_text())
     assert cfg["names"] == {0: "WBC"}
     for f in sorted((tmp_path / "wbc" / "labels").rglob("*.txt")):
@@ -229,3 +230,32 @@ def test_no_predictions_or_no_ground_truth():
     assert match_boxes(GT, np.ones(3), np.zeros((0, 4), np.float32)).tolist() == [False] * 3
     d = detection_scores(np.zeros(0, bool), np.zeros(0), 3, conf=0.5)
     assert d["recall"] == 0 and d["precision"] == 0 and d["ap50"] == 0 and d["n_pred"] == 0
+
+
+def test_merging_txl_and_bccd_leaves_no_field_in_two_splits(data_dir, tmp_path):
+    """TXL-PBC re-annotates BCCD fields under other names and splits them differently:
+    the merged set must not train on a field that TXL-PBC tests on."""
+    from napari_bm_cells.training.det_data import DuplicateFinder, image_signature
+
+    txl = data_dir / "txl-pbc" / "data.yaml"
+    merged = tmp_path / "merged"
+    write_yolo_set([txl, data_dir / "bccd"], merged)
+    n = {sp: len(list((merged / "images" / sp).iterdir())) for sp in ("train", "val", "test")}
+    n_src = sum(len(v) for v in read_yolo(txl).values()) + sum(len(v) for v in read_voc(data_dir / "bccd").values())
+    assert sum(n.values()) < n_src - 200  # ~220 BCCD fields are also in TXL-PBC
+    # the copies are found although re-encoded: every merged test field differs from every
+    # merged train field, and no BCCD field under its BCCD name sits in train when
+    # TXL-PBC holds it in test
+    train = DuplicateFinder()
+    for p in (merged / "images" / "train").iterdir():
+        train.add(image_signature(p), p.name)
+    leaks = [p.name for sp in ("val", "test") for p in (merged / "images" / sp).iterdir()
+             if train.match(image_signature(p))]
+    assert leaks == []
+    # without deduplication the leak is there (so the check above can fail)
+    raw = tmp_path / "raw"
+    write_yolo_set([txl, data_dir / "bccd"], raw, dedupe=False)
+    train = DuplicateFinder()
+    for p in (raw / "images" / "train").iterdir():
+        train.add(image_signature(p), p.name)
+    assert sum(train.match(image_signature(p)) is not None for p in (raw / "images" / "test").iterdir()) >= 10

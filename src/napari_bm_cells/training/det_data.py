@@ -169,19 +169,26 @@ class DuplicateFinder:
         self._sigs: list[np.ndarray] = []
         self._names: list[str] = []
 
-    def seen(self, path: str | Path, remember: bool = True) -> str | None:
-        """Name of the earlier copy of ``path`` (and remember ``path`` if new)."""
-        sig = image_signature(path)
+    def match(self, sig: np.ndarray) -> str | None:
+        """Name of a remembered image with signature ``sig``, else None."""
         if self._sigs:
             d = ((np.stack(self._sigs) - sig) ** 2).mean(axis=1)
             j = int(d.argmin())
             if d[j] < self.tol:
                 return self._names[j]
-        if not remember:
-            return None
-        self._sigs.append(sig)
-        self._names.append(str(path))
         return None
+
+    def add(self, sig: np.ndarray, name: str) -> None:
+        self._sigs.append(sig)
+        self._names.append(name)
+
+    def seen(self, path: str | Path, remember: bool = True) -> str | None:
+        """Name of the earlier copy of ``path`` (and remember ``path`` if new)."""
+        sig = image_signature(path)
+        hit = self.match(sig)
+        if hit is None and remember:
+            self.add(sig, str(path))
+        return hit
 
 
 def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
@@ -189,9 +196,12 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
     """Merge detection sets into one YOLO set keeping only ``classes``.
 
     Images are symlinked (copied where links are not allowed); every box of a kept
-    class is written. With ``dedupe``, an image already contributed by an earlier
-    source is left out (the earlier source's boxes and split win), so no field is in
-    two splits. Returns the path of the new ``data.yaml``.
+    class is written. With ``dedupe``, an image already written (by an earlier source,
+    or earlier in the same one; even re-encoded) is left out: the first copy's boxes and
+    split win, so no field is in two splits of the merged set (TXL-PBC re-annotates
+    BCCD fields and splits them differently; both sets also hold near-identical frames
+    of one spot). ``dedupe=False`` converts every image and box as is. Returns the path
+    of the new ``data.yaml``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -224,7 +234,7 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                     lines.append(f"{classes.index(b.cls)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
                 (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
     if n_dup:
-        log.warning("left out %d images that an earlier source already holds", n_dup)
+        log.warning("left out %d images already in the merged set (duplicates)", n_dup)
     cfg = {"path": str(out_dir.resolve()), "names": {i: c for i, c in enumerate(classes)}}
     for split in SPLITS:
         if any((out_dir / "images" / split).iterdir()):
