@@ -82,3 +82,52 @@ def test_options_validation(data_dir, detector, classifier):
     with pytest.raises(InputError, match="level"):
         analyze(data_dir / "bccd/JPEGImages/BloodImage_00000.jpg", detector=detector,
                 classifier=classifier, level=5)
+
+
+def test_ahead_yields_in_order_raises_and_stops_on_close():
+    import threading
+    import time
+
+    from napari_bm_cells.pipeline import _ahead
+
+    assert list(_ahead(iter(range(10)), depth=2)) == list(range(10))
+
+    def bad():
+        yield 1
+        raise ValueError("broken block")
+
+    it = _ahead(bad())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="broken block"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        k = 0
+        while True:
+            produced.append(k)
+            yield k
+            k += 1
+
+    it = _ahead(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # a cancelled run: the producer thread ends
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 3 + 2 + 1
+    assert not any(t.name == "bm-cells-crops" for t in threading.enumerate())
+
+
+def test_to_bgr_on_planar_and_interleaved_tiles(bccd_jpeg):
+    from PIL import Image
+
+    from napari_bm_cells.detect import to_bgr
+
+    rgb = np.asarray(Image.open(bccd_jpeg).convert("RGB"))
+    planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(rgb, -1, 0)), 0, -1)  # c, y, x storage
+    assert not planar.flags.c_contiguous
+    for t in (rgb, planar, rgb[50:300, 70:400]):
+        out = to_bgr(t)
+        assert out.flags.c_contiguous and np.array_equal(out, t[..., ::-1])

@@ -83,8 +83,7 @@ class YoloDetector:
         if not tiles:
             return []
         imgsz = int(math.ceil(max(max(t.shape[:2]) for t in tiles) / 32) * 32)
-        # ultralytics reads numpy arrays as BGR (OpenCV order)
-        res = self.model.predict([np.ascontiguousarray(t[..., ::-1]) for t in tiles], imgsz=imgsz,
+        res = self.model.predict([to_bgr(t) for t in tiles], imgsz=imgsz,
                                  conf=self.conf, iou=self.iou, classes=self.class_ids,
                                  device=self.device, verbose=False)
         out = []
@@ -101,6 +100,19 @@ class YoloDetector:
                 d = Detections(d.boxes[keep], d.scores[keep])
             out.append(d)
         return out
+
+
+def to_bgr(rgb: np.ndarray) -> np.ndarray:
+    """Contiguous BGR copy of an RGB tile (ultralytics reads numpy arrays as OpenCV BGR).
+
+    Tiles of a ``c, y, x`` OME-Zarr are channel-planar views: merging the planes is
+    ~20x faster than numpy's strided gather; interleaved tiles take cvtColor.
+    """
+    import cv2
+
+    if rgb.flags.c_contiguous:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return cv2.merge([np.ascontiguousarray(rgb[..., k]) for k in (2, 1, 0)])
 
 
 class ContourDetector:

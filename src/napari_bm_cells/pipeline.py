@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -105,7 +104,7 @@ def parse_level(level, slide: Slide, detector, cell_px=None) -> float:
 BOX_TO_DIAMETER = 0.58
 
 
-def measure_cell_px(slide: Slide, dets: Detections, n: int = 64, seed: int = 0) -> float | None:
+def measure_cell_px(slide: Slide, dets: Detections, n: int = 32, seed: int = 0) -> float | None:
     """Median centre-contour diameter (level-0 px) of up to ``n`` detected cells.
 
     The same measure as the checkpoint's ``ref_cell_px``, so crops can be scaled to
@@ -121,9 +120,9 @@ def measure_cell_px(slide: Slide, dets: Detections, n: int = 64, seed: int = 0) 
         cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
         patch = slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
         # read_region pads out-of-image parts, so the patch is already side x side
-        d = cell_diameter(resize_square(patch, 250))
+        d = cell_diameter(resize_square(patch, CONTOUR_PX))
         if d is not None:
-            diam.append(d * side / 250)
+            diam.append(d * side / CONTOUR_PX)
     return float(np.median(diam)) if diam else None
 
 
@@ -205,6 +204,53 @@ def cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, out_
         centres.append((c[0] + origin[0], c[1] + origin[1]))
         masks.append((cc, c) if cc is not None else None)
     return np.stack(crops), centres, masks
+
+
+def _ahead(gen, depth: int = 2):
+    """Iterate ``gen`` in a background thread, up to ``depth`` items ahead.
+
+    Closing this generator (a cancelled run) stops the thread after the item it is on;
+    an exception in ``gen`` is raised here.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer
+            q.put((end, exc))
+
+    th = threading.Thread(target=run, name="bm-cells-crops", daemon=True)
+    th.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock a put() and let the thread finish its item
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.05)
 
 
 def window_for(dets: Detections, idx, side: float) -> tuple[int, int, int, int]:
@@ -319,30 +365,31 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     centres = np.zeros((n, 2), np.float64)
     done = 0
     yield Progress("classify", 0, n)
-    B = opts.block
-    with ThreadPoolExecutor(1) as pool:  # closes (after one batch at most) on cancel
-        for group in _blocks(dets, slide.shape, B):
-            check()
+
+    def cut():  # runs ahead in a thread: block reads and crop cutting overlap the model
+        for b, group in enumerate(_blocks(dets, slide.shape, opts.block)):
             gy0, gx0, gy1, gx1 = window_for(dets, group, side)
             img = slide.read_region(gy0, gx0, gy1, gx1)
-            lab_block = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
-            batches = [group[j:j + opts.batch_size] for j in range(0, len(group), opts.batch_size)]
-            # cut the next batch's crops in a thread while the model classifies this one
-            nxt = pool.submit(cell_crops, img, (gy0, gx0), dets, batches[0], *crop_args)
-            for bi, idx in enumerate(batches):
-                crops, cents, masks = nxt.result()
-                if bi + 1 < len(batches):
-                    nxt = pool.submit(cell_crops, img, (gy0, gx0), dets, batches[bi + 1], *crop_args)
-                probs[idx] = cls.predict(crops)
-                centres[idx] = cents
-                if lab_block is not None:
-                    for k, i in enumerate(idx):
-                        _paint_mask(lab_block, (gy0, gx0), int(i) + 1, masks[k], dets.boxes[i], side)
-                done += len(idx)
-                yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
-                check()
-            if labels is not None:
-                _write_labels(labels, lab_block, gy0, gx0)
+            for j in range(0, len(group), opts.batch_size):
+                idx = group[j:j + opts.batch_size]
+                yield b, (gy0, gx0), img.shape[:2], idx, cell_crops(img, (gy0, gx0), dets, idx, *crop_args)
+
+    lab_block, lab_origin, lab_b = None, None, -1
+    for b, origin, shape, idx, (crops, cents, masks) in _ahead(cut(), depth=2):
+        if labels is not None and b != lab_b:  # a new block: flush the last one
+            if lab_block is not None:
+                _write_labels(labels, lab_block, *lab_origin)
+            lab_block, lab_origin, lab_b = np.zeros(shape, np.uint32), origin, b
+        probs[idx] = cls.predict(crops)
+        centres[idx] = cents
+        if lab_block is not None:
+            for k, i in enumerate(idx):
+                _paint_mask(lab_block, origin, int(i) + 1, masks[k], dets.boxes[i], side)
+        done += len(idx)
+        yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
+        check()
+    if lab_block is not None:
+        _write_labels(labels, lab_block, *lab_origin)
     timings["classify_s"] = time.perf_counter() - t
 
     cells = _rows(dets, np.arange(n), centres, probs, cls.classes)
