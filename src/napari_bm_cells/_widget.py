@@ -320,6 +320,36 @@ class AnalyzeWidget(Container):
         worker.start()
         return True
 
+    def run_and_wait(self, timeout: float | None = None):
+        """Run the analysis and process Qt events until it ends: the widget driven from a
+        script (``napari.Viewer(show=False)``, no event loop running).
+
+        Returns
+        -------
+        AnalysisResult
+
+        Raises
+        ------
+        RuntimeError
+            When the run could not start, failed, was cancelled or timed out.
+        """
+        from qtpy.QtWidgets import QApplication
+
+        if not self.run():
+            raise RuntimeError(f"analysis not started: {self.last_error or 'already running'}")
+        t0 = time.perf_counter()
+        while self.running:
+            QApplication.processEvents()
+            if timeout is not None and time.perf_counter() - t0 > timeout:
+                self.cancel()
+                timeout = None  # wait for the cancel to land, then report it
+            time.sleep(0.02)
+        QApplication.processEvents()
+        if self.last_error is not None or self.result is None:
+            raise RuntimeError(f"analysis of {self._image_layer.name!r} did not finish: "
+                               f"{self.last_error or self.status.value}")
+        return self.result
+
     def cancel(self, *_):
         """Stop the running analysis (at the next tile batch or cell batch)."""
         if self._job is not None:
