@@ -47,7 +47,7 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=32):
             "torch_threads": torch.get_num_threads()}
 
 
-def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch=4):
+def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch=4, precision="auto"):
     """Our tiled detection (tile/overlap, merge by core ownership + border NMS) on the
     in-memory image (``npy``) or lazily from an OME-Zarr's level 1 (``zarr``)."""
     import numpy as np
@@ -55,7 +55,7 @@ def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch
     from napari_bm_cells.detect import iter_detect, load_detector, tile_grid
     from napari_bm_cells.io import open_slide
 
-    det = load_detector(detector, device="cpu")
+    det = load_detector(detector, device="cpu", precision=precision)
     if zarr:
         slide, d = open_slide(zarr), 2.0
     else:

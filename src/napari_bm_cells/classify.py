@@ -30,6 +30,41 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def autocast_dtype(device: str, precision: str = "auto", training: bool = False):
+    """The autocast dtype for ``precision`` on ``device`` (None = float32).
+
+    ``auto``: bfloat16 on CPUs with native bf16 (AVX512-BF16 / AMX; 1.7-1.9x faster for
+    both models here, accuracy unchanged, see docs/performance.md), float16 for GPU
+    inference, bfloat16 for GPU training where supported; float32 elsewhere.
+    """
+    import torch
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"precision {precision!r}: choose auto, fp32 or bf16")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if training and torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return None if training else torch.float16
+    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: str, dtype):
+    """``torch.autocast`` for ``device`` with ``dtype``, or a no-op context for None."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else device, dtype=dtype)
+
+
 class Classifier:
     """A loaded classifier: ``predict(crops)`` -> probabilities.
 
@@ -55,10 +90,7 @@ class Classifier:
         self.model = self.model.to(memory_format=torch.channels_last)
         self.classes = list(self.meta.classes)
         self.sha = file_sha256(self.path)
-        gpu = self.device.startswith("cuda") or self.device == "mps"
-        cpu_bf16 = self.device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        self.autocast = {"auto": torch.float16 if gpu else (torch.bfloat16 if cpu_bf16 else None),
-                         "fp32": None, "bf16": torch.bfloat16}[precision]
+        self.autocast = autocast_dtype(self.device, precision)
         self._mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1).to(self.device)
         self._std = torch.tensor(self.meta.std).view(1, 3, 1, 1).to(self.device)
 
@@ -75,11 +107,6 @@ class Classifier:
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if self.autocast is not None:
-                dev = "cuda" if self.device.startswith("cuda") else self.device
-                with torch.autocast(dev, dtype=self.autocast):
-                    logits = self.model(x)
-            else:
-                logits = self.model(x)
-            return torch.softmax(logits.float(), 1).cpu().numpy()
+        with torch.inference_mode(), autocast(self.device, self.autocast):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), 1).cpu().numpy()

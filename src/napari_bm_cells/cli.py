@@ -105,7 +105,8 @@ def cmd_train_detector(a):
 def cmd_evaluate_detector(a):
     from .training.evaluate import evaluate_detector
 
-    m = evaluate_detector(a.data, a.out, detector=a.detector, device=_dev(a.device), split=a.split)
+    m = evaluate_detector(a.data, a.out, detector=a.detector, device=_dev(a.device), split=a.split,
+                          precision=a.precision)
     print(f"{m['split']}: n_images={m['n_images']} recall {m['recall']:.4f} "
           f"precision {m['precision']:.4f} AP50 {m['ap50']:.4f}")
     print(f"wrote {Path(a.out) / 'metrics.json'}")
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--detector", default=None)
     s.add_argument("--split", default=None, help="split to use (default: test, else val)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bfloat16 autocast on CPUs with native bf16 (as analyze runs)")
     s.set_defaults(func=cmd_evaluate_detector)
 
     s = sub.add_parser("explain", help="attribution heat map (Grad-CAM, integrated gradients, "

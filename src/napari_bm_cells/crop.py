@@ -139,6 +139,22 @@ def cell_diameter(patch: np.ndarray) -> float | None:
     return cc.diameter
 
 
+def level0_diameters(slide, boxes: np.ndarray) -> list[float]:
+    """Centre-contour diameters (level-0 px) of the cells in level-0 ``boxes`` (x0, y0, x1, y1),
+    each read from ``slide`` in a square of 1.5x the box; cells without a contour through
+    their centre are left out. The measure of the checkpoints' ``ref_cell_px``."""
+    work = 128
+    out = []
+    for x0, y0, x1, y1 in np.asarray(boxes, float):
+        side = max(16, int(1.5 * max(x1 - x0, y1 - y0)))
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        patch = slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
+        d = cell_diameter(resize_square(patch, work))  # read_region pads: patch is side x side
+        if d is not None:
+            out.append(d * side / work)
+    return out
+
+
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB uint8 square to ``size`` × ``size`` (anti-aliased)."""
     if img.shape[0] == size and img.shape[1] == size:

@@ -26,10 +26,13 @@ DEFAULT_CELL_PX = 200.0
 
 @dataclass
 class Detections:
-    """Boxes in level-0 pixels: (N, 4) x0, y0, x1, y1 and (N,) scores."""
+    """Boxes in level-0 pixels: (N, 4) x0, y0, x1, y1 and (N,) scores; ``cell_px`` is
+    the median centre-contour diameter of a sample of the cells (level-0 px) when the
+    detection stage measured it."""
 
     boxes: np.ndarray
     scores: np.ndarray
+    cell_px: float | None = None
 
     def __len__(self):
         return len(self.scores)
@@ -52,7 +55,8 @@ class YoloDetector:
     name = "yolo"
 
     def __init__(self, weights: str | Path = DEFAULT_DETECTOR, device: str = "cpu",
-                 conf: float | None = None, iou: float = 0.5, classes: tuple[str, ...] = ("WBC",)):
+                 conf: float | None = None, iou: float = 0.5, classes: tuple[str, ...] = ("WBC",),
+                 precision: str = "auto"):
         weights = Path(weights)
         if not weights.is_file():
             raise InputError(f"{weights}: detector weights not found; pass --detector with a "
@@ -67,8 +71,11 @@ class YoloDetector:
             raise InputError(f"{weights}: not loadable YOLO weights ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200]}); train one with "
                              "'bm-cells train-detector' or pass --detector contour") from None
+        from .classify import autocast_dtype
+
         self.weights = weights
         self.device = device
+        self.autocast = autocast_dtype(device, precision)  # bf16 on CPUs that have it
         # the operating threshold chosen on the validation split when the model was trained
         self.conf = float(conf if conf is not None else self.meta.get("conf", 0.25))
         self.operating_conf = self.conf
@@ -83,9 +90,12 @@ class YoloDetector:
         if not tiles:
             return []
         imgsz = int(math.ceil(max(max(t.shape[:2]) for t in tiles) / 32) * 32)
-        res = self.model.predict([to_bgr(t) for t in tiles], imgsz=imgsz,
-                                 conf=self.conf, iou=self.iou, classes=self.class_ids,
-                                 device=self.device, verbose=False)
+        from .classify import autocast
+
+        with autocast(self.device, self.autocast):
+            res = self.model.predict([to_bgr(t) for t in tiles], imgsz=imgsz,
+                                     conf=self.conf, iou=self.iou, classes=self.class_ids,
+                                     device=self.device, verbose=False)
         out = []
         for r in res:
             d = Detections(r.boxes.xyxy.cpu().numpy().astype(np.float32),
@@ -160,11 +170,14 @@ class ContourDetector:
         return out
 
 
-def load_detector(spec: str | Path | None = None, device: str = "cpu"):
-    """``None`` -> the shipped YOLO detector; ``"contour"`` -> ContourDetector; a path -> YOLO."""
+def load_detector(spec: str | Path | None = None, device: str = "cpu", precision: str = "auto"):
+    """``None`` -> the shipped YOLO detector; ``"contour"`` -> ContourDetector; a path -> YOLO.
+
+    ``precision`` as for :class:`YoloDetector` (``auto``: bf16 autocast on CPUs with
+    native bf16, fp16 on GPU)."""
     if spec is not None and str(spec).lower() == "contour":
         return ContourDetector()
-    return YoloDetector(spec or DEFAULT_DETECTOR, device=device)
+    return YoloDetector(spec or DEFAULT_DETECTOR, device=device, precision=precision)
 
 
 def _axis_starts(n: int, tile: int, overlap: int) -> list[int]:
@@ -331,21 +344,49 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
         return [slide.read_region(ry0 + t.y0 * d, rx0 + t.x0 * d, ry0 + t.y1 * d, rx0 + t.x1 * d,
                                   downsample=d)[: t.y1 - t.y0, : t.x1 - t.x0] for t in ts]
 
-    results = []
+    results, diameters = [], []
     batches = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
     yield Progress("detect", 0, len(tiles))
     with ThreadPoolExecutor(1) as pool:  # read the next batch while the model runs
-        fut = pool.submit(read, batches[0])
+        fut, meas = pool.submit(read, batches[0]), None
         for bi, ts in enumerate(batches):
             imgs = fut.result()
+            if meas is not None:
+                diameters += meas.result()
+            dets = detector(imgs)
+            results += list(zip(ts, dets))
+            # measure cells of these tiles in the reader thread while the model runs on
+            # the next batch: the crops' scale comes for free (see pipeline.crop_side)
+            meas = pool.submit(_measure_batch, slide, ts, dets, d, (ry0, rx0),
+                               MEASURE_CELLS - len(diameters)) if len(diameters) < MEASURE_CELLS else None
             if bi + 1 < len(batches):
                 fut = pool.submit(read, batches[bi + 1])
-            results += list(zip(ts, detector(imgs)))
             yield Progress("detect", min(len(tiles), (bi + 1) * batch), len(tiles))
+        if meas is not None:
+            diameters += meas.result()
     merged, n_dup = merge_tiles(results, iou=iou)
     scale = np.array([d, d, d, d], np.float32)
     offset = np.array([rx0, ry0, rx0, ry0], np.float32)
     boxes = merged.boxes * scale + offset
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, W)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, H)
-    yield Progress("detect-done", n_dup, len(tiles), Detections(boxes, merged.scores))
+    cell_px = float(np.median(diameters)) if len(diameters) >= min(8, len(boxes)) and diameters else None
+    yield Progress("detect-done", n_dup, len(tiles), Detections(boxes, merged.scores, cell_px))
+
+
+#: cells whose diameter the detection stage measures (median -> crop scale)
+MEASURE_CELLS = 64
+
+
+def _measure_batch(slide, ts, dets, d, origin, limit: int) -> list[float]:
+    """Level-0 centre-contour diameters of up to ``limit`` cells lying whole in tiles ``ts``."""
+    from .crop import level0_diameters
+
+    boxes = []
+    for t, det in zip(ts, dets):
+        h, w = t.y1 - t.y0, t.x1 - t.x0
+        for x0, y0, x1, y1 in det.boxes:
+            if x0 >= 1 and y0 >= 1 and x1 <= w - 1 and y1 <= h - 1:  # not cut by the tile edge
+                boxes.append([origin[1] + (t.x0 + x0) * d, origin[0] + (t.y0 + y0) * d,
+                              origin[1] + (t.x0 + x1) * d, origin[0] + (t.y0 + y1) * d])
+    return level0_diameters(slide, np.asarray(boxes, np.float32).reshape(-1, 4)[:limit])

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
-from .crop import cell_diameter, centre_contour, resize_square, square_crop
+from .crop import centre_contour, level0_diameters, resize_square, square_crop
 from .detect import Detections, Progress, detection_downsample, iter_detect, load_detector
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
@@ -108,21 +108,13 @@ def measure_cell_px(slide: Slide, dets: Detections, n: int = 32, seed: int = 0) 
     """Median centre-contour diameter (level-0 px) of up to ``n`` detected cells.
 
     The same measure as the checkpoint's ``ref_cell_px``, so crops can be scaled to
-    the training cells whatever the detector's box style.
+    the training cells whatever the detector's box style. (The detection stage measures
+    it as it goes, in its reader thread; this is for detections from elsewhere.)
     """
     if not len(dets):
         return None
     idx = np.random.default_rng(seed).permutation(len(dets))[:n]
-    diam = []
-    for i in idx:
-        x0, y0, x1, y1 = dets.boxes[i]
-        side = max(16, int(1.5 * max(x1 - x0, y1 - y0)))
-        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-        patch = slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
-        # read_region pads out-of-image parts, so the patch is already side x side
-        d = cell_diameter(resize_square(patch, CONTOUR_PX))
-        if d is not None:
-            diam.append(d * side / CONTOUR_PX)
+    diam = level0_diameters(slide, dets.boxes[idx])
     return float(np.median(diam)) if diam else None
 
 
@@ -135,7 +127,7 @@ def crop_side(meta, slide: Slide, dets: Detections, opts: AnalysisOptions) -> fl
         return float(opts.crop_px)
     if slide.mpp and meta.mpp:
         return meta.crop_size_px * meta.mpp / slide.mpp
-    cell = opts.cell_px or measure_cell_px(slide, dets)
+    cell = opts.cell_px or dets.cell_px or measure_cell_px(slide, dets)
     if cell is None and len(dets):
         sizes = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
         cell = BOX_TO_DIAMETER * float(np.median(sizes))

@@ -130,7 +130,7 @@ def choose_threshold(tp: np.ndarray, scores: np.ndarray, n_gt: int, min_recall: 
 
 
 def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str | None = None,
-                      cls: str = "WBC") -> dict:
+                      cls: str = "WBC", precision: str = "auto") -> dict:
     """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
     pipeline's detection stage on a VOC folder or YOLO data set's test (else val) split."""
     from ..detect import Detections, YoloDetector, iter_detect, load_detector
@@ -144,7 +144,7 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
     if not samples:
         raise InputError(f"{data}: no {split!r} split (has {sorted(k for k, v in sets.items() if v)}); "
                          "pass --split with one of those")
-    det = load_detector(detector, device=device)
+    det = load_detector(detector, device=device, precision=precision)
     op_conf = getattr(det, "conf", 0.0)
     if isinstance(det, YoloDetector):
         det.conf = 0.01  # keep low scores for the precision-recall curve
@@ -166,7 +166,7 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
     m["threshold_for_recall_0.95"] = choose_threshold(tp_all, sc_all, n_gt)
     m["threshold_best_f1"] = choose_threshold(tp_all, sc_all, n_gt, None)
     m.update({"split": split, "n_images": len(samples), "data": str(data),
-              "detector": str(getattr(det, "weights", None) or "contour")})
+              "detector": str(getattr(det, "weights", None) or "contour"), "numeric_precision": precision})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.json", json.dumps(m, indent=2))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
+from ..classify import autocast_dtype
 from ..errors import InputError
 from .cls_data import load_images, scan_class_folders, stratified_split
 
@@ -84,20 +85,6 @@ def estimate_cell_px(paths, fov: int | None = None, n: int = 200, seed: int = 0)
         if d is not None:
             diam.append(d)
     return float(np.median(diam)) if diam else 0.5 * float(fov or 250)
-
-
-def _autocast_dtype(device: str, precision: str):
-    import torch
-
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext26ts",
@@ -240,7 +227,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     weights /= weights.sum()
     aug = train_transform()
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    amp_dtype = _autocast_dtype(device, precision)
+    amp_dtype = autocast_dtype(device, precision, training=True)
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
     step = 0
     for epoch in range(start, epochs):
