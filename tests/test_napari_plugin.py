@@ -394,6 +394,10 @@ def test_review_queue_walks_a_many_cell_slide(viewer, qtbot, many_cells):
     assert panel.review_step(+1) == queue[-1]  # stays at the end
     assert panel.review_step(-3) == queue[-4]  # and walks back
     assert f"{len(queue) - 3} of {len(queue)}" in panel.queue_label.text()
+    # ordered by P(blast) instead: a new queue in that score's order
+    panel.queue_order.setCurrentText("p_blast")
+    by_blast = review_queue(pts.features, by="p_blast")
+    assert [panel.review_step(+1) for _ in range(3)] == by_blast[:3]
 
 
 def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells):

@@ -176,6 +176,13 @@ class DifferentialPanel(QWidget):
         self.next_button = QPushButton("Next uncertain >")
         self.next_button.clicked.connect(lambda: self.review_step(+1))
         self.queue_label = QLabel("")
+        from .review import SCORES
+        self.queue_order = QComboBox()  # which uncertainty score orders the queue
+        self.queue_order.addItems(list(SCORES))
+        self.queue_order.setToolTip("margin: 1 - (p1 - p2); confidence: 1 - p1; entropy; "
+                                    "p_blast / p_atypical: likely blasts / atypical cells first")
+        self.queue_order.currentIndexChanged.connect(self._reset_queue)
+        row.addWidget(self.queue_order)
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
         row.addWidget(self.queue_label, 1)
@@ -443,17 +450,23 @@ class DifferentialPanel(QWidget):
                                 f"{info['explained_cell']} ({info['label']}) in layer '{name}'")
 
     # ---------------------------------------------------------------- corrections
+    def _reset_queue(self, *_):
+        self._queue = None
+        self.queue_label.setText("")
+
     def review_step(self, step: int) -> int | None:
-        """Move ``step`` cells along the review queue (smallest margin between the two
-        most likely classes first, reviewed cells last), select that cell and centre the
-        camera on it. Returns its cell id."""
+        """Move ``step`` cells along the review queue (:func:`review.review_queue` by the
+        chosen score, default the smallest margin between the two most likely classes;
+        reviewed cells last), select that cell and centre the camera on it. Returns its
+        cell id."""
         from .review import review_queue
 
         if self.layer is None or len(self.layer.data) == 0:
             return None
         feats = self.layer.features
         if self._queue is None or self._queue_layer is not self.layer:
-            self._queue, self._queue_pos, self._queue_layer = review_queue(feats), -1, self.layer
+            order = self.queue_order.currentText()
+            self._queue, self._queue_pos, self._queue_layer = review_queue(feats, by=order), -1, self.layer
         self._queue_pos = int(np.clip(self._queue_pos + step, 0, len(self._queue) - 1))
         cid = self._queue[self._queue_pos]
         rows = np.flatnonzero(feats["cell_id"].to_numpy() == cid)
