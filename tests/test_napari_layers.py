@@ -50,7 +50,8 @@ def test_npe2_validate():
     pm.validate_imports()
     kinds = {c.command for c in pm.contributions.readers}
     assert {"napari-bm-cells.get_slide_reader", "napari-bm-cells.get_results_reader"} <= kinds
-    assert {w.display_name for w in pm.contributions.widgets} == {"Analyze smear", "Differential count"}
+    assert {w.display_name for w in pm.contributions.widgets} == {"Analyze smear", "Differential count",
+                                                                  "Cell gallery"}
     out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-bm-cells"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
