@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout
 
 from . import _layers as L
 from ._cells_combo import CellsLayerCombo
-from ._panel import _notify_error, _pixmap
+from ._panel import _notify_error, _pixmap, guarded
 from .review import gallery
 from .taxonomy import CLASSES
 
@@ -153,10 +153,7 @@ class CellGallery(QWidget):
     def refresh(self):
         """Rebuild the grid from the layer's current features."""
         self._timer.stop()
-        try:
-            self._refresh()
-        except Exception as exc:  # noqa: BLE001 -- a slot must never raise into Qt
-            _notify_error("gallery", exc)
+        guarded("gallery", self._refresh)
 
     def _refresh(self):
         self._stop_worker()

@@ -259,10 +259,7 @@ class DifferentialPanel(QWidget):
     def refresh(self):
         """Recount the differential of the layer's current features and redraw."""
         self._timer.stop()
-        try:
-            self._refresh()
-        except Exception as exc:  # noqa: BLE001 -- a slot must never raise into Qt
-            _notify_error("panel", exc)
+        guarded("panel", self._refresh)
 
     def _refresh(self):
         if self.layer is None or self.layer not in self._viewer.layers:
@@ -538,6 +535,16 @@ class DifferentialPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder")
         if folder:
             self.export_corrections(folder)
+
+
+def guarded(what: str, fn, *args):
+    """Run a Qt slot's body; an exception becomes a napari error notification (a slot
+    must never raise into Qt)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        _notify_error(what, exc)
+        return None
 
 
 def _notify_error(what: str, exc: BaseException) -> None:

@@ -94,6 +94,20 @@ class Classifier:
         self._mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1).to(self.device)
         self._std = torch.tensor(self.meta.std).view(1, 3, 1, 1).to(self.device)
 
+    @classmethod
+    def from_model(cls, model, meta, device: str = "cpu", precision: str = "fp32") -> "Classifier":
+        """Wrap a model in memory (e.g. during training) with its metadata."""
+        import torch
+
+        self = cls.__new__(cls)
+        self.path, self.sha, self.device = None, None, resolve_device(device)
+        self.model, self.meta = model.to(memory_format=torch.channels_last), meta
+        self.classes = list(meta.classes)
+        self.autocast = autocast_dtype(self.device, precision)
+        self._mean = torch.tensor(meta.mean).view(1, 3, 1, 1).to(self.device)
+        self._std = torch.tensor(meta.std).view(1, 3, 1, 1).to(self.device)
+        return self
+
     @property
     def input_size(self) -> int:
         return int(self.meta.input_size)

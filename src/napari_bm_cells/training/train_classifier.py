@@ -47,17 +47,13 @@ def _normalise(x, mean, std):
 
 def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: int = 64,
                   device: str = "cpu") -> np.ndarray:
-    """Softmax probabilities for uint8 (N, S, S, 3) images already at the input size."""
-    import torch
+    """Softmax probabilities for uint8 (N, S, S, 3) images already at the input size
+    (float32, as :class:`~napari_bm_cells.classify.Classifier` computes them)."""
+    from ..classify import Classifier
 
-    out = []
     model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 255
-            x = _normalise(x, meta.mean, meta.std).to(device).contiguous(
-                memory_format=torch.channels_last)
-            out.append(torch.softmax(model(x).float(), 1).cpu().numpy())
+    clf = Classifier.from_model(model, meta, device)
+    out = [clf.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
 
 
