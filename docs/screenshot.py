@@ -3,11 +3,14 @@
 Usage::
 
     python docs/screenshot.py [--classifier PATH] [--field] [--out docs/images/screenshot.png]
+    python docs/screenshot.py --review --out docs/images/review.png
 
 Opens napari, loads real smear fields (by default a 2 x 3 mosaic of BCCD fields from the
 real-data folder, ``--field`` for the single BCCD sample field), runs "Analyze smear"
 with the shipped models (or ``--classifier``), selects a cell so the inspector shows
-it, and saves the whole window including the docks. Needs OpenGL: without a display it
+it, and saves the whole window including the docks. ``--review`` shows the review tools
+instead: the Cell gallery of the commonest class and the Grad-CAM attribution layer of
+the selected cell, zoomed in on it. Needs OpenGL: without a display it
 starts Xvfb (``apt-get install xvfb``) and uses Qt's offscreen platform.
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main(argv=None) -> Path:
     ap.add_argument("--field", action="store_true", help="one BCCD field instead of a mosaic")
     ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "screenshot.png"))
     ap.add_argument("--size", default="1800x1350", help="window size WxH")
+    ap.add_argument("--review", action="store_true", help="gallery and attribution map instead")
     args = ap.parse_args(argv)
 
     ensure_display()
@@ -68,8 +72,9 @@ def main(argv=None) -> Path:
     else:
         from napari_bm_cells.testing import build_mosaic
 
-        img, _ = build_mosaic(2, 3, "bccd", split="test", seed=4)
-        image = viewer.add_image(img, rgb=True, name="BCCD fields (2 x 3 mosaic)")
+        rows, cols = (3, 4) if args.review else (2, 3)
+        img, _ = build_mosaic(rows, cols, "bccd", split="test", seed=4)
+        image = viewer.add_image(img, rgb=True, name=f"BCCD fields ({rows} x {cols} mosaic)")
     _, widget = viewer.window.add_plugin_dock_widget("napari-bm-cells", "Analyze smear")
     _, panel = viewer.window.add_plugin_dock_widget("napari-bm-cells", "Differential count")
     widget.image.value = image
@@ -88,12 +93,24 @@ def main(argv=None) -> Path:
         conf = pts.features["confidence"].to_numpy()
         pts.selected_data = {int(conf.argmax())}
         panel.update_inspector()
+    if args.review and len(pts.data):
+        _, gallery = viewer.window.add_plugin_dock_widget("napari-bm-cells", "Cell gallery")
+        gallery.set_class(str(pts.features["label"].value_counts().index[0]))
+        panel.explain_selected("gradcam")
+        t0 = time.time()
+        while (panel._explain_worker is not None or not gallery.loaded()) and time.time() - t0 < 120:
+            _process(app, 0.1)
     # Lay the unshown window out at its size without painting the OpenGL canvas (grab a
     # pixel of the menu bar), fit the view, then grab once: with Qt's offscreen platform
     # only the canvas' first paint into the grab comes out (later ones are black).
     viewer.window._qt_window.grab(QRect(0, 0, 1, 1))
     _process(app, 0.3)
     viewer.reset_view()
+    if args.review and len(pts.data):  # close-up of the explained cell
+        from napari_bm_cells._layers import focus_cell
+
+        focus_cell(viewer, pts, next(iter(pts.selected_data)))
+        viewer.camera.zoom *= 4
     _process(app, 1.0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -477,3 +477,23 @@ def _user_role():
 def _left():
     from qtpy.QtCore import Qt
     return Qt.LeftButton
+
+
+def test_widget_run_in_several_batches_adds_each_cell_once(viewer, qtbot, classifier_path):
+    """Cells arrive in several classify events; napari's progress bar processes Qt events,
+    so 'done' can be handled inside a classify event's handler: no cell may be added twice
+    and the status must end at 'done'."""
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(3, 4, "bccd", split="test", seed=4)
+    image = viewer.add_image(img, rgb=True, name="mosaic")
+    w, _ = _dock(viewer)
+    _configure(w, classifier_path)
+    w.image.value = image
+    events = []
+    w._on_event, on_event = (lambda ev: (events.append(ev.stage), on_event(ev))[1]), w._on_event
+    res = w.run_and_wait(timeout=300)
+    assert events.count("classify") >= 3  # the 0-cell start and at least two batches
+    assert len(w.points_layer.data) == len(res.cells) >= 10
+    assert list(w.points_layer.features["cell_id"]) == list(res.cells["cell_id"])
+    assert w.status.value.startswith("done")

@@ -378,20 +378,24 @@ class AnalyzeWidget(Container):
     def _on_event(self, ev: Progress):
         # progress queued before a cancel (or delivered after the worker finished) must
         # not overwrite "cancelling..." / "cancelled"
-        if ev.stage in ("load", "detect", "classify") and self.status.value.startswith(("cancel", "error")):
+        if ev.stage in ("load", "detect", "classify") and (
+                self.result is not None or self.status.value.startswith(("cancel", "error"))):
             return
+        # napari's progress bar may process Qt events, so later events (even "done") can
+        # be handled inside self._progress: update state first, check it after
         try:
             if ev.stage in ("load", "detect"):
-                self._progress(ev.stage, ev.done, ev.total)
                 if ev.stage == "detect":
                     self.status.value = f"detecting: {ev.done}/{ev.total} tiles"
+                self._progress(ev.stage, ev.done, ev.total)
             elif ev.stage == "classify":
-                self._progress("classify", ev.done, ev.total)
                 self.status.value = f"classifying: {ev.done}/{ev.total} cells"
                 if ev.payload is not None and len(ev.payload):
                     self._pending.append(ev.payload)
-                    if time.perf_counter() - self._last_flush >= FLUSH_S:
-                        self._flush()
+                self._progress("classify", ev.done, ev.total)
+                if self.result is None and self._pending and \
+                        time.perf_counter() - self._last_flush >= FLUSH_S:
+                    self._flush()
             elif ev.stage == "done":
                 self._on_done(ev.payload)
             elif ev.stage == "cancelled":
