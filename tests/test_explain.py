@@ -162,3 +162,37 @@ def test_explain_cell_on_a_slide_detects_only_around_the_point(classifier, detec
                      method="gradcam")
     assert x0 + w <= r.x <= x1 + w and y0 + h <= r.y <= y1 + h
     assert r.attribution.shape == r.crop.shape[:2]
+
+
+def test_explain_cells_by_id_from_an_analysis(classifier, classifier_path, detector, tmp_path, capsys):
+    """Headless, by cell id: the crops are the ones analyze classified (same probabilities)."""
+    from napari_bm_cells.cli import main
+    from napari_bm_cells.explain import explain_cells
+    from napari_bm_cells.export import write_results
+    from napari_bm_cells.pipeline import analyze
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(2, 2, "bccd", seed=2)
+    res = analyze(img, detector=detector, classifier=classifier, device="cpu")
+    assert len(res.cells) >= 3
+    ids = [int(c) for c in res.cells["cell_id"].iloc[[0, 2]]]
+    ex = explain_cells(img, res.cells, ids, classifier=classifier, method="gradcam",
+                       crop_px=res.summary["classifier"]["crop_px_level0"])
+    for e, cid in zip(ex, ids):
+        row = res.cells.set_index("cell_id").loc[cid]
+        assert e.label == row["label"]
+        np.testing.assert_allclose(e.probs, [row[f"prob_{c}"] for c in classifier.classes], atol=2e-3)
+        assert abs(e.x - row["x"]) < 1 and abs(e.y - row["y"]) < 1
+        assert e.attribution.shape == e.crop.shape[:2] and np.ptp(e.attribution) > 0
+    # the CLI: an analysis folder's cells.csv (crop side from its summary.json) -> one PNG per id
+    files = write_results(res, tmp_path / "run")
+    from PIL import Image
+    Image.fromarray(img).save(tmp_path / "mosaic.png")
+    rc = main(["explain", str(tmp_path / "mosaic.png"), "--cells", str(files["cells"]), "--ids",
+               ",".join(map(str, ids)), "--method", "gradcam", "--out", str(tmp_path / "maps"),
+               "--classifier", str(classifier_path), "--device", "cpu"])
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(f"cell_{i}_gradcam.png" for i in ids)
+    assert main(["explain", str(tmp_path / "mosaic.png"), "--cells", str(files["cells"]), "--ids", "999",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "999" in capsys.readouterr().err

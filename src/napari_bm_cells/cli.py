@@ -115,26 +115,41 @@ def cmd_evaluate_detector(a):
 def cmd_explain(a):
     import time
 
-    from .explain import explain_cell, save_overlay_png
+    from .errors import InputError
+    from .explain import explain_cell, explain_cells, save_overlay_png
     from .pipeline import AnalysisOptions
     from .taxonomy import full_name
 
-    try:
-        x, y = (float(v) for v in a.cell.replace(" ", "").split(","))
-    except ValueError:
-        from .errors import InputError
-        raise InputError(f"--cell {a.cell!r}: give the point as X,Y in full-resolution pixels") from None
+    if (a.cell is None) == (a.ids is None):
+        raise InputError("give either --cell X,Y or --ids with --cells (a cells.csv of this image)")
     t = time.perf_counter()
-    r = explain_cell(a.image, x, y, classifier=a.classifier, detector=a.detector, method=a.method,
-                     target=a.target, options=AnalysisOptions(cell_px=a.cell_size), device=a.device)
+    if a.cell is not None:
+        try:
+            x, y = (float(v) for v in a.cell.replace(" ", "").split(","))
+        except ValueError:
+            raise InputError(f"--cell {a.cell!r}: give the point as X,Y in full-resolution pixels") from None
+        results = [explain_cell(a.image, x, y, classifier=a.classifier, detector=a.detector,
+                                method=a.method, target=a.target,
+                                options=AnalysisOptions(cell_px=a.cell_size), device=a.device)]
+        outs = [Path(a.out)]
+    else:
+        if not a.cells:
+            raise InputError("--ids needs --cells: the cells.csv of an analysis of this image")
+        try:
+            ids = [int(v) for v in a.ids.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise InputError(f"--ids {a.ids!r}: give cell ids as in cells.csv, e.g. 3,7,12") from None
+        results = explain_cells(a.image, a.cells, ids, classifier=a.classifier, method=a.method,
+                                target=a.target, device=a.device)
+        outs = [Path(a.out) / f"cell_{i}_{a.method}.png" for i in ids]
     total = time.perf_counter() - t
-    title = (f"{r.label} ({full_name(r.label)}) p={r.confidence:.2f}; {r.method} for {r.target} "
-             f"at ({r.x:.0f}, {r.y:.0f})")
-    save_overlay_png(r.crop, r.attribution, a.out, title, mask=r.mask)
-    print(f"cell at ({r.x:.0f}, {r.y:.0f}): predicted {r.label} ({full_name(r.label)}), "
-          f"p={r.confidence:.3f}; explained {r.target} with {r.method} in {r.seconds:.2f} s "
-          f"({total:.2f} s with loading and detection)")
-    print(f"wrote {a.out}")
+    for r, out in zip(results, outs):
+        title = (f"{r.label} ({full_name(r.label)}) p={r.confidence:.2f}; {r.method} for {r.target} "
+                 f"at ({r.x:.0f}, {r.y:.0f})")
+        save_overlay_png(r.crop, r.attribution, out, title, mask=r.mask)
+        print(f"cell at ({r.x:.0f}, {r.y:.0f}): predicted {r.label} ({full_name(r.label)}), "
+              f"p={r.confidence:.3f}; explained {r.target} with {r.method} in {r.seconds:.2f} s; wrote {out}")
+    print(f"{len(results)} explanation(s) in {total:.2f} s with loading")
 
 
 def _dev(d):
@@ -247,10 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("explain", help="attribution heat map (Grad-CAM, integrated gradients, "
                                        "occlusion) of the cell nearest a point")
     s.add_argument("image", help="zarr / OME-Zarr, TIFF / OME-TIFF / SVS, JPEG or PNG")
-    s.add_argument("--cell", required=True, metavar="X,Y", help="point in full-resolution pixels")
+    s.add_argument("--cell", default=None, metavar="X,Y",
+                   help="point in full-resolution pixels: the nearest detected cell is explained")
+    s.add_argument("--cells", default=None, metavar="CSV", help="cells.csv of an analysis of IMAGE (with --ids)")
+    s.add_argument("--ids", default=None, metavar="ID,ID,...",
+                   help="cell ids of --cells to explain (no detection); --out is then a folder")
     s.add_argument("--method", choices=["gradcam", "integrated-gradients", "occlusion"],
                    default="gradcam")
-    s.add_argument("--out", required=True, help="PNG to write (crop and heat-map overlay)")
+    s.add_argument("--out", required=True,
+                   help="PNG to write (crop and heat-map overlay); a folder with --ids")
     s.add_argument("--target", default=None, help="class code to explain (default: the predicted class)")
     s.add_argument("--classifier", default=None, help="classifier checkpoint; default: the shipped one")
     s.add_argument("--detector", default=None, help="YOLO weights (.pt) or 'contour'; default: shipped")

@@ -328,7 +328,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     """
     from .detect import load_detector
     from .io import Slide, open_slide
-    from .pipeline import AnalysisOptions, crop_side, parse_level, read_cell_crops
+    from .pipeline import AnalysisOptions, crop_side, parse_level
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -355,6 +355,13 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
                          "--detector contour, or check the image scale")
     i = nearest_detection(dets.boxes, x, y)
     side = crop_side(cls.meta, slide, dets, opts)
+    return _explain_detection(cls, slide, dets, i, side, method, target, **kwargs)
+
+
+def _explain_detection(cls, slide, dets, i: int, side: float, method: str, target, **kwargs):
+    """Cut detection ``i``'s crop as ``analyze`` does and explain it."""
+    from .pipeline import read_cell_crops
+
     crops, centres, masks = read_cell_crops(slide, dets, [i], side, cls.input_size, cls.meta.crop_size_px)
     crop = crops[0]
 
@@ -377,6 +384,61 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
                            target=cls.classes[t] if t is not None else label, method=method,
                            x=float(cyx[1]), y=float(cyx[0]), box=np.asarray(dets.boxes[i], float),
                            crop_px=float(side), mask=mask, seconds=seconds)
+
+
+def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method: str = "gradcam",
+                  target=None, crop_px: float | None = None, device: str = "auto",
+                  **kwargs) -> list[CellExplanation]:
+    """Explain cells of an analysis by id, headless (no detection: the table's boxes).
+
+    Parameters
+    ----------
+    image_path_or_slide : path, array or Slide
+        The image the cells were found on.
+    cells : DataFrame or path
+        The analysis' cell table (``cells.csv``); its ``summary.json`` beside it gives
+        the run's crop side.
+    cell_ids : iterable of int
+        ``cell_id`` values to explain.
+    crop_px : float, optional
+        Level-0 crop side (default: the run's, else computed as ``analyze`` does).
+
+    Returns
+    -------
+    list of CellExplanation, in the order of ``cell_ids``.
+    """
+    import json
+
+    import pandas as pd
+
+    from .detect import Detections
+    from .io import Slide, open_slide
+    from .pipeline import AnalysisOptions, crop_side
+
+    if method not in METHODS:
+        raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+    if not isinstance(cells, pd.DataFrame):
+        path = Path(cells)
+        from .export import read_cells
+        cells = read_cells(path)
+        summ = path.with_name("summary.json")
+        if crop_px is None and summ.is_file():
+            crop_px = (json.loads(summ.read_text()).get("classifier") or {}).get("crop_px_level0")
+    slide = image_path_or_slide if isinstance(image_path_or_slide, Slide) else open_slide(image_path_or_slide)
+    cls = _as_classifier(classifier, device)
+    _target_index(cls, target)
+    dets = Detections(cells[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(np.float32),
+                      cells["det_score"].to_numpy(np.float32) if "det_score" in cells else
+                      np.ones(len(cells), np.float32))
+    side = float(crop_px) if crop_px else crop_side(cls.meta, slide, dets, AnalysisOptions())
+    ids = cells["cell_id"].astype(int).to_numpy()
+    out = []
+    for cid in cell_ids:
+        rows = np.flatnonzero(ids == int(cid))
+        if not len(rows):
+            raise InputError(f"cell id {cid} is not in the cell table (ids {ids.min()}..{ids.max()})")
+        out.append(_explain_detection(cls, slide, dets, int(rows[0]), side, method, target, **kwargs))
+    return out
 
 
 # --------------------------------------------------------------------------- figures
