@@ -366,6 +366,61 @@ def bench_speedups(ckpt: Path, n: int) -> dict:
     return out
 
 
+def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> dict:
+    """YOLO on real BCCD fields: PyTorch fp32, PyTorch bf16 autocast (our default on CPUs
+    with bf16) and ONNX Runtime fp32 (ultralytics export): throughput and agreement."""
+    import tempfile
+
+    from PIL import Image
+    from ultralytics import YOLO
+
+    from _common import bccd_fields, iou_matrix
+    from napari_bm_cells.detect import to_bgr
+
+    fields = [to_bgr(np.asarray(Image.open(p).convert("RGB"))) for p in bccd_fields(data)[:n_fields]]
+    tmp = Path(tempfile.mkdtemp(prefix="bm_cells_onnx_"))
+    shutil.copy(detector, tmp / "det.pt")
+    torch_model = YOLO(str(tmp / "det.pt"), task="detect")
+    onnx_file = YOLO(str(tmp / "det.pt"), task="detect").export(format="onnx", imgsz=640, dynamic=True,
+                                                                 simplify=False, opset=17)
+    onnx_model = YOLO(onnx_file, task="detect")
+    conf = json.loads(Path(detector).with_suffix(".json").read_text()).get("conf", 0.25) \
+        if Path(detector).with_suffix(".json").is_file() else 0.25
+
+    def run(model, bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return [model.predict(f, imgsz=640, conf=conf, verbose=False)[0].boxes.xyxy.cpu().numpy()
+                    for f in fields]
+
+    variants = {"torch_fp32": lambda: run(torch_model), "torch_bf16_autocast": lambda: run(torch_model, True),
+                "onnxruntime_fp32": lambda: run(onnx_model)}
+    for fn in variants.values():
+        fn()  # warm-up
+    times, boxes = {k: [] for k in variants}, {}
+    for _ in range(2):
+        for k, fn in variants.items():
+            t = time.perf_counter()
+            boxes[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    out = {"n_fields": len(fields), "imgsz": 640}
+    base = boxes["torch_fp32"]
+    for k in variants:
+        agree = []
+        for a, b in zip(boxes[k], base):
+            if len(a) and len(b):
+                iou, _ = iou_matrix(a, b)
+                agree.append(float((iou.max(1) >= 0.9).mean()))
+            else:
+                agree.append(float(len(a) == len(b)))
+        out[k] = {"s": round(min(times[k]), 3), "fields_per_s": round(len(fields) / min(times[k]), 2),
+                  "n_boxes": int(sum(len(b) for b in boxes[k])),
+                  "boxes_matching_fp32_iou90": round(float(np.mean(agree)), 4)}
+    for k in ("torch_bf16_autocast", "onnxruntime_fp32"):
+        out[k]["speedup_vs_fp32"] = round(out["torch_fp32"]["s"] / out[k]["s"], 3)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # --- main ----------------------------------------------------------------------------
 
 def summary_lines(r: dict) -> list[str]:
@@ -419,6 +474,13 @@ def summary_lines(r: dict) -> list[str]:
                      f"({sp[k]['crops_per_s']:.0f} vs {sp['torch_fp32']['crops_per_s']:.0f} crops/s), "
                      f"macro-F1 {sp[k]['macro_f1_minus_fp32']:+.4f}, argmax agreement "
                      f"{sp[k]['argmax_agreement_with_fp32']:.3f} (n={sp['n_crops']})")
+    db = r.get("detector_backends")
+    if db:
+        for k in ("torch_bf16_autocast", "onnxruntime_fp32"):
+            L.append(f"detector {k}: x{db[k]['speedup_vs_fp32']:.2f} vs fp32 "
+                     f"({db[k]['fields_per_s']:.1f} vs {db['torch_fp32']['fields_per_s']:.1f} fields/s), "
+                     f"{db[k]['boxes_matching_fp32_iou90']:.3f} of boxes match fp32's (IoU >= 0.9), "
+                     f"{db[k]['n_boxes']} vs {db['torch_fp32']['n_boxes']} boxes (n={db['n_fields']} BCCD fields)")
     return L
 
 
@@ -475,6 +537,7 @@ def main(argv=None):
     if "speedups" in sections:
         log("speedups: ...")
         results["speedups"] = bench_speedups(ckpt, cfg["speedup_n"])
+        results["detector_backends"] = bench_detector_backends(detector, data)
     if "memory" in sections:
         log("memory: ...")
         results["memory"] = bench_memory(workdir, cfg["memory_sides"], str(ckpt), detector, data,
