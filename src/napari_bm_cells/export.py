@@ -130,7 +130,7 @@ def read_cells(path: str | Path) -> pd.DataFrame:
             return pd.DataFrame(rows)
         df = pd.read_csv(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: not a readable cells table ({exc}); expected cells.csv or "
+        raise InputError(f"{path}: not a readable cells table ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); expected cells.csv or "
                          "a GeoJSON written by napari-bm-cells") from None
     missing = {"x", "y", "label"} - set(df.columns)
     if missing:
