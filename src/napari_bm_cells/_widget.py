@@ -19,7 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Lin
 
 from . import _layers as L
 from .detect import Progress
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, first_line
 
 if TYPE_CHECKING:
     import napari
@@ -107,10 +107,10 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
 
 def error_message(exc: BaseException) -> str:
     """One-line user message of an exception (InputError messages as they are)."""
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, InputError):
+    msg = first_line(exc)
+    if isinstance(exc, InputError) or msg == type(exc).__name__:
         return msg
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return f"{type(exc).__name__}: {msg}"
 
 
 def parse_level_text(text: str):

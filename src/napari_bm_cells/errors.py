@@ -7,3 +7,9 @@ class InputError(ValueError):
 
 class Cancelled(RuntimeError):
     """Raised inside the pipeline when the caller asked it to stop."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    msg = str(exc).strip()
+    return msg.splitlines()[0] if msg else type(exc).__name__

@@ -108,7 +108,7 @@ def write_geojson(cells: pd.DataFrame, path: str | Path, polygons=None) -> Path:
 
 def read_cells(path: str | Path) -> pd.DataFrame:
     """Read ``cells.csv`` or our GeoJSON back into a cell table."""
-    from .errors import InputError
+    from .errors import InputError, first_line
 
     path = Path(path)
     try:
@@ -130,7 +130,7 @@ def read_cells(path: str | Path) -> pd.DataFrame:
             return pd.DataFrame(rows)
         df = pd.read_csv(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: not a readable cells table ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); expected cells.csv or "
+        raise InputError(f"{path}: not a readable cells table ({first_line(exc)}); expected cells.csv or "
                          "a GeoJSON written by napari-bm-cells") from None
     missing = {"x", "y", "label"} - set(df.columns)
     if missing:
