@@ -394,9 +394,17 @@ def test_review_queue_walks_a_many_cell_slide(viewer, qtbot, many_cells):
     assert panel.review_step(+1) == queue[-1]  # stays at the end
     assert panel.review_step(-3) == queue[-4]  # and walks back
     assert f"{len(queue) - 3} of {len(queue)}" in panel.queue_label.text()
-    # ordered by P(blast) instead: a new queue in that score's order
+    # confirming a cell marks it reviewed (class kept) and the panel counts it
+    cid = panel.review_step(-1)
+    i = int(np.flatnonzero(pts.features["cell_id"].to_numpy() == cid)[0])
+    label = pts.features.loc[i, "label"]
+    assert panel.confirm_selected() == [i]
+    assert bool(pts.features.loc[i, "reviewed"]) and pts.features.loc[i, "label"] == label
+    qtbot.waitUntil(lambda: f"1 of {len(queue)} reviewed" in panel.summary_label.text(), timeout=5000)
+    # ordered by P(blast) instead: a new queue in that score's order (reviewed cells last)
     panel.queue_order.setCurrentText("p_blast")
     by_blast = review_queue(pts.features, by="p_blast")
+    assert by_blast[-1] == cid
     assert [panel.review_step(+1) for _ in range(3)] == by_blast[:3]
 
 

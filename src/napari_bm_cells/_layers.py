@@ -300,6 +300,16 @@ def reassign(layer, indices, code: str) -> list[int]:
     return idx
 
 
+def confirm(layer, indices) -> list[int]:
+    """Mark the points ``indices`` reviewed, keeping their classes (the reviewer agrees)."""
+    idx = sorted(int(i) for i in indices)
+    if idx:
+        f = layer.features.copy()
+        f.loc[idx, "reviewed"] = True
+        layer.features = f
+    return idx
+
+
 def delete_cells(layer, indices) -> None:
     """Remove the points ``indices`` (features and colours follow)."""
     idx = {int(i) for i in indices}

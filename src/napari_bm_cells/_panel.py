@@ -163,6 +163,10 @@ class DifferentialPanel(QWidget):
         self.reassign_button = QPushButton("Reassign")
         self.reassign_button.clicked.connect(lambda: self.reassign_selected(self.class_combo.currentData()))
         row.addWidget(self.reassign_button)
+        self.confirm_button = QPushButton("Confirm")
+        self.confirm_button.setToolTip("mark the selected cells reviewed, keeping their class")
+        self.confirm_button.clicked.connect(self.confirm_selected)
+        row.addWidget(self.confirm_button)
         self.delete_button = QPushButton("Delete")
         self.delete_button.clicked.connect(self.delete_selected)
         row.addWidget(self.delete_button)
@@ -313,7 +317,7 @@ class DifferentialPanel(QWidget):
         reviewed = int(f["reviewed"].sum()) if "reviewed" in f else 0
         bl, at = s["blast_pct_ci95"], s["atypical_pct_ci95"]
         lines = [
-            f"<b>{n}</b> counted of {s['n_cells']} cells, {reviewed} reviewed",
+            f"<b>{n}</b> counted of {s['n_cells']} cells; {reviewed} of {s['n_cells']} reviewed",
             f"targets {targets}",
             f"blast <b>{s['blast_pct']:.1f}%</b> ({bl[0]:.1f}-{bl[1]:.1f}), "
             f"atypical <b>{s['atypical_pct']:.1f}%</b> ({at[0]:.1f}-{at[1]:.1f})",
@@ -329,7 +333,8 @@ class DifferentialPanel(QWidget):
         self._sel_timer.start()
 
     def _set_inspector_enabled(self, on: bool):
-        for w in (self.reassign_button, self.delete_button, self.class_combo, self.explain_button):
+        for w in (self.reassign_button, self.confirm_button, self.delete_button, self.class_combo,
+                  self.explain_button):
             w.setEnabled(on)
 
     def _image_layer(self):
@@ -483,6 +488,12 @@ class DifferentialPanel(QWidget):
         except Exception as exc:  # noqa: BLE001
             _notify_error("reassign", exc)
             return []
+
+    def confirm_selected(self):
+        """Mark the selected cells reviewed, keeping their classes."""
+        if self.layer is not None:
+            return guarded("confirm", L.confirm, self.layer, self.layer.selected_data) or []
+        return []
 
     def reassign(self, indices, code: str):
         """Reassign cells ``indices`` of the layer to ``code`` (marks them reviewed)."""
