@@ -449,6 +449,14 @@ def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells
     assert len(gal.cell_ids()) == len(ids) - 1
     gal.set_class(other)
     assert cid in gal.cell_ids()
+    # number keys in the grid reassign like the cells layer's keys
+    codes = L.shortcut_codes(L.layer_classes(pts))
+    k = next(j for j, c in enumerate(codes) if c != other)
+    item = next(gal.grid.item(j) for j in range(gal.grid.count()) if int(gal.grid.item(j).data(_user_role())) == cid)
+    gal.grid.clearSelection()
+    item.setSelected(True)
+    qtbot.keyClick(gal.grid, str(k + 1))
+    assert pts.features.loc[i, "label"] == codes[k]
 
 
 def test_explain_shows_an_attribution_layer_over_the_cell(viewer, qtbot, many_cells):

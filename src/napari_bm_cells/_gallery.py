@@ -3,8 +3,8 @@
 Cells are ordered by the model's probability of the class (:func:`review.gallery`), most
 confident first or, to hunt misclassifications, least confident first. Clicking a crop
 selects its point and centres the viewer on it; selected crops can be reassigned to
-another class (marked reviewed, like the inspector's reassign), after which they leave
-the grid. Crops are read from the image layer in a worker thread, so a large slide
+another class with the combo box or the number keys 1-9 (the cells layer's shortcuts;
+marked reviewed, like the inspector's reassign), after which they leave the grid. Crops are read from the image layer in a worker thread, so a large slide
 never blocks the viewer; the grid shows a page of cells and grows on request.
 """
 from __future__ import annotations
@@ -24,6 +24,21 @@ from .taxonomy import CLASSES
 
 THUMB_PX = 96
 PAGE = 120  #: crops added per "show more"
+
+
+class _Grid(QListWidget):
+    """The crop grid; number keys 1-9 reassign the selected crops (as on the cells layer)."""
+
+    def __init__(self, on_number):
+        super().__init__()
+        self._on_number = on_number
+
+    def keyPressEvent(self, event):  # noqa: N802 -- Qt's name
+        text = event.text()
+        if text in "123456789" and text:
+            self._on_number(int(text))
+            return
+        super().keyPressEvent(event)
 
 
 class CellGallery(QWidget):
@@ -63,7 +78,7 @@ class CellGallery(QWidget):
         row.addWidget(self.lowest_first)
         lay.addLayout(row)
 
-        self.grid = QListWidget()
+        self.grid = _Grid(self._number_key)
         self.grid.setViewMode(QListView.IconMode)
         self.grid.setIconSize(QSize(THUMB_PX, THUMB_PX))
         self.grid.setResizeMode(QListView.Adjust)
@@ -246,6 +261,11 @@ class CellGallery(QWidget):
             rows = self._rows(self.grid.selectedItems())
             if rows:
                 self.layer.selected_data = set(rows)
+
+    def _number_key(self, k: int):
+        codes = L.shortcut_codes(L.layer_classes(self.layer)) if self.layer is not None else []
+        if 1 <= k <= len(codes):
+            self.reassign_selected(codes[k - 1])
 
     def reassign_selected(self, code: str | None) -> list[int]:
         """Reassign the cells selected in the grid to ``code`` (marked reviewed)."""
