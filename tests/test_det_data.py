@@ -259,3 +259,15 @@ def test_merging_txl_and_bccd_leaves_no_field_in_two_splits(data_dir, tmp_path):
     for p in (raw / "images" / "train").iterdir():
         train.add(image_signature(p), p.name)
     assert sum(train.match(image_signature(p)) is not None for p in (raw / "images" / "test").iterdir()) >= 10
+
+
+def test_read_yolo_from_a_relative_path(data_dir, monkeypatch):
+    """``bm-cells evaluate-detector ../shared/data/txl-pbc/data.yaml`` from the project folder."""
+    import os
+
+    absolute = {k: len(v) for k, v in read_yolo(data_dir / "txl-pbc" / "data.yaml").items()}
+    assert absolute == {"train": 1008, "val": 288, "test": 144}
+    monkeypatch.chdir(data_dir / "bccd")
+    rel = Path(os.path.relpath(data_dir / "txl-pbc" / "data.yaml"))
+    assert not rel.is_absolute() and str(rel).startswith("..")
+    assert {k: len(v) for k, v in read_yolo(rel).items()} == absolute

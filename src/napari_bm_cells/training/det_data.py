@@ -101,8 +101,8 @@ def read_yolo(data_yaml: str | Path) -> dict[str, list[Sample]]:
     names = cfg.get("names")
     names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
     names = [_canon(n) for n in names]
-    root = Path(cfg.get("path") or data_yaml.parent)
-    if not root.is_absolute():
+    root = Path(cfg.get("path") or ".")
+    if not root.is_absolute():  # relative to the yaml file, as ultralytics reads it
         root = data_yaml.parent / root
     out: dict[str, list[Sample]] = {}
     for split in SPLITS:
