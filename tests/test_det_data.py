@@ -271,3 +271,21 @@ def test_read_yolo_from_a_relative_path(data_dir, monkeypatch):
     rel = Path(os.path.relpath(data_dir / "txl-pbc" / "data.yaml"))
     assert not rel.is_absolute() and str(rel).startswith("..")
     assert {k: len(v) for k, v in read_yolo(rel).items()} == absolute
+
+
+def test_evaluate_detector_counts_a_repeated_box_once(data_dir, tmp_path, detector):
+    """TXL-PBC's test label file 4e2139d2 lists one white cell's box six times."""
+    from napari_bm_cells.training.evaluate import evaluate_detector
+
+    stem = "4e2139d2-7d0c-56a5-91d5-abfa72c21efa"
+    src = data_dir / "txl-pbc"
+    lines = (src / "labels" / "test" / f"{stem}.txt").read_text().splitlines()
+    assert sum(ln.startswith("0 ") for ln in lines) == 6  # the repeated annotation
+    for sub in ("images", "labels"):
+        (tmp_path / sub / "test").mkdir(parents=True)
+    shutil.copy(src / "images" / "test" / f"{stem}.jpg", tmp_path / "images" / "test")
+    shutil.copy(src / "labels" / "test" / f"{stem}.txt", tmp_path / "labels" / "test")
+    (tmp_path / "data.yaml").write_text("test: images/test\nnames: ['WBC', 'RBC', 'Platelets']\n")
+    m = evaluate_detector(tmp_path / "data.yaml", tmp_path / "out", detector=detector.weights)
+    assert m["n_gt"] == 1 and m["repeated_gt_boxes_ignored"] == 5
+    assert m["recall"] == 1.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from ..errors import InputError
 from ..export import atomic_write
 from .cls_data import load_images, scan_class_folders
 from .metrics import classification_metrics
+
+log = logging.getLogger(__name__)
 
 
 def _test_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
@@ -148,7 +151,7 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
     op_conf = getattr(det, "conf", 0.0)
     if isinstance(det, YoloDetector):
         det.conf = 0.01  # keep low scores for the precision-recall curve
-    tps, scs, n_gt, per_image = [], [], 0, []
+    tps, scs, n_gt, per_image, n_repeated = [], [], 0, [], 0
     for s in samples:
         slide = open_slide(s.image)
         down = parse_level("auto", slide, det)
@@ -157,6 +160,13 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
             if ev.stage == "detect-done":
                 d = ev.payload
         gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls], np.float32).reshape(-1, 4)
+        # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
+        # repeating one white cell's box six times): count it once
+        uniq = np.unique(gt.round(1), axis=0)
+        if len(uniq) < len(gt):
+            n_repeated += len(gt) - len(uniq)
+            log.warning("%s: %d repeated %s boxes counted once", s.image.name, len(gt) - len(uniq), cls)
+            gt = uniq
         tp = match_boxes(d.boxes, d.scores, gt)
         tps.append(tp); scs.append(d.scores); n_gt += len(gt)
         per_image.append({"image": str(s.image), "n_gt": len(gt),
@@ -166,6 +176,7 @@ def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str 
     m["threshold_for_recall_0.95"] = choose_threshold(tp_all, sc_all, n_gt)
     m["threshold_best_f1"] = choose_threshold(tp_all, sc_all, n_gt, None)
     m.update({"split": split, "n_images": len(samples), "data": str(data),
+              "repeated_gt_boxes_ignored": n_repeated,
               "detector": str(getattr(det, "weights", None) or "contour"), "numeric_precision": precision})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
