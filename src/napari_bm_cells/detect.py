@@ -357,8 +357,8 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
             results += list(zip(ts, dets))
             # measure cells of these tiles in the reader thread while the model runs on
             # the next batch: the crops' scale comes for free (see pipeline.crop_side)
-            meas = pool.submit(_measure_batch, slide, ts, dets, d, (ry0, rx0),
-                               MEASURE_CELLS - len(diameters)) if len(diameters) < MEASURE_CELLS else None
+            meas = pool.submit(_measure_batch, imgs, dets, d, MEASURE_CELLS - len(diameters)) \
+                if len(diameters) < MEASURE_CELLS else None
             if bi + 1 < len(batches):
                 fut = pool.submit(read, batches[bi + 1])
             yield Progress("detect", min(len(tiles), (bi + 1) * batch), len(tiles))
@@ -378,15 +378,24 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
 MEASURE_CELLS = 64
 
 
-def _measure_batch(slide, ts, dets, d, origin, limit: int) -> list[float]:
-    """Level-0 centre-contour diameters of up to ``limit`` cells lying whole in tiles ``ts``."""
-    from .crop import level0_diameters
+def _measure_batch(imgs, dets, d: float, limit: int) -> list[float]:
+    """Centre-contour diameters (level-0 px) of up to ``limit`` cells lying whole in their
+    tiles, measured on the detection-level tiles already in memory (no extra reads; the
+    same as at level 0: median ratio 0.999-1.000 over the cells of a BCCD mosaic at
+    downsample 1.6 and 2)."""
+    from .crop import cell_diameter, resize_square, square_crop
 
-    boxes = []
-    for t, det in zip(ts, dets):
-        h, w = t.y1 - t.y0, t.x1 - t.x0
+    out = []
+    for img, det in zip(imgs, dets):
+        h, w = img.shape[:2]
         for x0, y0, x1, y1 in det.boxes:
-            if x0 >= 1 and y0 >= 1 and x1 <= w - 1 and y1 <= h - 1:  # not cut by the tile edge
-                boxes.append([origin[1] + (t.x0 + x0) * d, origin[0] + (t.y0 + y0) * d,
-                              origin[1] + (t.x0 + x1) * d, origin[0] + (t.y0 + y1) * d])
-    return level0_diameters(slide, np.asarray(boxes, np.float32).reshape(-1, 4)[:limit])
+            if len(out) >= limit:
+                return out
+            if x0 < 1 or y0 < 1 or x1 > w - 1 or y1 > h - 1:  # cut by the tile edge
+                continue
+            side = max(16, int(1.5 * max(x1 - x0, y1 - y0)))
+            patch = square_crop(img, ((y0 + y1) / 2, (x0 + x1) / 2), side)
+            dia = cell_diameter(resize_square(patch, 128))
+            if dia is not None:
+                out.append(dia * side / 128 * d)
+    return out

@@ -49,6 +49,9 @@ class Slide:
     downsamples: list[float]
     mpp: float | None
     name: str
+    #: per level, an optional direct reader ``(y0, y1, x0, x1) -> (h, w, 3) uint8`` that
+    #: bypasses dask (OME-Zarr RGB uint8 levels: 2-3x faster for the pipeline's block reads)
+    readers: list | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,7 +85,10 @@ class Slide:
         if d <= 0 or y1 <= y0 or x1 <= x0:
             raise ValueError(f"empty region ({y0}, {x0}, {y1}, {x1}) or downsample {d} <= 0")
         out_h, out_w = max(1, round((y1 - y0) / d)), max(1, round((x1 - x0) / d))
-        lvl = self.levels[self.level_for(d)]
+        li = self.level_for(d)
+        lvl = self.levels[li]
+        if self.readers and self.readers[li] is not None:
+            lvl = _DirectLevel(lvl.shape, self.readers[li])
         sy, sx = self.shape[0] / lvl.shape[0], self.shape[1] / lvl.shape[1]
         ly0, lx0 = y0 / sy, x0 / sx  # region origin in level pixels
         fy, fx = sy / d, sx / d  # output pixels per level pixel
@@ -107,13 +113,23 @@ class Slide:
         return np.clip(np.rint(res), 0, 255).astype(np.uint8)
 
 
-def _read_padded(arr: da.Array, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+class _DirectLevel:
+    """A level read through its direct reader (see :attr:`Slide.readers`)."""
+
+    def __init__(self, shape, reader):
+        self.shape, self.reader = shape, reader
+
+
+def _read_padded(arr, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     """``arr[y0:y0+h, x0:x0+w]`` with out-of-image parts filled by edge padding."""
     rows = np.clip(np.arange(y0, y0 + h), 0, arr.shape[0] - 1)
     cols = np.clip(np.arange(x0, x0 + w), 0, arr.shape[1] - 1)
-    # synchronous: no thread-pool hand-off for small reads (2x faster for a 330 px
-    # window) and never a distributed client's scheduler inside a batch worker
-    got = np.asarray(arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].compute(scheduler="synchronous"))
+    if isinstance(arr, _DirectLevel):
+        got = arr.reader(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    else:
+        # synchronous: no thread-pool hand-off for small reads (2x faster for a 330 px
+        # window) and never a distributed client's scheduler inside a batch worker
+        got = np.asarray(arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].compute(scheduler="synchronous"))
     if got.shape[:2] != (h, w):
         got = got[rows - rows[0]][:, cols - cols[0]]
     return got if got.flags.writeable else got.copy()
@@ -216,19 +232,46 @@ def open_slide(path_or_array) -> Slide:
                          f"{', '.join(SLIDE_SUFFIXES)}")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes); re-export or re-copy it")
+    readers = None
     if path.is_dir() or name.endswith(".zarr"):
-        levels, mpp = _read_zarr(path)
+        levels, mpp, readers = _read_zarr(path)
     elif name.endswith(_TIFF_SUFFIXES):
         levels, mpp = _read_tiff(path)
     else:
         levels, mpp = _read_pil(path), None
-    return _make_slide(path, levels, mpp, path.name)
+    return _make_slide(path, levels, mpp, path.name, readers)
 
 
-def _make_slide(path, levels, mpp, name) -> Slide:
-    levels = sorted(levels, key=lambda a: -a.shape[1])
+def _make_slide(path, levels, mpp, name, readers=None) -> Slide:
+    order = sorted(range(len(levels)), key=lambda i: -levels[i].shape[1])
+    levels = [levels[i] for i in order]
+    readers = [readers[i] for i in order] if readers and any(r is not None for r in readers) else None
     w0 = levels[0].shape[1]
-    return Slide(path, levels, [w0 / a.shape[1] for a in levels], mpp, name)
+    return Slide(path, levels, [w0 / a.shape[1] for a in levels], mpp, name, readers)
+
+
+def _direct_reader(z, axes: str):
+    """A reader ``(y0, y1, x0, x1) -> (h, w, 3) uint8`` straight from zarr array ``z`` with
+    OME axes ``axes`` (e.g. ``"tczyx"``), or None when ``z`` is not 3-channel uint8 with
+    singleton other axes (those go through dask and :func:`as_rgb_uint8`)."""
+    axes = axes.lower()
+    if z.dtype != np.uint8 or len(axes) != len(z.shape) or not {"y", "x", "c"} <= set(axes):
+        return None
+    if z.shape[axes.index("c")] != 3 or any(z.shape[i] != 1 for i, a in enumerate(axes) if a not in "yxc"):
+        return None
+    planar = axes.index("c") < axes.index("y")
+
+    def read(y0, y1, x0, x1):
+        import cv2
+
+        idx = tuple(slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x" else
+                    slice(None) if a == "c" else 0 for a in axes)
+        a = np.asarray(z[idx])
+        if planar:  # c, y, x -> y, x, c: merging planes is ~5x faster than numpy's gather
+            return cv2.merge([np.ascontiguousarray(a[k]) for k in range(3)])
+        return a
+
+    return read
 
 
 def _read_pil(path: Path) -> list[da.Array]:
@@ -257,7 +300,7 @@ def _zarr_levels_dask(z) -> da.Array:
     return da.from_zarr(z, chunks=chunks)
 
 
-def _read_zarr(path: Path) -> tuple[list[da.Array], float | None]:
+def _read_zarr(path: Path) -> tuple[list[da.Array], float | None, list | None]:
     import zarr
 
     try:
@@ -266,7 +309,7 @@ def _read_zarr(path: Path) -> tuple[list[da.Array], float | None]:
         raise InputError(f"{path}: cannot open as zarr ({str(exc).splitlines()[0]}); "
                          "give a zarr array or an OME-Zarr image") from None
     if isinstance(node, zarr.Array):
-        return [as_rgb_uint8(_zarr_levels_dask(node), str(path))], None
+        return [as_rgb_uint8(_zarr_levels_dask(node), str(path))], None, None
     attrs = dict(node.attrs)
     ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     if not ms:
@@ -275,10 +318,11 @@ def _read_zarr(path: Path) -> tuple[list[da.Array], float | None]:
     ms = ms[0]
     axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
     names = "".join(a["name"][0].lower() for a in axes)
-    levels = []
+    levels, readers = [], []
     for ds in ms["datasets"]:
         a = _zarr_levels_dask(node[ds["path"]])
         levels.append(as_rgb_uint8(_reorder(a, names, str(path)) if names else a, str(path)))
+        readers.append(_direct_reader(node[ds["path"]], names) if names else None)
     mpp = None
     if "x" in names:
         ix = names.index("x")
@@ -288,7 +332,7 @@ def _read_zarr(path: Path) -> tuple[list[da.Array], float | None]:
             scale *= float(tr["scale"][ix])
         if unit is not None and scale > 0:
             mpp = scale * unit
-    return levels, mpp
+    return levels, mpp, readers
 
 
 def _scales(d: dict) -> list[dict]:
