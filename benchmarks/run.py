@@ -368,7 +368,8 @@ def bench_speedups(ckpt: Path, n: int) -> dict:
 
 def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> dict:
     """YOLO on real BCCD fields: PyTorch fp32, PyTorch bf16 autocast (our default on CPUs
-    with bf16) and ONNX Runtime fp32 (ultralytics export): throughput and agreement."""
+    with bf16) and ONNX Runtime fp32 (ultralytics export, with as many threads as torch):
+    throughput and agreement."""
     import tempfile
 
     from PIL import Image
@@ -383,7 +384,21 @@ def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> di
     torch_model = YOLO(str(tmp / "det.pt"), task="detect")
     onnx_file = YOLO(str(tmp / "det.pt"), task="detect").export(format="onnx", imgsz=640, dynamic=True,
                                                                  simplify=False, opset=17)
-    onnx_model = YOLO(onnx_file, task="detect")
+    import onnxruntime as ort
+
+    make_session = ort.InferenceSession
+
+    def same_threads(path, sess_options=None, *args, **kwargs):  # as many threads as torch
+        so = sess_options or ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = torch.get_num_threads(), 1
+        return make_session(path, so, *args, **kwargs)
+
+    ort.InferenceSession = same_threads
+    try:
+        onnx_model = YOLO(onnx_file, task="detect")
+        onnx_model.predict(fields[0], imgsz=640, verbose=False)  # the session is made here
+    finally:
+        ort.InferenceSession = make_session
     conf = json.loads(Path(detector).with_suffix(".json").read_text()).get("conf", 0.25) \
         if Path(detector).with_suffix(".json").is_file() else 0.25
 
