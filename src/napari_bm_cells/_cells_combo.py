@@ -6,12 +6,21 @@ from qtpy.QtWidgets import QComboBox
 from . import _layers as L
 
 
+def shrinkable(combo: QComboBox, chars: int = 8) -> QComboBox:
+    """Let a combo box narrow below its longest item (docks are narrow; long layer names
+    and class descriptions would otherwise push the dock's content off its edge)."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
+
+
 class CellsLayerCombo(QComboBox):
     """Follows the viewer's layer list and calls ``on_layer(layer or None)`` when the
     chosen cells layer changes (a newly inserted cells layer is chosen)."""
 
     def __init__(self, viewer, on_layer):
         super().__init__()
+        shrinkable(self, 12)
         self._viewer = viewer
         self._on_layer = on_layer
         self.layer = None

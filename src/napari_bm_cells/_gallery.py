@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout
                             QWidget)
 
 from . import _layers as L
-from ._cells_combo import CellsLayerCombo
+from ._cells_combo import CellsLayerCombo, shrinkable
 from ._panel import _notify_error, _pixmap, guarded
 from .review import gallery
 from .taxonomy import CLASSES
@@ -70,7 +70,7 @@ class CellGallery(QWidget):
         lay.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(QLabel("class"))
-        self.class_combo = QComboBox()
+        self.class_combo = shrinkable(QComboBox())
         self.class_combo.currentIndexChanged.connect(lambda _: self._restart())
         row.addWidget(self.class_combo, 1)
         self.lowest_first = QCheckBox("least confident first")
@@ -98,7 +98,7 @@ class CellGallery(QWidget):
         row.addWidget(self.more_button)
         lay.addLayout(row)
         row = QHBoxLayout()
-        self.target_combo = QComboBox()
+        self.target_combo = shrinkable(QComboBox(), 12)
         row.addWidget(self.target_combo, 1)
         self.reassign_button = QPushButton("Reassign selected")
         self.reassign_button.clicked.connect(lambda: self.reassign_selected(self.target_combo.currentData()))

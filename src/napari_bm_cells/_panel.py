@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayo
                             QTableWidgetItem, QVBoxLayout, QWidget)
 
 from . import _layers as L
-from ._cells_combo import CellsLayerCombo
+from ._cells_combo import CellsLayerCombo, shrinkable
 from .taxonomy import CLASSES, full_name
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class DifferentialPanel(QWidget):
         row.addWidget(QLabel("cells layer"))
         self.layer_combo = CellsLayerCombo(napari_viewer, self.set_layer)
         row.addWidget(self.layer_combo, 1)
-        self.view_combo = QComboBox()  # histogram of classes or of lineages
+        self.view_combo = shrinkable(QComboBox(), 6)  # histogram of classes or of lineages
         self.view_combo.addItems(["classes", "lineages"])
         self.view_combo.setToolTip("histogram by class, or rolled up by lineage")
         self.view_combo.currentIndexChanged.connect(self._schedule)
@@ -158,11 +158,13 @@ class DifferentialPanel(QWidget):
         self.cell_label.setTextFormat(Qt.RichText)
         il.addWidget(self.cell_label)
         row = QHBoxLayout()
-        self.class_combo = QComboBox()
+        self.class_combo = shrinkable(QComboBox(), 12)
         row.addWidget(self.class_combo, 1)
         self.reassign_button = QPushButton("Reassign")
         self.reassign_button.clicked.connect(lambda: self.reassign_selected(self.class_combo.currentData()))
         row.addWidget(self.reassign_button)
+        il.addLayout(row)
+        row = QHBoxLayout()  # a second row: the dock is narrow
         self.confirm_button = QPushButton("Confirm")
         self.confirm_button.setToolTip("mark the selected cells reviewed, keeping their class")
         self.confirm_button.clicked.connect(self.confirm_selected)
@@ -170,29 +172,32 @@ class DifferentialPanel(QWidget):
         self.delete_button = QPushButton("Delete")
         self.delete_button.clicked.connect(self.delete_selected)
         row.addWidget(self.delete_button)
+        row.addStretch(1)
         il.addLayout(row)
         self.keys_label = QLabel("")
         self.keys_label.setWordWrap(True)
         il.addWidget(self.keys_label)
         row = QHBoxLayout()  # review queue: most uncertain cells first (review.review_queue)
-        self.prev_button = QPushButton("< Previous")
+        self.prev_button = QPushButton("< Prev")
         self.prev_button.clicked.connect(lambda: self.review_step(-1))
-        self.next_button = QPushButton("Next uncertain >")
+        self.next_button = QPushButton("Next >")
+        self.next_button.setToolTip("select the next cell of the review queue and centre the view on it")
         self.next_button.clicked.connect(lambda: self.review_step(+1))
         self.queue_label = QLabel("")
         from .review import SCORES
-        self.queue_order = QComboBox()  # which uncertainty score orders the queue
+        self.queue_order = shrinkable(QComboBox(), 6)  # which uncertainty score orders the queue
         self.queue_order.addItems(list(SCORES))
         self.queue_order.setToolTip("margin: 1 - (p1 - p2); confidence: 1 - p1; entropy; "
                                     "p_blast / p_atypical: likely blasts / atypical cells first")
         self.queue_order.currentIndexChanged.connect(self._reset_queue)
-        row.addWidget(self.queue_order)
+        row.addWidget(QLabel("queue"))
+        row.addWidget(self.queue_order, 1)
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
-        row.addWidget(self.queue_label, 1)
         il.addLayout(row)
+        il.addWidget(self.queue_label)
         row = QHBoxLayout()  # attribution map of the selected cell, as an image layer over it
-        self.method_combo = QComboBox()
+        self.method_combo = shrinkable(QComboBox(), 8)
         from .explain import METHODS
         self.method_combo.addItems(list(METHODS))
         self.method_combo.setToolTip("Grad-CAM ~0.1 s, integrated gradients ~2 s, occlusion ~4 s on CPU")
