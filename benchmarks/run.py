@@ -482,20 +482,15 @@ def summary_lines(r: dict) -> list[str]:
             a, b = rows[0], rows[-1]
             L.append(f"  area x{(b['side'] / a['side']) ** 2:.0f} -> "
                      f"peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
-    sp = r.get("speedups")
-    if sp:
-        for k in ("torch_bf16_autocast", "onnxruntime_fp32"):
-            L.append(f"classifier {k}: x{sp[k]['speedup_vs_fp32']:.2f} vs fp32 "
-                     f"({sp[k]['crops_per_s']:.0f} vs {sp['torch_fp32']['crops_per_s']:.0f} crops/s), "
-                     f"macro-F1 {sp[k]['macro_f1_minus_fp32']:+.4f}, argmax agreement "
-                     f"{sp[k]['argmax_agreement_with_fp32']:.3f} (n={sp['n_crops']})")
-    db = r.get("detector_backends")
-    if db:
-        for k in ("torch_bf16_autocast", "onnxruntime_fp32"):
-            L.append(f"detector {k}: x{db[k]['speedup_vs_fp32']:.2f} vs fp32 "
-                     f"({db[k]['fields_per_s']:.1f} vs {db['torch_fp32']['fields_per_s']:.1f} fields/s), "
-                     f"{db[k]['boxes_matching_fp32_iou90']:.3f} of boxes match fp32's (IoU >= 0.9), "
-                     f"{db[k]['n_boxes']} vs {db['torch_fp32']['n_boxes']} boxes (n={db['n_fields']} BCCD fields)")
+    for model, key, rate, unit, n in (("classifier", "speedups", "crops_per_s", "crops/s", "n_crops"),
+                                      ("detector", "detector_backends", "fields_per_s", "fields/s", "n_fields")):
+        x = r.get(key)
+        for k in ("torch_bf16_autocast", "onnxruntime_fp32") if x else ():
+            same = (f"macro-F1 {x[k]['macro_f1_minus_fp32']:+.4f}, argmax agreement "
+                    f"{x[k]['argmax_agreement_with_fp32']:.3f}" if model == "classifier" else
+                    f"{x[k]['boxes_matching_fp32_iou90']:.3f} of boxes match fp32's (IoU >= 0.9)")
+            L.append(f"{model} {k}: x{x[k]['speedup_vs_fp32']:.2f} vs fp32 ({x[k][rate]:.1f} vs "
+                     f"{x['torch_fp32'][rate]:.1f} {unit}), {same} (n={x[n]})")
     return L
 
 
