@@ -13,6 +13,11 @@ from scipy import ndimage as ndi
 from skimage import measure, morphology
 
 
+#: side (px) at which centre contours are searched and cells measured; the literature's
+#: 100 px minimum contour length refers to the 250 px bone-marrow field of view
+CONTOUR_PX = 128
+
+
 @dataclass
 class CentreContour:
     """The contour chosen for a patch (coordinates in the patch, row/col)."""
@@ -36,7 +41,7 @@ def stain_channel(rgb: np.ndarray) -> np.ndarray:
 
 def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
                    min_length: float = 100.0, sigma: float | None = None,
-                   work_size: int | None = 128) -> CentreContour | None:
+                   work_size: int | None = CONTOUR_PX) -> CentreContour | None:
     """Find the closed contour nearest ``centre`` in an RGB patch.
 
     The edges are the iso-contours of the smoothed stain channel at Otsu's level (holes
@@ -139,19 +144,31 @@ def cell_diameter(patch: np.ndarray) -> float | None:
     return cc.diameter
 
 
+def box_square(box) -> tuple[float, float, int]:
+    """Centre (y, x) and side of the square in which a detected cell is measured: 1.5x
+    the long side of its box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (y0 + y1) / 2, (x0 + x1) / 2, max(16, int(1.5 * max(x1 - x0, y1 - y0)))
+
+
+def square_diameter(patch: np.ndarray) -> float | None:
+    """:func:`cell_diameter` of a square patch searched at :data:`CONTOUR_PX`, in the
+    patch's own pixels."""
+    d = cell_diameter(resize_square(patch, CONTOUR_PX))
+    return None if d is None else d * patch.shape[0] / CONTOUR_PX
+
+
 def level0_diameters(slide, boxes: np.ndarray) -> list[float]:
     """Centre-contour diameters (level-0 px) of the cells in level-0 ``boxes`` (x0, y0, x1, y1),
-    each read from ``slide`` in a square of 1.5x the box; cells without a contour through
+    each read from ``slide`` in its :func:`box_square`; cells without a contour through
     their centre are left out. The measure of the checkpoints' ``ref_cell_px``."""
-    work = 128
     out = []
-    for x0, y0, x1, y1 in np.asarray(boxes, float):
-        side = max(16, int(1.5 * max(x1 - x0, y1 - y0)))
-        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-        patch = slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
-        d = cell_diameter(resize_square(patch, work))  # read_region pads: patch is side x side
+    for box in np.asarray(boxes, float):
+        cy, cx, side = box_square(box)
+        # read_region pads: the patch is side x side
+        d = square_diameter(slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2))
         if d is not None:
-            out.append(d * side / work)
+            out.append(d)
     return out
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
-from .crop import centre_contour, level0_diameters, resize_square, square_crop
+from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop
 from .detect import Detections, Progress, detection_downsample, iter_detect, load_detector
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
@@ -144,11 +144,6 @@ def _blocks(dets: Detections, shape, block: int):
     order = np.argsort(key, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1) if len(order) else []
     return groups
-
-
-#: side (px) at which the centre contour is searched; the literature's 100 px minimum
-#: contour length refers to the 250 px bone-marrow field of view and is scaled to it
-CONTOUR_PX = 128
 
 
 def cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, out_size: int,
