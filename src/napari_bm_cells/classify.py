@@ -82,31 +82,27 @@ class Classifier:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  precision: str = "auto"):
-        import torch
-
         self.path = Path(checkpoint or DEFAULT_CLASSIFIER)
-        self.device = resolve_device(device)
-        self.model, self.meta = load_model(self.path, self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.classes = list(self.meta.classes)
+        device = resolve_device(device)
+        self._setup(*load_model(self.path, device), device, precision)
         self.sha = file_sha256(self.path)
-        self.autocast = autocast_dtype(self.device, precision)
-        self._mean = torch.tensor(self.meta.mean).view(1, 3, 1, 1).to(self.device)
-        self._std = torch.tensor(self.meta.std).view(1, 3, 1, 1).to(self.device)
 
     @classmethod
     def from_model(cls, model, meta, device: str = "cpu", precision: str = "fp32") -> "Classifier":
         """Wrap a model in memory (e.g. during training) with its metadata."""
+        self = cls.__new__(cls)
+        self.path, self.sha = None, None
+        self._setup(model, meta, resolve_device(device), precision)
+        return self
+
+    def _setup(self, model, meta, device: str, precision: str) -> None:
         import torch
 
-        self = cls.__new__(cls)
-        self.path, self.sha, self.device = None, None, resolve_device(device)
-        self.model, self.meta = model.to(memory_format=torch.channels_last), meta
+        self.device, self.model, self.meta = device, model.to(memory_format=torch.channels_last), meta
         self.classes = list(meta.classes)
-        self.autocast = autocast_dtype(self.device, precision)
-        self._mean = torch.tensor(meta.mean).view(1, 3, 1, 1).to(self.device)
-        self._std = torch.tensor(meta.std).view(1, 3, 1, 1).to(self.device)
-        return self
+        self.autocast = autocast_dtype(device, precision)
+        self._mean = torch.tensor(meta.mean).view(1, 3, 1, 1).to(device)
+        self._std = torch.tensor(meta.std).view(1, 3, 1, 1).to(device)
 
     @property
     def input_size(self) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
-from ..classify import autocast_dtype
+from ..classify import autocast, autocast_dtype
 from ..errors import InputError
 from .cls_data import load_images, scan_class_folders, stratified_split
 
@@ -224,7 +224,6 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     aug = train_transform()
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     amp_dtype = autocast_dtype(device, precision, training=True)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
     step = 0
     for epoch in range(start, epochs):
         model.train()
@@ -235,8 +234,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             x = torch.stack([aug(torch.from_numpy(imgs[i]).permute(2, 0, 1)) for i in idx])
             x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_all[idx]).to(device)
-            with torch.autocast(device_type=dev_type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
