@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout
 
 from . import _layers as L
 from ._cells_combo import CellsLayerCombo, shrinkable
-from ._panel import _notify_error, _pixmap, guarded
+from ._panel import _notify_error, _pixmap, guarded, reassign_row
 from .review import gallery
 from .taxonomy import CLASSES
 
@@ -97,12 +97,7 @@ class CellGallery(QWidget):
         self.more_button.clicked.connect(self.show_more)
         row.addWidget(self.more_button)
         lay.addLayout(row)
-        row = QHBoxLayout()
-        self.target_combo = shrinkable(QComboBox(), 12)
-        row.addWidget(self.target_combo, 1)
-        self.reassign_button = QPushButton("Reassign selected")
-        self.reassign_button.clicked.connect(lambda: self.reassign_selected(self.target_combo.currentData()))
-        row.addWidget(self.reassign_button)
+        row, self.target_combo, self.reassign_button = reassign_row("Reassign selected", self.reassign_selected)
         lay.addLayout(row)
         self.layer_combo.update_choices()
 
@@ -217,7 +212,7 @@ class CellGallery(QWidget):
 
         def read():
             for k, cid, (y, x) in jobs:
-                yield k, cid, slide.read_region(y - side / 2, x - side / 2, y + side / 2, x + side / 2)
+                yield k, cid, slide.read_square(y, x, side)
 
         def show(args):
             k, cid, crop = args
@@ -271,8 +266,4 @@ class CellGallery(QWidget):
         """Reassign the cells selected in the grid to ``code`` (marked reviewed)."""
         if self.layer is None or not code:
             return []
-        try:
-            return L.reassign(self.layer, self._rows(self.grid.selectedItems()), code)
-        except Exception as exc:  # noqa: BLE001
-            _notify_error("reassign", exc)
-            return []
+        return guarded("reassign", lambda: L.reassign(self.layer, self._rows(self.grid.selectedItems()), code)) or []

@@ -417,7 +417,7 @@ def cell_crop(image_layer, points_layer, index: int, side: float | None = None,
     slide = slide or layer_slide(image_layer)
     y, x = cell_centre_level0(image_layer, points_layer, index)
     side = float(side or default_crop_side(points_layer, index))
-    return slide.read_region(y - side / 2, x - side / 2, y + side / 2, x + side / 2)
+    return slide.read_square(y, x, side)
 
 
 def image_layer_for(viewer, points_layer):
@@ -450,10 +450,9 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
     from .crop import resize_square
     from .explain import explain_crop
 
-    slide = layer_slide(image_layer)
     side = default_crop_side(points_layer, index)
     y, x = cell_centre_level0(image_layer, points_layer, index)
-    crop = slide.read_region(y - side / 2, x - side / 2, y + side / 2, x + side / 2)
+    crop = layer_slide(image_layer).read_square(y, x, side)
     amap, label, probs = explain_crop(classifier, resize_square(crop, classifier.input_size),
                                       method=method, target=target)
     n = amap.shape[0]

@@ -157,12 +157,7 @@ class DifferentialPanel(QWidget):
         self.cell_label.setWordWrap(True)
         self.cell_label.setTextFormat(Qt.RichText)
         il.addWidget(self.cell_label)
-        row = QHBoxLayout()
-        self.class_combo = shrinkable(QComboBox(), 12)
-        row.addWidget(self.class_combo, 1)
-        self.reassign_button = QPushButton("Reassign")
-        self.reassign_button.clicked.connect(lambda: self.reassign_selected(self.class_combo.currentData()))
-        row.addWidget(self.reassign_button)
+        row, self.class_combo, self.reassign_button = reassign_row("Reassign", self.reassign_selected)
         il.addLayout(row)
         row = QHBoxLayout()  # a second row: the dock is narrow
         self.confirm_button = QPushButton("Confirm")
@@ -488,11 +483,7 @@ class DifferentialPanel(QWidget):
         """Reassign the selected cells to ``code`` (marks them reviewed)."""
         if self.layer is None or not code:
             return []
-        try:
-            return L.reassign(self.layer, self.layer.selected_data, code)
-        except Exception as exc:  # noqa: BLE001
-            _notify_error("reassign", exc)
-            return []
+        return guarded("reassign", L.reassign, self.layer, self.layer.selected_data, code) or []
 
     def confirm_selected(self):
         """Mark the selected cells reviewed, keeping their classes."""
@@ -551,6 +542,18 @@ class DifferentialPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder")
         if folder:
             self.export_corrections(folder)
+
+
+def reassign_row(text: str, on_reassign):
+    """A row: a class combo box and a button calling ``on_reassign(chosen code)``;
+    returns ``(layout, combo, button)``."""
+    row = QHBoxLayout()
+    combo = shrinkable(QComboBox(), 12)
+    row.addWidget(combo, 1)
+    button = QPushButton(text)
+    button.clicked.connect(lambda: on_reassign(combo.currentData()))
+    row.addWidget(button)
+    return row, combo, button
 
 
 def guarded(what: str, fn, *args):

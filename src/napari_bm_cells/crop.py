@@ -165,8 +165,7 @@ def level0_diameters(slide, boxes: np.ndarray) -> list[float]:
     out = []
     for box in np.asarray(boxes, float):
         cy, cx, side = box_square(box)
-        # read_region pads: the patch is side x side
-        d = square_diameter(slide.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2))
+        d = square_diameter(slide.read_square(cy, cx, side))  # padded: side x side
         if d is not None:
             out.append(d)
     return out

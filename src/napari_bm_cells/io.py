@@ -63,6 +63,10 @@ class Slide:
         ok = [i for i, d in enumerate(self.downsamples) if d <= downsample * 1.01]
         return max(ok, key=lambda i: self.downsamples[i]) if ok else 0
 
+    def read_square(self, cy: float, cx: float, side: float) -> np.ndarray:
+        """Level-0 square of ``side`` px centred on (``cy``, ``cx``); see :meth:`read_region`."""
+        return self.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
+
     def read_region(self, y0: float, x0: float, y1: float, x1: float,
                     downsample: float = 1.0) -> np.ndarray:
         """Read a region given in level-0 pixels, returned at ``downsample``.
@@ -320,9 +324,10 @@ def _read_zarr(path: Path) -> tuple[list[da.Array], float | None, list | None]:
     names = "".join(a["name"][0].lower() for a in axes)
     levels, readers = [], []
     for ds in ms["datasets"]:
-        a = _zarr_levels_dask(node[ds["path"]])
+        z = node[ds["path"]]
+        a = _zarr_levels_dask(z)
         levels.append(as_rgb_uint8(_reorder(a, names, str(path)) if names else a, str(path)))
-        readers.append(_direct_reader(node[ds["path"]], names) if names else None)
+        readers.append(_direct_reader(z, names) if names else None)
     mpp = None
     if "x" in names:
         ix = names.index("x")
