@@ -178,8 +178,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
 
     # classification: the same crops, cut exactly as the pipeline cuts them
     cells = res.cells
-    dets = Detections(cells[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(np.float32),
-                      cells["det_score"].to_numpy(np.float32))
+    dets = Detections.from_table(cells)
     side = res.summary["classifier"]["crop_px_level0"]
     crops = []
     t = time.perf_counter()

@@ -38,6 +38,14 @@ class Detections:
         return len(self.scores)
 
     @classmethod
+    def from_table(cls, cells) -> "Detections":
+        """The boxes and detection scores of a cell table (``cells.csv``; scores 1 when
+        the table has none)."""
+        boxes = cells[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(np.float32)
+        scores = cells["det_score"].to_numpy(np.float32) if "det_score" in cells else np.ones(len(cells), np.float32)
+        return cls(boxes, scores)
+
+    @classmethod
     def empty(cls):
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 

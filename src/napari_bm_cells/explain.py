@@ -427,9 +427,7 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
     slide = image_path_or_slide if isinstance(image_path_or_slide, Slide) else open_slide(image_path_or_slide)
     cls = _as_classifier(classifier, device)
     _target_index(cls, target)
-    dets = Detections(cells[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].to_numpy(np.float32),
-                      cells["det_score"].to_numpy(np.float32) if "det_score" in cells else
-                      np.ones(len(cells), np.float32))
+    dets = Detections.from_table(cells)
     side = float(crop_px) if crop_px else crop_side(cls.meta, slide, dets, AnalysisOptions())
     ids = cells["cell_id"].astype(int).to_numpy()
     out = []

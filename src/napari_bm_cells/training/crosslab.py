@@ -26,10 +26,12 @@ HELD_OUT = ("val", "test")
 def held_out_fields(bccd_dir, splits=HELD_OUT) -> pd.DataFrame:
     """Labelled fields of ``splits``, minus re-shot copies of training-split fields
     (BCCD holds near-identical frames of one spot in different splits)."""
+    labels = read_subtypes(bccd_dir)
+    held = labels["split"].isin(splits)
     finder = DuplicateFinder()
-    for p in read_subtypes(bccd_dir).query("split not in @splits")["image"]:
+    for p in labels.loc[~held, "image"]:
         finder.seen(p)
-    rows = read_subtypes(bccd_dir, splits)
+    rows = labels[held]
     return rows[[finder.seen(p, remember=False) is None for p in rows["image"]]].reset_index(drop=True)
 
 

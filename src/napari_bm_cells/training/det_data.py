@@ -166,20 +166,27 @@ class DuplicateFinder:
 
     def __init__(self, tol: float = 0.05):
         self.tol = tol
-        self._sigs: list[np.ndarray] = []
+        self._sigs = np.zeros((0, 0), np.float32)  # rows [:n] in use; capacity doubles
         self._names: list[str] = []
 
     def match(self, sig: np.ndarray) -> str | None:
         """Name of a remembered image with signature ``sig``, else None."""
-        if self._sigs:
-            d = ((np.stack(self._sigs) - sig) ** 2).mean(axis=1)
+        n = len(self._names)
+        if n:
+            d = ((self._sigs[:n] - sig) ** 2).mean(axis=1)
             j = int(d.argmin())
             if d[j] < self.tol:
                 return self._names[j]
         return None
 
     def add(self, sig: np.ndarray, name: str) -> None:
-        self._sigs.append(sig)
+        n = len(self._names)
+        if n == len(self._sigs):  # grow without re-stacking every signature per image
+            grown = np.zeros((max(64, 2 * n), sig.size), np.float32)
+            if n:
+                grown[:n] = self._sigs[:n]
+            self._sigs = grown
+        self._sigs[n] = sig
         self._names.append(name)
 
     def seen(self, path: str | Path, remember: bool = True) -> str | None:
