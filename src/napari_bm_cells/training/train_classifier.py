@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 import warnings
@@ -163,6 +164,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         ref_cell_px = estimate_cell_px(df[df["split"] == "train"]["path"], seed=seed)
         progress(f"typical cell diameter in the training images: {ref_cell_px:.1f} px")
 
+    work = None  # field-cell crops, written for load_images and removed after it
     if field_cells:
         from .field_cells import export_field_cells
         work = Path(tempfile.mkdtemp(prefix="bm_cells_fields_"))
@@ -179,6 +181,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         df = df.assign(extra=False)
     progress(f"loading {len(df)} images at {img_size}px ...")
     imgs, ok = load_images(df["path"].tolist(), img_size, fov=crop_size_px)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     df = df.assign(ok=ok)
     y_all = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     tr = np.flatnonzero((df["split"] == "train").to_numpy() & ok)
