@@ -75,6 +75,7 @@ def cmd_train_classifier(a):
                          balance=not a.no_balance, resume=a.resume, max_steps=a.max_steps,
                          max_per_class=a.max_per_class, precision=a.precision, init=a.init,
                          field_cells=a.field_cells, field_weight=a.field_weight,
+                         ema_decay=a.ema or None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
     if t:
@@ -98,7 +99,8 @@ def cmd_train_detector(a):
 
     train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
-                   resume=a.resume, init=a.init, lr0=a.lr0)
+                   resume=a.resume, init=a.init, lr0=a.lr0,
+                   close_mosaic=a.close_mosaic)
     print(f"wrote {a.out}")
 
 
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=20)
     s.add_argument("--batch-size", type=int, default=48)
     s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--ema", type=float, default=0.998,
+                   help="decay of the weights' moving average that is validated and kept (0: off)")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--crop-size-px", type=int, default=None,
@@ -242,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--model", default="yolov8n.yaml", help="ultralytics model yaml (built from scratch)")
     s.add_argument("--init", default=None, help="fine-tune from these local weights instead")
-    s.add_argument("--lr0", type=float, default=0.01, help="initial learning rate")
+    s.add_argument("--lr0", type=float, default=None,
+                   help="initial learning rate (default: ultralytics' choice from scratch, 5e-4 AdamW with --init)")
+    s.add_argument("--close-mosaic", type=int, default=10, help="last epochs trained without mosaic")
     s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    imgsz: int = 320, batch: int = 16, device: str = "cpu",
                    model_yaml: str = "yolov8n.yaml", classes: str = "wbc", seed: int = 0,
                    workers: int = 2, resume: bool = False, init: str | Path | None = None,
-                   lr0: float = 0.01) -> Path:
+                   lr0: float | None = None, close_mosaic: int = 10) -> Path:
     """Train a detector on VOC / YOLO sets and write ``out`` (.pt) plus ``out.json``.
 
     Parameters
@@ -41,6 +41,12 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         White cells only (the differential counts leukocytes) or WBC/RBC/platelets.
     init : path, optional
         Start from these local weights (fine-tuning) instead of ``model_yaml``.
+    lr0 : float, optional
+        Initial learning rate. From scratch the default lets ultralytics choose optimizer
+        and rate; fine-tuning (``init``) uses AdamW at 5e-4 (ultralytics' automatic choice,
+        which ignores ``lr0``, made a fine-tuned detector diverge).
+    close_mosaic : int
+        Epochs at the end trained without mosaic augmentation.
     """
     from ultralytics import YOLO
 
@@ -50,11 +56,15 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     work = Path(tempfile.mkdtemp(prefix="bm_cells_det_"))
     data_yaml = write_yolo_set(sources, work / "data", names)
     model = YOLO(str(init) if init else model_yaml)
+    if init:
+        opt = {"optimizer": "AdamW", "lr0": lr0 or 5e-4, "warmup_epochs": 1}
+    else:
+        opt = {"optimizer": "auto" if lr0 is None else "SGD", "lr0": lr0 or 0.01, "warmup_epochs": 3}
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
                 workers=workers, seed=seed, plots=False, amp=False, project=str(work),
                 name="run", exist_ok=True, flipud=0.5, fliplr=0.5, degrees=90, scale=0.6,
                 hsv_h=0.05, hsv_s=0.6, hsv_v=0.4, cache=True, patience=max(epochs, 5),
-                resume=resume, verbose=False, lr0=lr0, warmup_epochs=0 if init else 3)
+                resume=resume, verbose=False, close_mosaic=close_mosaic, **opt)
     best = work / "run" / "weights" / "best.pt"
     shutil.copy2(best, out)
     from ultralytics.utils.torch_utils import strip_optimizer
