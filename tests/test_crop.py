@@ -62,3 +62,41 @@ def test_resize_square():
     img = np.random.default_rng(0).integers(0, 255, (250, 250, 3), dtype=np.uint8)
     out = resize_square(img, 112)
     assert out.shape == (112, 112, 3) and out.dtype == np.uint8
+
+
+def _reference_mask(patch, centre, min_length):
+    """The same steps in scikit-image / scipy (the implementation before OpenCV)."""
+    from scipy import ndimage as ndi
+    from skimage import filters, measure, morphology
+
+    from napari_bm_cells.crop import stain_channel
+
+    h, w = patch.shape[:2]
+    chan = filters.gaussian(stain_channel(patch), max(1.0, 0.008 * max(h, w)))
+    mask = chan > filters.threshold_otsu(chan)
+    r = max(1, int(round(0.012 * max(h, w))))
+    mask = ndi.binary_fill_holes(morphology.closing(morphology.opening(mask, morphology.disk(r)),
+                                                    morphology.disk(r)))
+    labels = measure.label(mask)
+    best, best_d = None, np.inf
+    for region in measure.regionprops(labels):
+        if region.perimeter < min_length:
+            continue
+        inside = labels[int(round(centre[0])), int(round(centre[1]))] == region.label
+        d = 0.0 if inside else float(np.hypot(*(np.subtract(region.centroid, centre))))
+        if d < best_d:
+            best, best_d = region, d
+    return labels == best.label, best.equivalent_diameter_area
+
+
+def test_centre_contour_matches_the_scikit_image_steps(bm_crops, data_dir):
+    """The OpenCV implementation picks the same cell, pixel for pixel, as the same steps
+    in scikit-image, on real bone-marrow and PBC crops at the contour search size."""
+    pbc = [np.asarray(Image.open(f).convert("RGB"))[55:305, 56:306]
+           for c in ("MYB", "NGS", "LYT", "EOS") for f in sorted((data_dir / "pbc" / c).glob("*.jpg"))[:5]]
+    for img in list(bm_crops.values()) + pbc:
+        patch = resize_square(np.ascontiguousarray(img), 128)
+        cc = centre_contour(patch, min_length=51, work_size=None)
+        ref_mask, ref_d = _reference_mask(patch, (63.5, 63.5), 51)
+        np.testing.assert_array_equal(cc.mask, ref_mask)
+        assert cc.diameter == pytest.approx(ref_d)
