@@ -81,22 +81,25 @@ def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch
             "ru_maxrss_mb": mb(RssSampler.maxrss()), "torch_threads": torch.get_num_threads()}
 
 
-def detect_sahi(npy, detector=None, tile=640, overlap=160, postprocess="GREEDYNMM"):
-    """SAHI's sliced prediction with the same weights, slice size and overlap."""
+def detect_sahi(npy=None, detector=None, tile=640, overlap=160, postprocess="GREEDYNMM", image=None):
+    """SAHI's sliced prediction with the same weights, score threshold, slice size and
+    overlap, on the in-memory image (``npy``, loaded before measuring) or on an image file
+    (``image``: SAHI reads it whole, as it does for any path)."""
     import numpy as np
     from sahi import AutoDetectionModel
     from sahi.predict import get_sliced_prediction
 
-    from napari_bm_cells.detect import DEFAULT_DETECTOR
+    from napari_bm_cells.detect import DEFAULT_DETECTOR, load_detector
 
-    img = np.load(npy)
+    img = np.load(npy) if npy else str(image)
+    conf = load_detector(detector, device="cpu").conf  # our operating threshold
     model = AutoDetectionModel.from_pretrained(
         model_type="ultralytics", model_path=str(detector or DEFAULT_DETECTOR),
-        confidence_threshold=0.25, device="cpu", image_size=tile)
+        confidence_threshold=conf, device="cpu", image_size=tile)
     kw = dict(slice_height=tile, slice_width=tile, overlap_height_ratio=overlap / tile,
               overlap_width_ratio=overlap / tile, perform_standard_pred=False,
               postprocess_type=postprocess, verbose=0)
-    get_sliced_prediction(np.ascontiguousarray(img[:tile, :tile]), model, **kw)  # warm-up
+    get_sliced_prediction(np.full((tile, tile, 3), 200, np.uint8), model, **kw)  # warm-up
     rss0 = RssSampler.rss()
     t = time.perf_counter()
     with RssSampler() as s:

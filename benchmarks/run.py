@@ -41,9 +41,9 @@ import numpy as np  # noqa: E402
 
 from _common import box_quality, mb, run_task, write_mosaic_zarr  # noqa: E402
 
-FULL = {"stage_grid": (12, 16), "sahi_grid": (12, 16), "memory_sides": [5000, 10000, 20000, 30000],
+FULL = {"stage_grid": (12, 16), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32), "memory_sides": [5000, 10000, 20000, 30000],
         "speedup_n": 352}
-QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "memory_sides": [2500, 5000], "speedup_n": 132}
+QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000], "speedup_n": 132}
 
 
 def log(msg):
@@ -230,17 +230,9 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
 
 # --- SAHI ----------------------------------------------------------------------------
 
-def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, reps: int = 1) -> dict:
+def _compare(methods, gt1: np.ndarray, detector: str | None, reps: int) -> dict:
     """Each method in a fresh process, ``reps`` rounds (interleaved); the fastest run counts."""
-    gt1 = gt / 2.0  # the level-1 image both methods see
-    out = {"image_shape": list(np.load(npy, mmap_mode="r").shape[:2]), "tile": 640, "overlap": 160,
-           "reps": reps}
-    methods = (("ours_in_memory", "detect_ours", {"npy": str(npy)}),
-               ("ours_in_memory_batch1", "detect_ours", {"npy": str(npy), "batch": 1}),
-               ("ours_in_memory_fp32", "detect_ours", {"npy": str(npy), "precision": "fp32"}),
-               ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(zpath)}),
-               ("sahi_greedynmm", "detect_sahi", {"npy": str(npy)}),
-               ("sahi_nms", "detect_sahi", {"npy": str(npy), "postprocess": "NMS"}))
+    out = {}
     for rep in range(reps):
         for name, task, kw in methods:
             log(f"  {name} (round {rep + 1}/{reps}) ...")
@@ -251,9 +243,47 @@ def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, rep
                 out[name] = {**r, **q, "wall_s_runs": (prev or {}).get("wall_s_runs", []) + [r["wall_s"]]}
             else:
                 prev["wall_s_runs"].append(r["wall_s"])
+    return out
+
+
+def level1_tiff(npy: Path) -> Path:
+    """The level-1 image as an uncompressed TIFF, for SAHI to read from a file."""
+    import tifffile
+
+    tif = npy.with_suffix(".tif")
+    if not tif.is_file():
+        tifffile.imwrite(tif, np.load(npy))
+    return tif
+
+
+def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, reps: int = 1,
+               large: tuple[Path, Path, np.ndarray] | None = None) -> dict:
+    """Ours vs SAHI on the level-1 image of a mosaic: both on the image in memory, then
+    both from disk (ours lazily from the OME-Zarr, SAHI from a TIFF it reads whole); with
+    ``large``, the from-disk pair again on a bigger mosaic."""
+    tif = level1_tiff(npy)
+    out = {"image_shape": list(np.load(npy, mmap_mode="r").shape[:2]), "tile": 640, "overlap": 160,
+           "reps": reps}
+    out.update(_compare((
+        ("ours_in_memory", "detect_ours", {"npy": str(npy)}),
+        ("ours_in_memory_batch1", "detect_ours", {"npy": str(npy), "batch": 1}),
+        ("ours_in_memory_fp32", "detect_ours", {"npy": str(npy), "precision": "fp32"}),
+        ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(zpath)}),
+        ("ours_lazy_zarr_level1_batch1", "detect_ours", {"zarr": str(zpath), "batch": 1}),
+        ("sahi_greedynmm", "detect_sahi", {"npy": str(npy)}),
+        ("sahi_nms", "detect_sahi", {"npy": str(npy), "postprocess": "NMS"}),
+        ("sahi_nms_from_file", "detect_sahi", {"image": str(tif), "postprocess": "NMS"})),
+        gt / 2.0, detector, reps))  # boxes in the level-1 image both methods see
     o, s = out["ours_in_memory"], out["sahi_nms"]
     out["speedup_vs_sahi_nms"] = round(s["wall_s"] / o["wall_s"], 3)
     out["speedup_vs_sahi_greedynmm"] = round(out["sahi_greedynmm"]["wall_s"] / o["wall_s"], 3)
+    if large:
+        lz, lnpy, lgt = large
+        out["large"] = {"image_shape": list(np.load(lnpy, mmap_mode="r").shape[:2]), **_compare((
+            ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(lz)}),
+            ("ours_lazy_zarr_level1_batch1", "detect_ours", {"zarr": str(lz), "batch": 1}),
+            ("sahi_nms_from_file", "detect_sahi", {"image": str(level1_tiff(lnpy)), "postprocess": "NMS"})),
+            lgt / 2.0, detector, 1)}
     return out
 
 
@@ -437,6 +467,18 @@ def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> di
 
 # --- main ----------------------------------------------------------------------------
 
+def _sahi_rows(q: dict, names) -> list[str]:
+    L = []
+    for name in names:
+        x = q[name]
+        extra = (f", of which across tiles {x['dup_pairs_across_tiles']}" if "dup_pairs_across_tiles" in x else "")
+        L.append(f"  {name:<28} wall {x['wall_s']:6.1f} s  peak RSS {x['peak_rss_mb']:6.0f} MB "
+                 f"(+{x['peak_rss_mb'] - x['rss_before_mb']:.0f})  boxes {x['n_pred']}/{x['n_gt']} GT  "
+                 f"recall {x['recall']:.3f}  precision {x['precision']:.3f}  "
+                 f"extra boxes on one GT cell {x['dup_gt']}  overlapping pairs {x['dup_pairs']}{extra}")
+    return L
+
+
 def summary_lines(r: dict) -> list[str]:
     L = []
     s = r.get("stages")
@@ -457,14 +499,14 @@ def summary_lines(r: dict) -> list[str]:
     if q:
         L.append(f"vs SAHI, same {q['image_shape'][0]}x{q['image_shape'][1]} image, weights, 640 px slices, "
                  f"160 px overlap (best of {q['reps']}):")
-        for name in ("ours_in_memory", "ours_in_memory_batch1", "ours_in_memory_fp32", "ours_lazy_zarr_level1",
-                     "sahi_nms", "sahi_greedynmm"):
-            x = q[name]
-            extra = (f", of which across tiles {x['dup_pairs_across_tiles']}" if "dup_pairs_across_tiles" in x else "")
-            L.append(f"  {name:<22} wall {x['wall_s']:6.1f} s  peak RSS {x['peak_rss_mb']:6.0f} MB "
-                     f"(+{x['peak_rss_mb'] - x['rss_before_mb']:.0f})  boxes {x['n_pred']}/{x['n_gt']} GT  "
-                     f"recall {x['recall']:.3f}  precision {x['precision']:.3f}  "
-                     f"extra boxes on one GT cell {x['dup_gt']}  overlapping pairs {x['dup_pairs']}{extra}")
+        L += _sahi_rows(q, ("ours_in_memory", "ours_in_memory_batch1", "ours_in_memory_fp32", "sahi_nms",
+                            "sahi_greedynmm", "ours_lazy_zarr_level1", "ours_lazy_zarr_level1_batch1",
+                            "sahi_nms_from_file"))
+        if q.get("large"):
+            sh = q["large"]["image_shape"]
+            L.append(f"  larger image, {sh[0]}x{sh[1]}, from disk:")
+            L += _sahi_rows(q["large"], ("ours_lazy_zarr_level1", "ours_lazy_zarr_level1_batch1",
+                                         "sahi_nms_from_file"))
         L.append(f"  speed-up of ours vs SAHI: x{q['speedup_vs_sahi_nms']:.2f} (NMS), "
                  f"x{q['speedup_vs_sahi_greedynmm']:.2f} (GREEDYNMM, SAHI's default)")
         a, b = q["ours_in_memory"], q["ours_in_memory_fp32"]
@@ -542,7 +584,8 @@ def main(argv=None):
     if "sahi" in sections:
         log("sahi: ...")
         z, npy, gt = stage_mosaic(workdir, cfg["sahi_grid"], "s")
-        results["sahi"] = bench_sahi(z, npy, gt, detector, reps=1 if a.quick else 2)
+        large = stage_mosaic(workdir, cfg["sahi_large_grid"], "s") if cfg["sahi_large_grid"] else None
+        results["sahi"] = bench_sahi(z, npy, gt, detector, reps=1 if a.quick else 2, large=large)
     if "speedups" in sections:
         log("speedups: ...")
         results["speedups"] = bench_speedups(ckpt, cfg["speedup_n"])
