@@ -206,20 +206,16 @@ def run_settings(options, detector, classifier, device: str) -> dict:
         if not Path(det_spec).is_file():
             raise InputError(f"{det_spec}: detector weights not found; pass --detector with a "
                              "YOLO .pt file or --detector contour")
-        import inspect
-
-        from .detect import YoloDetector
+        from .detect import DEFAULT_IOU, sidecar_conf
 
         # the weights, their sidecar (class list, scale, confidence threshold) and the
         # thresholds in effect: a loaded detector's own, else what loading would give
         sidecar = Path(det_spec).with_suffix(".json")
         meta = _read_json(sidecar) or {}
-        defaults = inspect.signature(YoloDetector.__init__).parameters
-        conf = defaults["conf"].default
         det = {"name": "yolo", "sha256": file_sha256(det_spec, n=64),
                "sidecar_sha256": file_sha256(sidecar, n=64) if sidecar.is_file() else None,
-               "conf": float(getattr(detector, "conf", conf if conf is not None else meta.get("conf", 0.25))),
-               "iou": float(getattr(detector, "iou", defaults["iou"].default))}
+               "conf": float(getattr(detector, "conf", sidecar_conf(meta))),
+               "iou": float(getattr(detector, "iou", DEFAULT_IOU))}
     read_meta(cls_spec)  # a missing / foreign checkpoint is one clear error, not N slide errors
     opts = dataclasses.asdict(options)
     return {"options": json.loads(json.dumps(opts, default=str)), "device": device,

@@ -22,6 +22,14 @@ DEFAULT_DETECTOR = Path(__file__).parent / "models" / "wbc_yolov8n.pt"
 #: white-cell diameter (px) assumed at level 0 when nothing else is known: a 100x oil
 #: field as in BCCD / TXL-PBC (median WBC box 141-271 px, 219 px in 640x480 BCCD fields)
 DEFAULT_CELL_PX = 200.0
+#: NMS IoU of the YOLO detector
+DEFAULT_IOU = 0.5
+
+
+def sidecar_conf(meta: dict) -> float:
+    """Operating score threshold of YOLO weights: the one their sidecar JSON records
+    (chosen on the validation split at training), else ultralytics' usual 0.25."""
+    return float(meta.get("conf", 0.25))
 
 
 @dataclass
@@ -63,7 +71,7 @@ class YoloDetector:
     name = "yolo"
 
     def __init__(self, weights: str | Path = DEFAULT_DETECTOR, device: str = "cpu",
-                 conf: float | None = None, iou: float = 0.5, classes: tuple[str, ...] = ("WBC",),
+                 conf: float | None = None, iou: float = DEFAULT_IOU, classes: tuple[str, ...] = ("WBC",),
                  precision: str = "auto"):
         weights = Path(weights)
         if not weights.is_file():
@@ -85,7 +93,7 @@ class YoloDetector:
         self.device = device
         self.autocast = autocast_dtype(device, precision)  # bf16 on CPUs that have it
         # the operating threshold chosen on the validation split when the model was trained
-        self.conf = float(conf if conf is not None else self.meta.get("conf", 0.25))
+        self.conf = float(conf) if conf is not None else sidecar_conf(self.meta)
         self.operating_conf = self.conf
         self.iou = iou
         wanted = [i for i, n in names.items() if n in classes or n.lower() in ("wbc", "white", "leukocyte")]
@@ -123,14 +131,16 @@ class YoloDetector:
 def to_bgr(rgb: np.ndarray) -> np.ndarray:
     """Contiguous BGR copy of an RGB tile (ultralytics reads numpy arrays as OpenCV BGR).
 
-    Tiles of a ``c, y, x`` OME-Zarr are channel-planar views: merging the planes is
-    ~20x faster than numpy's strided gather; interleaved tiles take cvtColor.
+    Tiles of a ``c, y, x`` array are channel-planar views (planes merged); interleaved
+    tiles take cvtColor.
     """
     import cv2
 
+    from .io import merge_planes
+
     if rgb.flags.c_contiguous:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    return cv2.merge([np.ascontiguousarray(rgb[..., k]) for k in (2, 1, 0)])
+    return merge_planes([rgb[..., k] for k in (2, 1, 0)])
 
 
 class ContourDetector:

@@ -269,16 +269,20 @@ def _direct_reader(z, axes: str):
     planar = axes.index("c") < axes.index("y")
 
     def read(y0, y1, x0, x1):
-        import cv2
-
         idx = tuple(slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x" else
                     slice(None) if a == "c" else 0 for a in axes)
         a = np.asarray(z[idx])
-        if planar:  # c, y, x -> y, x, c: merging planes is ~5x faster than numpy's gather
-            return cv2.merge([np.ascontiguousarray(a[k]) for k in range(3)])
-        return a
+        return merge_planes([a[k] for k in range(3)]) if planar else a
 
     return read
+
+
+def merge_planes(planes) -> np.ndarray:
+    """``(Y, X, C)`` uint8 image from C ``(Y, X)`` planes (views of any layout): OpenCV's
+    merge is 5-20x faster than numpy's strided gather for channel-planar data."""
+    import cv2
+
+    return cv2.merge([np.ascontiguousarray(p) for p in planes])
 
 
 def _read_pil(path: Path) -> list[da.Array]:
