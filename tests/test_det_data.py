@@ -289,3 +289,35 @@ def test_evaluate_detector_counts_a_repeated_box_once(data_dir, tmp_path, detect
     m = evaluate_detector(tmp_path / "data.yaml", tmp_path / "out", detector=detector.weights)
     assert m["n_gt"] == 1 and m["repeated_gt_boxes_ignored"] == 5
     assert m["recall"] == 1.0
+
+
+def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir, tmp_path):
+    """``bm-cells train-detector --init``: one epoch on 8 real BCCD fields from the shipped
+    weights, offline; the weights load, the sidecar records the classes, input size, cell
+    size and a validation-calibrated threshold, and the result still finds the white
+    cells of held-out fields."""
+    from napari_bm_cells.cli import main
+    from napari_bm_cells.detect import DEFAULT_DETECTOR, YoloDetector
+    from napari_bm_cells.training.evaluate import evaluate_detector
+
+    bccd = data_dir / "bccd"
+    voc = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    splits = {s: (bccd / "ImageSets" / "Main" / f"{s}.txt").read_text().split()[:n]
+              for s, n in (("train", 8), ("val", 4), ("test", 6))}
+    for s, ids in splits.items():
+        for i in ids:
+            (voc / "Annotations" / f"{i}.xml").symlink_to(bccd / "Annotations" / f"{i}.xml")
+            (voc / "JPEGImages" / f"{i}.jpg").symlink_to(bccd / "JPEGImages" / f"{i}.jpg")
+        (voc / "ImageSets" / "Main" / f"{s}.txt").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "w.pt"
+    assert main(["train-detector", str(voc), "--out", str(out), "--epochs", "1", "--imgsz", "320",
+                 "--batch-size", "4", "--init", str(DEFAULT_DETECTOR)]) in (None, 0)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["classes"] == ["WBC"] and meta["imgsz"] == 320 and meta["epochs"] == 1
+    assert 0.05 <= meta["conf"] <= 0.5 and meta["input_cell_px"] > 20
+    det = YoloDetector(out)
+    assert det.conf == meta["conf"] and det.imgsz == 320
+    m = evaluate_detector(voc, tmp_path / "eval", detector=out)
+    assert m["n_images"] == 6 and m["recall"] >= 0.8, m
