@@ -59,6 +59,29 @@ def test_region_limits_the_analysis(data_dir, detector, classifier):
     assert (part.cells["y"] < 480 + 50).all() and (part.cells["x"] < 1280 + 50).all()
 
 
+def test_batches_spanning_blocks_give_the_same_cells_and_masks(data_dir, detector, classifier):
+    """Cells are classified in full batches that cross level-0 blocks; the table and the
+    mask labels do not depend on how cells fall into blocks and batches."""
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=3)
+    runs = []
+    for block, batch in ((4096, 32), (512, 5), (700, 3)):
+        events = list(iter_analysis(img, detector, classifier, AnalysisOptions(
+            level="2x", block=block, batch_size=batch, masks=True)))
+        sizes = [len(e.payload) for e in events if e.stage == "classify" and e.payload is not None]
+        res = events[-1].payload
+        assert sum(sizes) == len(res.cells) and all(n == batch for n in sizes[:-1]), sizes
+        runs.append(res)
+    ref = runs[0]
+    assert len(ref.cells) >= 5
+    probs = [f"prob_{c}" for c in classifier.classes]
+    for res in runs[1:]:
+        pd.testing.assert_frame_equal(res.cells[BASE_COLUMNS[:8]], ref.cells[BASE_COLUMNS[:8]])
+        np.testing.assert_allclose(res.cells[probs].to_numpy(), ref.cells[probs].to_numpy(), atol=0.02)
+        np.testing.assert_array_equal(np.asarray(res.labels[:]), np.asarray(ref.labels[:]))
+
+
 def test_blank_image_yields_zero_cells(detector, classifier):
     res = analyze(np.full((480, 640, 3), 238, np.uint8), detector=detector, classifier=classifier)
     assert len(res.cells) == 0

@@ -24,7 +24,7 @@ def _analysis_args(p: argparse.ArgumentParser):
                    help="detection scale: auto, a pyramid level (0, 1, ...) or a downsample like 2x")
     p.add_argument("--cell-size", type=float, default=None,
                    help="typical white-cell diameter at full resolution in px, if known")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per classifier batch")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per classifier batch")
 
 
 def _options(a):

@@ -8,6 +8,7 @@ lazily, crops are cut block by block from the level-0 image, and only the cell t
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ class AnalysisOptions:
         Side of the crop cut around each cell at level 0; default from the
         checkpoint's field of view and the slide's pixel size or measured cell size.
     batch_size : int
-        Crops per classifier batch.
+        Crops per classifier batch (batches span blocks, so all but the last have this
+        size; 16 is as fast per crop as 32 on CPU and starts the model sooner).
     region : (y0, x0, y1, x1), optional
         Level-0 region to analyse; default the whole slide.
     masks : bool
@@ -60,7 +62,7 @@ class AnalysisOptions:
     level: str | int | float = "auto"
     cell_px: float | None = None
     crop_px: float | None = None
-    batch_size: int = 32
+    batch_size: int = 16
     det_batch: int = 4
     region: tuple[int, int, int, int] | None = None
     masks: bool = False
@@ -353,25 +355,32 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     done = 0
     yield Progress("classify", 0, n)
 
-    def cut():  # runs ahead in a thread: block reads and crop cutting overlap the model
+    def cells():  # block by block, cell by cell (crops cut a batch at a time)
         for b, group in enumerate(_blocks(dets, slide.shape, opts.block)):
             gy0, gx0, gy1, gx1 = window_for(dets, group, side)
             img = slide.read_region(gy0, gx0, gy1, gx1)
             for j in range(0, len(group), opts.batch_size):
                 idx = group[j:j + opts.batch_size]
-                yield b, (gy0, gx0), img.shape[:2], idx, cell_crops(img, (gy0, gx0), dets, idx, *crop_args)
+                for i, crop, centre, mask in zip(idx, *cell_crops(img, (gy0, gx0), dets, idx, *crop_args)):
+                    yield b, (gy0, gx0), img.shape[:2], i, crop, centre, mask
+
+    def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
+        it = cells()
+        while batch := list(itertools.islice(it, opts.batch_size)):
+            yield batch
 
     lab_block, lab_origin, lab_b = None, None, -1
-    for b, origin, shape, idx, (crops, cents, masks) in _ahead(cut(), depth=2):
-        if labels is not None and b != lab_b:  # a new block: flush the last one
-            if lab_block is not None:
-                _write_labels(labels, lab_block, *lab_origin)
-            lab_block, lab_origin, lab_b = np.zeros(shape, np.uint32), origin, b
-        probs[idx] = cls.predict(crops)
-        centres[idx] = cents
-        if lab_block is not None:
-            for k, i in enumerate(idx):
-                _paint_mask(lab_block, origin, int(i) + 1, masks[k], dets.boxes[i], side)
+    # runs ahead in a thread: block reads and crop cutting overlap the model
+    for batch in _ahead(batches(), depth=2):
+        idx = np.array([c[3] for c in batch])
+        probs[idx] = cls.predict(np.stack([c[4] for c in batch]))
+        centres[idx] = [c[5] for c in batch]
+        for b, origin, shape, i, _, _, mask in batch if labels is not None else ():
+            if b != lab_b:  # a new block: flush the last one
+                if lab_block is not None:
+                    _write_labels(labels, lab_block, *lab_origin)
+                lab_block, lab_origin, lab_b = np.zeros(shape, np.uint32), origin, b
+            _paint_mask(lab_block, origin, int(i) + 1, mask, dets.boxes[i], side)
         done += len(idx)
         yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
         check()
