@@ -6,6 +6,7 @@ xvfb``) and use Qt's offscreen platform with it; they are skipped when neither e
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -506,6 +507,8 @@ def test_widget_run_in_several_batches_adds_each_cell_once(viewer, qtbot, classi
     w, _ = _dock(viewer)
     _configure(w, classifier_path)
     w.image.value = image
+    options = w.options  # small batches: a dozen cells arrive in several classify events
+    w.options = lambda layer=None: dataclasses.replace(options(layer), batch_size=4)
     events = []
     w._on_event, on_event = (lambda ev: (events.append(ev.stage), on_event(ev))[1]), w._on_event
     res = w.run_and_wait(timeout=300)
