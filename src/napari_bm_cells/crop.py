@@ -46,9 +46,10 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
     """Find the closed contour nearest ``centre`` in an RGB patch.
 
     The edges are the iso-contours of the smoothed stain channel at Otsu's level (holes
-    filled, small specks opened away; OpenCV throughout, 6x faster than the same steps in
-    scikit-image with identical masks on real cells); contours shorter than ``min_length`` are dropped
-    and the one containing, or else nearest to, the centre is the cell.
+    filled, small specks opened away); contours shorter than ``min_length`` are dropped
+    and the one containing, or else nearest to, the centre is the cell. The steps run in
+    OpenCV: 6x faster than the same steps in scikit-image, with identical masks on real
+    cells.
 
     Parameters
     ----------
