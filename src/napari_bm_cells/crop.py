@@ -96,17 +96,17 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
     cy, cx = centre
     at_centre = labels[int(np.clip(round(cy), 0, h - 1)), int(np.clip(round(cx), 0, w - 1))]
     best, best_d, best_contour = 0, np.inf, None
-    for lab in range(1, n):
-        x, y, bw, bh = stats[lab, :4]
-        outline = _outline(labels[y:y + bh, x:x + bw] == lab)
+    for outline in _outlines(mask):  # one outer outline per component (holes are filled)
+        lab = labels[outline[0, 0, 1], outline[0, 0, 0]]
         if cv2.arcLength(outline, True) < min_length:
             continue
         d = 0.0 if at_centre == lab else float(np.hypot(centroids[lab, 1] - cy, centroids[lab, 0] - cx))
-        if d < best_d:  # (x, y) points -> (row, col) in the patch
-            best, best_d, best_contour = lab, d, outline[:, 0, ::-1].astype(float) + (y, x)
+        if d < best_d:
+            best, best_d, best_contour = lab, d, outline
     if not best:
         return None
-    return CentreContour(best_contour, labels == best, (float(centroids[best, 1]), float(centroids[best, 0])),
+    return CentreContour(best_contour[:, 0, ::-1].astype(float),  # (x, y) points -> (row, col)
+                         labels == best, (float(centroids[best, 1]), float(centroids[best, 0])),
                          float(np.sqrt(4 * stats[best, cv2.CC_STAT_AREA] / np.pi)))
 
 
@@ -118,11 +118,10 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return (pad | (1 - reach))[1:-1, 1:-1]
 
 
-def _outline(region: np.ndarray) -> np.ndarray:
-    """Longest outer boundary (OpenCV points, x/y) of a boolean region."""
-    cs, _ = cv2.findContours(np.pad(region, 1).astype(np.uint8), cv2.RETR_EXTERNAL,
-                             cv2.CHAIN_APPROX_NONE)
-    return max(cs, key=len) - 1  # undo the padding
+def _outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """Outer boundaries (OpenCV points, x/y) of the 8-connected regions of a 0/1 mask."""
+    cs, _ = cv2.findContours(np.pad(mask, 1), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [c - 1 for c in cs]  # undo the padding
 
 
 def square_crop(image, centre: tuple[float, float], side: int) -> np.ndarray:
