@@ -89,12 +89,14 @@ def detect_sahi(npy=None, detector=None, tile=640, overlap=160, postprocess="GRE
     from sahi import AutoDetectionModel
     from sahi.predict import get_sliced_prediction
 
-    from napari_bm_cells.detect import DEFAULT_DETECTOR, load_detector
+    from napari_bm_cells.detect import DEFAULT_DETECTOR, sidecar_conf
 
     img = np.load(npy) if npy else str(image)
-    conf = load_detector(detector, device="cpu").conf  # our operating threshold
+    weights = Path(detector or DEFAULT_DETECTOR)
+    sidecar = weights.with_suffix(".json")  # our operating threshold, without loading the weights twice
+    conf = sidecar_conf(json.loads(sidecar.read_text()) if sidecar.is_file() else {})
     model = AutoDetectionModel.from_pretrained(
-        model_type="ultralytics", model_path=str(detector or DEFAULT_DETECTOR),
+        model_type="ultralytics", model_path=str(weights),
         confidence_threshold=conf, device="cpu", image_size=tile)
     kw = dict(slice_height=tile, slice_width=tile, overlap_height_ratio=overlap / tile,
               overlap_width_ratio=overlap / tile, perform_standard_pred=False,
