@@ -100,3 +100,17 @@ def test_centre_contour_matches_the_scikit_image_steps(bm_crops, data_dir):
         ref_mask, ref_d = _reference_mask(patch, (63.5, 63.5), 51)
         np.testing.assert_array_equal(cc.mask, ref_mask)
         assert cc.diameter == pytest.approx(ref_d)
+
+
+def test_otsu_and_disk_match_scikit_image(data_dir):
+    """The OpenCV Otsu split and the disk kernel equal scikit-image's on real stain channels."""
+    from skimage import filters, morphology
+
+    from napari_bm_cells.crop import _above_otsu, _disk, stain_channel
+
+    files = [f for c in sorted((data_dir / "pbc").iterdir()) for f in sorted(c.glob("*.jpg"))[:12]]
+    for f in files:
+        chan = stain_channel(resize_square(np.asarray(Image.open(f).convert("RGB")), 128))
+        np.testing.assert_array_equal(_above_otsu(chan), chan > filters.threshold_otsu(chan), err_msg=str(f))
+    for r in range(1, 8):
+        np.testing.assert_array_equal(_disk(r), morphology.disk(r))

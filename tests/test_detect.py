@@ -134,3 +134,28 @@ def test_blank_image_has_no_detections(detector):
     slide = open_slide(np.full((600, 800, 3), 235, np.uint8))
     d, _ = _run(slide, detector, downsample=2.0)
     assert len(d) == 0
+
+
+def test_detection_of_an_in_memory_field_imports_no_dask_or_scipy(data_dir):
+    """Detecting on a numpy image (as SAHI users do) reads it directly: dask, scipy and
+    scikit-image (~45 MB of memory) stay unimported, and cells are still found and measured."""
+    import subprocess
+    import sys
+
+    jpg = sorted((data_dir / "bccd" / "JPEGImages").glob("*.jpg"))[0]
+    code = f"""
+import sys, numpy as np
+from PIL import Image
+from napari_bm_cells.detect import iter_detect, load_detector
+from napari_bm_cells.io import open_slide
+slide = open_slide(np.asarray(Image.open({str(jpg)!r}).convert("RGB")))
+det = load_detector(None, device="cpu")
+for ev in iter_detect(slide, det, downsample=1.0):
+    pass
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"dask", "scipy", "skimage", "distributed"}})
+print(len(ev.payload), ev.payload.cell_px is not None, heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n, measured, heavy = out.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert int(n) >= 1 and heavy == "[]", out.stdout

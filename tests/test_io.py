@@ -36,9 +36,13 @@ def mosaic_zarr(mosaic, tmp_path_factory):
 def test_real_jpeg(bccd_jpeg, field):
     s = open_slide(bccd_jpeg)
     assert s.shape == (480, 640) and s.name == bccd_jpeg.name and s.path == bccd_jpeg
-    assert isinstance(s.levels[0], da.Array) and s.levels[0].dtype == np.uint8
+    assert isinstance(s.levels[0], np.ndarray) and s.levels[0].dtype == np.uint8  # no dask for a field
     assert s.downsamples == [1.0] and s.mpp is None
-    np.testing.assert_array_equal(s.levels[0].compute(), field)
+    np.testing.assert_array_equal(s.levels[0], field)
+    region = s.read_region(-5, 600, 40, 650)  # edge-padded, and a copy, never a view of the level
+    np.testing.assert_array_equal(region[5:, :40], field[:40, 600:])
+    region[:] = 0
+    assert s.levels[0].any()
 
 
 def test_png_rgba_and_grey(field, tmp_path):

@@ -100,7 +100,7 @@ def cmd_train_detector(a):
     train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
                    resume=a.resume, init=a.init, lr0=a.lr0,
-                   close_mosaic=a.close_mosaic)
+                   close_mosaic=a.close_mosaic, translate=a.translate)
     print(f"wrote {a.out}")
 
 
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr0", type=float, default=None,
                    help="initial learning rate (default: ultralytics' choice from scratch, 5e-4 AdamW with --init)")
     s.add_argument("--close-mosaic", type=int, default=10, help="last epochs trained without mosaic")
+    s.add_argument("--translate", type=float, default=0.1,
+                   help="random shift, fraction of the image side (more cuts more cells at the edge)")
     s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)

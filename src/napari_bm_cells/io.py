@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 
 from .errors import InputError
@@ -34,8 +33,10 @@ class Slide:
     ----------
     path : Path or None
         Source file (``None`` for in-memory arrays).
-    levels : list of dask.array.Array
-        ``(Y, X, 3)`` uint8 arrays, level 0 (full resolution) first.
+    levels : list of dask.array.Array or numpy.ndarray
+        ``(Y, X, 3)`` uint8 arrays, level 0 (full resolution) first: lazy dask arrays for
+        files, numpy for in-memory RGB uint8 images and small JPEG/PNG fields (dask,
+        scipy.sparse and dask.distributed are then never imported: ~45 MB less memory).
     downsamples : list of float
         Level-0 width divided by each level's width (1.0 for level 0).
     mpp : float or None
@@ -45,7 +46,7 @@ class Slide:
     """
 
     path: Path | None
-    levels: list[da.Array]
+    levels: list
     downsamples: list[float]
     mpp: float | None
     name: str
@@ -151,8 +152,9 @@ def is_slide_path(path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in (".zarray", ".zgroup", "zarr.json"))
 
 
-def as_rgb_uint8(arr, source: str) -> da.Array:
-    """Normalise an image array to a lazy ``(Y, X, 3)`` uint8 dask array.
+def as_rgb_uint8(arr, source: str):
+    """Normalise an image array to a lazy ``(Y, X, 3)`` uint8 dask array (a numpy
+    ``(Y, X, 3)`` uint8 array is returned as it is).
 
     Grey ``(Y, X)`` / ``(Y, X, 1)`` and grey+alpha ``(Y, X, 2)`` become RGB, alpha is
     dropped from ``(Y, X, 4)``, channel-first ``(C, Y, X)`` arrays (C in 1, 3, 4) are
@@ -164,6 +166,10 @@ def as_rgb_uint8(arr, source: str) -> da.Array:
         For empty images, dtypes other than uint8/uint16, more than 4 channels or
         image stacks; the message starts with ``source``.
     """
+    if _array_reader(arr) is not None and arr.size:
+        return arr
+    import dask.array as da
+
     a = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if a.size == 0:
         raise InputError(f"{source}: the image is empty (shape {tuple(a.shape)}); "
@@ -227,7 +233,8 @@ def open_slide(path_or_array) -> Slide:
         return path_or_array
     if not isinstance(path_or_array, (str, Path)):
         arrs = path_or_array if isinstance(path_or_array, (list, tuple)) else [path_or_array]
-        return _make_slide(None, [as_rgb_uint8(a, "array") for a in arrs], None, "array")
+        return _make_slide(None, [as_rgb_uint8(a, "array") for a in arrs], None, "array",
+                           [_array_reader(a) for a in arrs])
     path = Path(path_or_array).expanduser()
     name = path.name.lower()
     if not path.exists():
@@ -243,9 +250,10 @@ def open_slide(path_or_array) -> Slide:
     if path.is_dir() or name.endswith(".zarr"):
         levels, mpp, readers = _read_zarr(path)
     elif name.endswith(_TIFF_SUFFIXES):
-        levels, mpp = _read_tiff(path)
+        levels, mpp, readers = _read_tiff(path)
     else:
-        levels, mpp = _read_pil(path), None
+        levels, readers = _read_pil(path)
+        mpp = None
     return _make_slide(path, levels, mpp, path.name, readers)
 
 
@@ -257,11 +265,30 @@ def _make_slide(path, levels, mpp, name, readers=None) -> Slide:
     return Slide(path, levels, [w0 / a.shape[1] for a in levels], mpp, name, readers)
 
 
+def _array_reader(a):
+    """A direct reader for an in-memory ``(Y, X, 3)`` uint8 numpy image, else None.
+
+    It returns read-only views, which :func:`_read_padded` copies: reads never go through
+    dask (whose first compute also imports dask.distributed, ~20 MB) and never hand out
+    the caller's own pixels to write into.
+    """
+    if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3):
+        return None
+
+    def read(y0, y1, x0, x1):
+        v = a[y0:y1, x0:x1].view()
+        v.flags.writeable = False
+        return v
+
+    return read
+
+
 def _direct_reader(z, axes: str):
     """A reader ``(y0, y1, x0, x1) -> (h, w, 3) uint8`` straight from zarr array ``z`` with
-    OME axes ``axes`` (e.g. ``"tczyx"``), or None when ``z`` is not 3-channel uint8 with
-    singleton other axes (those go through dask and :func:`as_rgb_uint8`)."""
-    axes = axes.lower()
+    OME or TIFF axes ``axes`` (e.g. ``"tczyx"``, ``"YXS"``), or None when ``z`` is not
+    3-channel uint8 with singleton other axes (those go through dask and
+    :func:`as_rgb_uint8`)."""
+    axes = axes.lower().replace("s", "c")
     if z.dtype != np.uint8 or len(axes) != len(z.shape) or not {"y", "x", "c"} <= set(axes):
         return None
     if z.shape[axes.index("c")] != 3 or any(z.shape[i] != 1 for i, a in enumerate(axes) if a not in "yxc"):
@@ -285,7 +312,7 @@ def merge_planes(planes) -> np.ndarray:
     return cv2.merge([np.ascontiguousarray(p) for p in planes])
 
 
-def _read_pil(path: Path) -> list[da.Array]:
+def _read_pil(path: Path) -> tuple[list, list]:
     from PIL import Image
 
     try:
@@ -301,17 +328,22 @@ def _read_pil(path: Path) -> list[da.Array]:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot read the image ({msg}); the file is damaged or "
                          "not an image, re-export or re-copy it") from None
-    return [as_rgb_uint8(da.from_array(arr, chunks=(2048, 2048) + arr.shape[2:]), str(path))]
+    if _array_reader(arr) is None:  # grey, alpha or 16-bit: normalised lazily by dask
+        import dask.array as da
+        return [as_rgb_uint8(da.from_array(arr, chunks=(2048, 2048) + arr.shape[2:]), str(path))], [None]
+    return [arr], [_array_reader(arr)]
 
 
-def _zarr_levels_dask(z) -> da.Array:
+def _zarr_levels_dask(z):
     """Dask array over a zarr array, with chunks of at least ~256 px along Y and X."""
+    import dask.array as da
+
     chunks = tuple(c if s <= 4 or c >= 256 else min(s, math.ceil(256 / c) * c)
                    for c, s in zip(z.chunks, z.shape))
     return da.from_zarr(z, chunks=chunks)
 
 
-def _read_zarr(path: Path) -> tuple[list[da.Array], float | None, list | None]:
+def _read_zarr(path: Path) -> tuple[list, float | None, list | None]:
     import zarr
 
     try:
@@ -351,18 +383,18 @@ def _scales(d: dict) -> list[dict]:
     return [t for t in d.get("coordinateTransformations", []) if t.get("type") == "scale"]
 
 
-def _read_tiff(path: Path) -> tuple[list[da.Array], float | None]:
+def _read_tiff(path: Path) -> tuple[list, float | None, list]:
     import tifffile
     import zarr
 
     try:
         tf = tifffile.TiffFile(path)
         series = tf.series[0]
-        levels = []
+        levels, readers = [], []
         for i, lev in enumerate(series.levels):
             z = zarr.open(tf.aszarr(series=0, level=i), mode="r")
-            a = _reorder(_zarr_levels_dask(z), lev.axes, str(path))
-            levels.append(a)
+            levels.append(_reorder(_zarr_levels_dask(z), lev.axes, str(path)))
+            readers.append(_direct_reader(z, lev.axes))
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 -- tifffile raises many kinds
@@ -370,7 +402,7 @@ def _read_tiff(path: Path) -> tuple[list[da.Array], float | None]:
         raise InputError(f"{path}: cannot read as TIFF ({msg}); the file is damaged or not a "
                          "TIFF, re-export or re-copy it") from None
     levels = [as_rgb_uint8(a, str(path)) for a in levels]
-    return levels, _tiff_mpp(tf)
+    return levels, _tiff_mpp(tf), readers
 
 
 def _tiff_mpp(tf) -> float | None:

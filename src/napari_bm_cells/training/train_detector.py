@@ -28,7 +28,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    imgsz: int = 320, batch: int = 16, device: str = "cpu",
                    model_yaml: str = "yolov8n.yaml", classes: str = "wbc", seed: int = 0,
                    workers: int = 2, resume: bool = False, init: str | Path | None = None,
-                   lr0: float | None = None, close_mosaic: int = 10) -> Path:
+                   lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1) -> Path:
     """Train a detector on VOC / YOLO sets and write ``out`` (.pt) plus ``out.json``.
 
     Parameters
@@ -47,6 +47,9 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         which ignores ``lr0``, made a fine-tuned detector diverge).
     close_mosaic : int
         Epochs at the end trained without mosaic augmentation.
+    translate : float
+        Random shift as a fraction of the image side (ultralytics' default 0.1); larger
+        shifts cut more cells at the image edge, as fields cut cells at theirs.
     """
     from ultralytics import YOLO
 
@@ -63,14 +66,14 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
                 workers=workers, seed=seed, plots=False, amp=False, project=str(work),
                 name="run", exist_ok=True, flipud=0.5, fliplr=0.5, degrees=90, scale=0.6,
-                hsv_h=0.05, hsv_s=0.6, hsv_v=0.4, cache=True, patience=max(epochs, 5),
+                hsv_h=0.05, hsv_s=0.6, hsv_v=0.4, translate=translate, cache=True, patience=max(epochs, 5),
                 resume=resume, verbose=False, close_mosaic=close_mosaic, **opt)
     best = work / "run" / "weights" / "best.pt"
     shutil.copy2(best, out)
     from ultralytics.utils.torch_utils import strip_optimizer
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
     meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz),
-            "arch": model_yaml, "epochs": epochs, "init": str(init) if init else None,
+            "arch": model_yaml, "epochs": epochs, "init": str(init) if init else None, "translate": translate,
             "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
                            for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
