@@ -20,8 +20,9 @@ from _common import RssSampler, mb  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def analyse(path, level=1, detector=None, classifier=None, batch_size=32):
-    """Whole-slide analysis (detection + classification) of a zarr mosaic."""
+def analyse(path, level=1, detector=None, classifier=None, batch_size=None):
+    """Whole-slide analysis (detection + classification) of a zarr mosaic, with the
+    pipeline's default batch sizes unless ``batch_size`` (classifier) is given."""
     from napari_bm_cells.classify import Classifier
     from napari_bm_cells.detect import load_detector
     from napari_bm_cells.pipeline import AnalysisOptions, iter_analysis
@@ -33,7 +34,7 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=32):
     t = time.perf_counter()
     stages = {}  # peak RSS seen per stage, and RSS at the stage's last event
     with RssSampler() as s:
-        for ev in iter_analysis(path, det, cls, AnalysisOptions(level=level, batch_size=batch_size)):
+        for ev in iter_analysis(path, det, cls, AnalysisOptions(level=level, **({"batch_size": batch_size} if batch_size else {}))):
             st = stages.setdefault(ev.stage, {"events": 0})
             st["events"] += 1
             st["peak_rss_so_far_mb"] = mb(s.peak)
@@ -47,15 +48,17 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=32):
             "torch_threads": torch.get_num_threads()}
 
 
-def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch=4, precision="auto"):
+def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch=None, precision="auto"):
     """Our tiled detection (tile/overlap, merge by core ownership + border NMS) on the
-    in-memory image (``npy``) or lazily from an OME-Zarr's level 1 (``zarr``)."""
+    in-memory image (``npy``) or lazily from an OME-Zarr's level 1 (``zarr``); ``batch``
+    tiles per call (default: the pipeline's, 1 on CPU)."""
     import numpy as np
 
-    from napari_bm_cells.detect import iter_detect, load_detector, tile_grid
+    from napari_bm_cells.detect import default_det_batch, iter_detect, load_detector, tile_grid
     from napari_bm_cells.io import open_slide
 
     det = load_detector(detector, device="cpu", precision=precision)
+    batch = batch or default_det_batch(det)
     if zarr:
         slide, d = open_slide(zarr), 2.0
     else:
@@ -76,7 +79,7 @@ def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch
     inside = ((cy[:, None] >= cores[None, :, 0]) & (cy[:, None] < cores[None, :, 2])
               & (cx[:, None] >= cores[None, :, 1]) & (cx[:, None] < cores[None, :, 3]))
     return {"wall_s": round(wall, 2), "n_tiles": n_tiles, "boxes": boxes.tolist(),
-            "tiles": inside.argmax(1).tolist(),
+            "tiles": inside.argmax(1).tolist(), "det_batch": batch,
             "scores": dets.scores.tolist(), "rss_before_mb": mb(rss0), "peak_rss_mb": mb(s.peak),
             "ru_maxrss_mb": mb(RssSampler.maxrss()), "torch_threads": torch.get_num_threads()}
 

@@ -111,7 +111,7 @@ def _timed(fn, reps=1):
 
 def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     from napari_bm_cells.classify import autocast
-    from napari_bm_cells.detect import Detections, tile_grid
+    from napari_bm_cells.detect import Detections, default_det_batch, tile_grid
     from napari_bm_cells.io import open_slide
     from napari_bm_cells.pipeline import AnalysisOptions, _blocks, analyze, cell_crops, window_for
 
@@ -136,7 +136,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     t_read = time.perf_counter() - t_read
     bgr = [np.ascontiguousarray(t[..., ::-1]) for t in imgs]  # what ultralytics wants, ready
     imgsz = int(math.ceil(max(max(t.shape[:2]) for t in imgs) / 32) * 32)
-    B = opts.det_batch
+    B = opts.det_batch or default_det_batch(det)
 
     def raw_predict():  # in the precision the pipeline uses (bf16 autocast on such CPUs)
         with autocast(det.device, det.autocast):
@@ -266,10 +266,10 @@ def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, rep
            "reps": reps}
     out.update(_compare((
         ("ours_in_memory", "detect_ours", {"npy": str(npy)}),
-        ("ours_in_memory_batch1", "detect_ours", {"npy": str(npy), "batch": 1}),
+        ("ours_in_memory_batch4", "detect_ours", {"npy": str(npy), "batch": 4}),
         ("ours_in_memory_fp32", "detect_ours", {"npy": str(npy), "precision": "fp32"}),
         ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(zpath)}),
-        ("ours_lazy_zarr_level1_batch1", "detect_ours", {"zarr": str(zpath), "batch": 1}),
+        ("ours_lazy_zarr_level1_batch4", "detect_ours", {"zarr": str(zpath), "batch": 4}),
         ("sahi_greedynmm", "detect_sahi", {"npy": str(npy)}),
         ("sahi_nms", "detect_sahi", {"npy": str(npy), "postprocess": "NMS"}),
         ("sahi_nms_from_file", "detect_sahi", {"image": str(tif), "postprocess": "NMS"})),
@@ -281,7 +281,7 @@ def bench_sahi(zpath: Path, npy: Path, gt: np.ndarray, detector: str | None, rep
         lz, lnpy, lgt = large
         out["large"] = {"image_shape": list(np.load(lnpy, mmap_mode="r").shape[:2]), **_compare((
             ("ours_lazy_zarr_level1", "detect_ours", {"zarr": str(lz)}),
-            ("ours_lazy_zarr_level1_batch1", "detect_ours", {"zarr": str(lz), "batch": 1}),
+            ("ours_lazy_zarr_level1_batch4", "detect_ours", {"zarr": str(lz), "batch": 4}),
             ("sahi_nms_from_file", "detect_sahi", {"image": str(level1_tiff(lnpy)), "postprocess": "NMS"})),
             lgt / 2.0, detector, 1)}
     return out
@@ -499,13 +499,13 @@ def summary_lines(r: dict) -> list[str]:
     if q:
         L.append(f"vs SAHI, same {q['image_shape'][0]}x{q['image_shape'][1]} image, weights, 640 px slices, "
                  f"160 px overlap (best of {q['reps']}):")
-        L += _sahi_rows(q, ("ours_in_memory", "ours_in_memory_batch1", "ours_in_memory_fp32", "sahi_nms",
-                            "sahi_greedynmm", "ours_lazy_zarr_level1", "ours_lazy_zarr_level1_batch1",
+        L += _sahi_rows(q, ("ours_in_memory", "ours_in_memory_batch4", "ours_in_memory_fp32", "sahi_nms",
+                            "sahi_greedynmm", "ours_lazy_zarr_level1", "ours_lazy_zarr_level1_batch4",
                             "sahi_nms_from_file"))
         if q.get("large"):
             sh = q["large"]["image_shape"]
             L.append(f"  larger image, {sh[0]}x{sh[1]}, from disk:")
-            L += _sahi_rows(q["large"], ("ours_lazy_zarr_level1", "ours_lazy_zarr_level1_batch1",
+            L += _sahi_rows(q["large"], ("ours_lazy_zarr_level1", "ours_lazy_zarr_level1_batch4",
                                          "sahi_nms_from_file"))
         L.append(f"  speed-up of ours vs SAHI: x{q['speedup_vs_sahi_nms']:.2f} (NMS), "
                  f"x{q['speedup_vs_sahi_greedynmm']:.2f} (GREEDYNMM, SAHI's default)")

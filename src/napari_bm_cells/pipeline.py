@@ -47,8 +47,12 @@ class AnalysisOptions:
         Side of the crop cut around each cell at level 0; default from the
         checkpoint's field of view and the slide's pixel size or measured cell size.
     batch_size : int
-        Crops per classifier batch (batches span blocks, so all but the last have this
-        size; 16 is as fast per crop as 32 on CPU and starts the model sooner).
+        Crops per classifier batch (batches span blocks, so all but the first, of
+        :data:`FIRST_BATCH` crops to start the model early, and the last have this size;
+        16 is as fast per crop as 32 on CPU and starts the model sooner).
+    det_batch : int, optional
+        Detection tiles per detector call (default: 1 on CPU, 4 on GPU; see
+        :func:`~napari_bm_cells.detect.default_det_batch`).
     region : (y0, x0, y1, x1), optional
         Level-0 region to analyse; default the whole slide.
     masks : bool
@@ -63,7 +67,7 @@ class AnalysisOptions:
     cell_px: float | None = None
     crop_px: float | None = None
     batch_size: int = 16
-    det_batch: int = 4
+    det_batch: int | None = None
     region: tuple[int, int, int, int] | None = None
     masks: bool = False
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
@@ -193,6 +197,10 @@ def cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, out_
         centres.append((c[0] + origin[0], c[1] + origin[1]))
         masks.append((cc, c) if cc is not None else None)
     return np.stack(crops), centres, masks
+
+
+#: cells in the first classifier batch: the model starts after a few crops, not a full batch
+FIRST_BATCH = 4
 
 
 def _ahead(gen, depth: int = 2):
@@ -366,8 +374,10 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
         it = cells()
-        while batch := list(itertools.islice(it, opts.batch_size)):
+        size = FIRST_BATCH if opts.batch_size > FIRST_BATCH else opts.batch_size
+        while batch := list(itertools.islice(it, size)):
             yield batch
+            size = opts.batch_size
 
     lab_block, lab_origin, lab_b = None, None, -1
     # runs ahead in a thread: block reads and crop cutting overlap the model
