@@ -313,9 +313,10 @@ def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir
         (voc / "ImageSets" / "Main" / f"{s}.txt").write_text("\n".join(ids) + "\n")
     out = tmp_path / "w.pt"
     assert main(["train-detector", str(voc), "--out", str(out), "--epochs", "1", "--imgsz", "320",
-                 "--batch-size", "4", "--init", str(DEFAULT_DETECTOR)]) in (None, 0)
+                 "--batch-size", "4", "--init", str(DEFAULT_DETECTOR), "--translate", "0.2"]) in (None, 0)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["classes"] == ["WBC"] and meta["imgsz"] == 320 and meta["epochs"] == 1
+    assert meta["translate"] == 0.2
     assert 0.05 <= meta["conf"] <= 0.5 and meta["input_cell_px"] > 20
     det = YoloDetector(out)
     assert det.conf == meta["conf"] and det.imgsz == 320
