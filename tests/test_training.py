@@ -315,3 +315,42 @@ def test_cli_train_classifier_on_one_class_exits_2_without_traceback(data_dir, t
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bm-cells: error:") and str(data) in lines[0]
     assert "Traceback" not in cap.out + cap.err
+
+
+def test_pretrained_weights_from_a_local_file(data_dir, tmp_path):
+    """``pretrained``: the backbone starts from a local timm weights file (here weights of
+    a 1000-class resnext26ts saved to disk, as ImageNet weights fetched elsewhere would be),
+    the head is new for our classes, nothing is downloaded; a missing or mismatched file is
+    an InputError naming it."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_bm_cells.checkpoint import load_model
+
+    torch.manual_seed(123)
+    src = timm.create_model("resnext26ts", pretrained=False)  # 1000 classes, like ImageNet
+    weights = tmp_path / "resnext26ts_imagenet.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    data = _pbc_subset(data_dir, tmp_path / "d", n=10)
+    out = tmp_path / "p.safetensors"
+    kw = {**FAST, "arch": "resnext26ts", "lr": 1e-7, "ema_decay": None}
+    train_classifier(data, out, epochs=1, max_steps=1, pretrained=weights, **kw)
+    model, meta = load_model(out)
+    got = model.state_dict()
+    name = "stem.conv1.conv.weight"
+    assert torch.allclose(got[name].float(), src.state_dict()[name], atol=1e-2)
+    scratch = timm.create_model("resnext26ts", pretrained=False, num_classes=len(meta.classes))
+    assert not torch.allclose(scratch.state_dict()[name], src.state_dict()[name], atol=1e-2)
+    assert model.get_classifier().out_features == len(meta.classes) == 3
+
+    with pytest.raises(InputError, match="missing.safetensors: pretrained weights not found"):
+        train_classifier(data, tmp_path / "q.safetensors", epochs=1, max_steps=1,
+                         pretrained=tmp_path / "missing.safetensors", **kw)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a weights file")
+    with pytest.raises(InputError, match="junk.pth: cannot read pretrained weights"):
+        train_classifier(data, tmp_path / "s.safetensors", epochs=1, max_steps=1, pretrained=junk, **kw)
+    with pytest.raises(InputError, match="resnext26ts_imagenet.safetensors: cannot load as pretrained weights of timm resnet18"):
+        train_classifier(data, tmp_path / "r.safetensors", epochs=1, max_steps=1, pretrained=weights,
+                         **{**kw, "arch": "resnet18"})

@@ -84,6 +84,45 @@ def estimate_cell_px(paths, fov: int | None = None, n: int = 200, seed: int = 0)
     return float(np.median(diam)) if diam else 0.5 * float(fov or 250)
 
 
+def create_backbone(arch: str, n_classes: int, img_size: int, pretrained: str | Path | None = None):
+    """timm model with a new ``n_classes`` head, from scratch or with its backbone from a
+    local file of pretrained weights of the same architecture (``pretrained``, e.g. timm's
+    ImageNet weights saved elsewhere; never fetched from the hub).
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, or lacks backbone tensors of this architecture
+        (timm's own loader would only warn and leave those layers untrained).
+    """
+    import timm
+    from timm.models import load_state_dict
+
+    model = timm.create_model(arch, pretrained=False, num_classes=n_classes, drop_rate=0.2,
+                              **arch_kwargs(arch, img_size))
+    if pretrained is None:
+        return model
+    p = Path(pretrained)
+    if not p.is_file():
+        raise InputError(f"{p}: pretrained weights not found; give a local weights file of timm {arch}")
+    try:
+        sd = load_state_dict(str(p))
+    except Exception as exc:  # noqa: BLE001 -- torch/safetensors raise many kinds
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{p}: cannot read pretrained weights ({msg}); give a .safetensors, "
+                         ".pth or .bin file of timm {arch}") from None
+    head = model.pretrained_cfg.get("classifier", "") + "."
+    own = {k: v for k, v in model.state_dict().items()
+           if not k.startswith(head) and not k.endswith("num_batches_tracked")}
+    bad = [k for k, v in own.items() if k not in sd or tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise InputError(f"{p}: cannot load as pretrained weights of timm {arch} ({len(bad)} of "
+                         f"{len(own)} backbone tensors missing or of another shape, e.g. {bad[0]}); "
+                         "give weights of that architecture")
+    model.load_state_dict({k: sd[k] for k in own}, strict=False)
+    return model
+
+
 def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext26ts",
                      img_size: int = 128, epochs: int = 30, batch_size: int = 64,
                      device: str = "cpu", seed: int = 0, lr: float = 2e-3,
@@ -92,7 +131,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      resume: bool = False, max_steps: int | None = None,
                      precision: str = "auto", init: str | Path | None = None,
                      field_cells=(), field_weight: float = 3.0, ema_decay: float | None = 0.998,
-                     progress=print) -> dict:
+                     pretrained: str | Path | None = None, progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -122,6 +161,11 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         another lab's stain and camera.
     field_weight : float
         How much more often one such cell is drawn than one cell of ``data_dir``.
+    pretrained : path, optional
+        Local file of pretrained weights of the same timm architecture (e.g. ImageNet
+        weights downloaded once elsewhere; ``.safetensors``, ``.pth`` or ``.bin``): the
+        backbone starts from them and the classifier head is new for these classes.
+        Loaded by timm from the file, never from the hub.
     ema_decay : float, optional
         Keep an exponential moving average of the weights (timm ``ModelEmaV3``) and
         validate, keep and ship the averaged model; ``None`` uses the raw weights.
@@ -133,7 +177,6 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     -------
     dict with the history and the test metrics of the best checkpoint.
     """
-    import timm
     import torch
     from PIL import Image
     from sklearn.metrics import f1_score
@@ -197,8 +240,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     if len(va) == 0:
         va = tr
 
-    model = timm.create_model(arch, pretrained=False, num_classes=len(classes), drop_rate=0.2,
-                              **arch_kwargs(arch, img_size))
+    model = create_backbone(arch, len(classes), img_size, pretrained)
     if init:
         from ..checkpoint import load_model as _load
         src, src_meta = _load(init, "cpu")
