@@ -374,7 +374,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
         it = cells()
-        size = FIRST_BATCH if opts.batch_size > FIRST_BATCH else opts.batch_size
+        size = min(FIRST_BATCH, opts.batch_size)
         while batch := list(itertools.islice(it, size)):
             yield batch
             size = opts.batch_size
