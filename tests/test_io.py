@@ -275,15 +275,20 @@ def test_regions_past_the_edge_repeat_the_edge_pixels(bccd_jpeg, field):
         np.testing.assert_array_equal(s.read_region(y0, x0, y0 + h, x0 + w), ref)
 
 
-@pytest.mark.parametrize("layout", ["cyx", "tczyx", "yxc"])
-def test_ome_zarr_direct_reads_equal_the_dask_path(mosaic, tmp_path, layout):
-    """OME-Zarr RGB uint8 levels are read straight from zarr (no dask graph): the same
-    pixels as through dask, for any region, scale and edge padding."""
+@pytest.mark.parametrize("layout", ["cyx", "tczyx", "yxc", "tiff", "numpy"])
+def test_direct_reads_equal_the_dask_path(mosaic, tmp_path, layout):
+    """OME-Zarr and pyramidal-TIFF RGB uint8 levels are read straight from zarr, numpy
+    images straight from the array (no dask graph): the same pixels as through dask, for
+    any region, scale and edge padding."""
+    import dask.array as da
     import zarr
 
     mosaic = mosaic[0]
-
-    if layout == "cyx":
+    if layout == "tiff":
+        path = write_pyramidal_tiff(mosaic, tmp_path / "m.tif", mpp=0.5, compression=None)
+    elif layout == "numpy":
+        path = mosaic
+    elif layout == "cyx":
         path = write_ome_zarr(mosaic, tmp_path / "m.ome.zarr", n_levels=3, chunk=256)
     else:  # a hand-written single-level OME-Zarr with other axes
         path = tmp_path / f"{layout}.zarr"
@@ -294,6 +299,8 @@ def test_ome_zarr_direct_reads_equal_the_dask_path(mosaic, tmp_path, layout):
                                    "datasets": [{"path": "0"}]}]
     s = open_slide(path)
     assert s.readers is not None and all(r is not None for r in s.readers)
+    if layout == "numpy":  # the dask path for comparison
+        s.levels = [da.from_array(a, chunks=(512, 512, 3)) for a in s.levels]
     rng = np.random.default_rng(1)
     H, W = s.shape
     for k in range(24):
@@ -305,5 +312,5 @@ def test_ome_zarr_direct_reads_equal_the_dask_path(mosaic, tmp_path, layout):
         via_dask = s.read_region(y0, x0, y0 + h, x0 + w, downsample=d)
         s.readers = readers
         assert direct.dtype == np.uint8 and np.array_equal(direct, via_dask), (k, y0, x0, h, w, d)
-    if layout == "cyx":
+    if layout in ("cyx", "tiff", "numpy"):
         np.testing.assert_array_equal(s.read_region(0, 0, H, W), mosaic)
