@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 DEFAULT_DETECTOR = Path(__file__).parent / "models" / "wbc_yolov8n.pt"
 #: white-cell diameter (px) assumed at level 0 when nothing else is known: a 100x oil
@@ -85,7 +85,7 @@ class YoloDetector:
             names = self.model.names
         except Exception as exc:
             raise InputError(f"{weights}: not loadable YOLO weights ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]}); train one with "
+                             f"{first_line(exc)[:200]}); train one with "
                              "'bm-cells train-detector' or pass --detector contour") from None
         from .classify import autocast_dtype
 

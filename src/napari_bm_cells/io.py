@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs",
                   ".jpg", ".jpeg", ".png", ".bmp")
@@ -325,7 +325,7 @@ def _read_pil(path: Path) -> tuple[list, list]:
         raise InputError(f"{path}: image too large for {path.suffix}; convert it to a tiled "
                          "pyramidal TIFF or OME-Zarr") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"{path}: cannot read the image ({msg}); the file is damaged or "
                          "not an image, re-export or re-copy it") from None
     if _array_reader(arr) is None:  # grey, alpha or 16-bit: normalised lazily by dask
@@ -349,7 +349,7 @@ def _read_zarr(path: Path) -> tuple[list, float | None, list | None]:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 -- zarr raises many kinds
-        raise InputError(f"{path}: cannot open as zarr ({str(exc).splitlines()[0]}); "
+        raise InputError(f"{path}: cannot open as zarr ({first_line(exc)}); "
                          "give a zarr array or an OME-Zarr image") from None
     if isinstance(node, zarr.Array):
         return [as_rgb_uint8(_zarr_levels_dask(node), str(path))], None, None
@@ -398,7 +398,7 @@ def _read_tiff(path: Path) -> tuple[list, float | None, list]:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 -- tifffile raises many kinds
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"{path}: cannot read as TIFF ({msg}); the file is damaged or not a "
                          "TIFF, re-export or re-copy it") from None
     levels = [as_rgb_uint8(a, str(path)) for a in levels]

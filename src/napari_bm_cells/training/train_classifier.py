@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
 from ..classify import autocast, autocast_dtype
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .cls_data import load_images, scan_class_folders, stratified_split
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,8 @@ def create_backbone(arch: str, n_classes: int, img_size: int, pretrained: str | 
     try:
         sd = load_state_dict(str(p))
     except Exception as exc:  # noqa: BLE001 -- torch/safetensors raise many kinds
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{p}: cannot read pretrained weights ({msg}); give a .safetensors, "
-                         ".pth or .bin file of timm {arch}") from None
+        raise InputError(f"{p}: cannot read pretrained weights ({first_line(exc)[:200]}); give a "
+                         f".safetensors, .pth or .bin file of timm {arch}") from None
     head = model.pretrained_cfg.get("classifier", "") + "."
     own = {k: v for k, v in model.state_dict().items()
            if not k.startswith(head) and not k.endswith("num_batches_tracked")}
