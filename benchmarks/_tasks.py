@@ -92,12 +92,11 @@ def detect_sahi(npy=None, detector=None, tile=640, overlap=160, postprocess="GRE
     from sahi import AutoDetectionModel
     from sahi.predict import get_sliced_prediction
 
-    from napari_bm_cells.detect import DEFAULT_DETECTOR, sidecar_conf
+    from napari_bm_cells.detect import DEFAULT_DETECTOR, read_sidecar, sidecar_conf
 
     img = np.load(npy) if npy else str(image)
     weights = Path(detector or DEFAULT_DETECTOR)
-    sidecar = weights.with_suffix(".json")  # our operating threshold, without loading the weights twice
-    conf = sidecar_conf(json.loads(sidecar.read_text()) if sidecar.is_file() else {})
+    conf = sidecar_conf(read_sidecar(weights))  # our threshold, without loading the weights twice
     model = AutoDetectionModel.from_pretrained(
         model_type="ultralytics", model_path=str(weights),
         confidence_threshold=conf, device="cpu", image_size=tile)

@@ -405,7 +405,7 @@ def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> di
     from ultralytics import YOLO
 
     from _common import bccd_fields, iou_matrix
-    from napari_bm_cells.detect import to_bgr
+    from napari_bm_cells.detect import read_sidecar, sidecar_conf, to_bgr
 
     fields = [to_bgr(np.asarray(Image.open(p).convert("RGB"))) for p in bccd_fields(data)[:n_fields]]
     tmp = Path(tempfile.mkdtemp(prefix="bm_cells_onnx_"))
@@ -428,8 +428,7 @@ def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> di
         onnx_model.predict(fields[0], imgsz=640, verbose=False)  # the session is made here
     finally:
         ort.InferenceSession = make_session
-    conf = json.loads(Path(detector).with_suffix(".json").read_text()).get("conf", 0.25) \
-        if Path(detector).with_suffix(".json").is_file() else 0.25
+    conf = sidecar_conf(read_sidecar(detector))
 
     def run(model, bf16=False):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -560,7 +559,7 @@ def main(argv=None):
     sections = a.only.split(",")
 
     from napari_bm_cells.classify import Classifier
-    from napari_bm_cells.detect import DEFAULT_DETECTOR, load_detector
+    from napari_bm_cells.detect import DEFAULT_DETECTOR, load_detector, read_sidecar
     from napari_bm_cells.testing import data_dir
 
     data = data_dir()
@@ -569,8 +568,7 @@ def main(argv=None):
     results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "preset": "quick" if a.quick else "full",
                "machine": machine(), "classifier": {"path": str(ckpt), "kind": ckpt_kind},
                "detector": {"path": detector,
-                            "meta": json.loads(Path(detector).with_suffix(".json").read_text())
-                            if Path(detector).with_suffix(".json").is_file() else None},
+                            "meta": read_sidecar(detector) or None},
                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     t0 = time.perf_counter()
     if "stages" in sections:

@@ -26,6 +26,13 @@ DEFAULT_CELL_PX = 200.0
 DEFAULT_IOU = 0.5
 
 
+def read_sidecar(weights) -> dict:
+    """The JSON sidecar of YOLO weights (``<weights>.json``: classes, input size, cell
+    size, operating threshold), or ``{}`` when there is none."""
+    f = Path(weights).with_suffix(".json")
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def sidecar_conf(meta: dict) -> float:
     """Operating score threshold of YOLO weights: the one their sidecar JSON records
     (chosen on the validation split at training), else ultralytics' usual 0.25."""
@@ -77,8 +84,7 @@ class YoloDetector:
         if not weights.is_file():
             raise InputError(f"{weights}: detector weights not found; pass --detector with a "
                              "YOLO .pt file or --detector contour")
-        meta_file = weights.with_suffix(".json")
-        self.meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        self.meta = read_sidecar(weights)
         from ultralytics import YOLO
         try:
             self.model = YOLO(str(weights), task="detect")
