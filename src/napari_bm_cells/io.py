@@ -166,7 +166,7 @@ def as_rgb_uint8(arr, source: str):
         For empty images, dtypes other than uint8/uint16, more than 4 channels or
         image stacks; the message starts with ``source``.
     """
-    if _array_reader(arr) is not None and arr.size:
+    if _is_rgb8(arr) and arr.size:
         return arr
     import dask.array as da
 
@@ -265,6 +265,11 @@ def _make_slide(path, levels, mpp, name, readers=None) -> Slide:
     return Slide(path, levels, [w0 / a.shape[1] for a in levels], mpp, name, readers)
 
 
+def _is_rgb8(a) -> bool:
+    """A numpy ``(Y, X, 3)`` uint8 image: used as it is, read without dask."""
+    return isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3
+
+
 def _array_reader(a):
     """A direct reader for an in-memory ``(Y, X, 3)`` uint8 numpy image, else None.
 
@@ -272,7 +277,7 @@ def _array_reader(a):
     dask (whose first compute also imports dask.distributed, ~20 MB) and never hand out
     the caller's own pixels to write into.
     """
-    if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3):
+    if not _is_rgb8(a):
         return None
 
     def read(y0, y1, x0, x1):
@@ -328,10 +333,10 @@ def _read_pil(path: Path) -> tuple[list, list]:
         msg = first_line(exc)
         raise InputError(f"{path}: cannot read the image ({msg}); the file is damaged or "
                          "not an image, re-export or re-copy it") from None
-    if _array_reader(arr) is None:  # grey, alpha or 16-bit: normalised lazily by dask
+    if not _is_rgb8(arr):  # grey, alpha or 16-bit: normalised lazily by dask
         import dask.array as da
-        return [as_rgb_uint8(da.from_array(arr, chunks=(2048, 2048) + arr.shape[2:]), str(path))], [None]
-    return [arr], [_array_reader(arr)]
+        arr = da.from_array(arr, chunks=(2048, 2048) + arr.shape[2:])
+    return [as_rgb_uint8(arr, str(path))], [_array_reader(arr)]
 
 
 def _zarr_levels_dask(z):
