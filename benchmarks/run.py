@@ -113,7 +113,8 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     from napari_bm_cells.classify import autocast
     from napari_bm_cells.detect import Detections, default_det_batch, tile_grid
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.pipeline import AnalysisOptions, _blocks, analyze, cell_crops, window_for
+    from napari_bm_cells.pipeline import AnalysisOptions, _blocks, analyze, cell_crops, read_cells_window
+    from napari_bm_cells.tile_cache import TileCache
 
     opts = AnalysisOptions(level=level)
     slide = open_slide(zpath)
@@ -182,11 +183,11 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     side = res.summary["classifier"]["crop_px_level0"]
     crops = []
     t = time.perf_counter()
+    tiles = TileCache(slide) if slide.tile_shape else None
     for group in _blocks(dets, slide.shape, opts.block):
-        gy0, gx0, gy1, gx1 = window_for(dets, group, side)
-        img = slide.read_region(gy0, gx0, gy1, gx1)
+        img, origin = read_cells_window(slide, dets, group, side, tiles)
         for j in range(0, len(group), opts.batch_size):
-            crops.append(cell_crops(img, (gy0, gx0), dets, group[j:j + opts.batch_size], side,
+            crops.append(cell_crops(img, origin, dets, group[j:j + opts.batch_size], side,
                                     cls.input_size, cls.meta.crop_size_px)[0])
     t_crops = time.perf_counter() - t
     crops = np.concatenate(crops) if crops else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)

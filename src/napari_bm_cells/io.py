@@ -59,6 +59,13 @@ class Slide:
         """``(Y, X)`` of level 0."""
         return tuple(int(s) for s in self.levels[0].shape[:2])
 
+    @property
+    def tile_shape(self) -> tuple[int, int] | None:
+        """``(rows, cols)`` of level 0's storage tiles (zarr chunks or TIFF tiles, at least
+        ~256 px), or None for in-memory images, where any window is equally cheap."""
+        lvl = self.levels[0]
+        return None if isinstance(lvl, np.ndarray) else tuple(int(c) for c in lvl.chunksize[:2])
+
     def level_for(self, downsample: float) -> int:
         """Index of the coarsest level whose downsample is <= ``downsample`` (+1 %)."""
         ok = [i for i, d in enumerate(self.downsamples) if d <= downsample * 1.01]
