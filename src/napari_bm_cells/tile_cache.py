@@ -1,11 +1,14 @@
-"""Level-0 windows assembled from a slide's storage tiles, each decoded once.
+"""Level-0 windows cut from a slide's storage tiles, each tile decoded once.
 
 The classification stage reads, block by block, a level-0 window around the block's
 cells; neighbouring windows overlap by a crop's side (a cell near a block edge needs
 pixels of the next block). Reading each window whole decoded the overlaps again (1.7x
 the slide for 2048 px blocks and 300 px crops) and decoded tiles no crop touches (blood
 films, sparse regions). :class:`TileCache` decodes only the tiles some crop needs and
-keeps them, least recently used out first, within a memory budget.
+keeps them, least recently used out first, within a memory budget; a
+:class:`TiledWindow` hands out crops cut from them, with no window-sized array.
+Slides wider than the budget's band (~40k px at 512 px tiles) lose the reuse between
+block rows, not correctness.
 """
 from __future__ import annotations
 
@@ -101,8 +104,9 @@ class TileCache:
             block = self.slide.read_region(y0, x0, min(int(rb * ty), H), min(int(cb * tx), W))
             for r in range(ra, rb):
                 for c in range(ca, cb):
-                    # a view: the block is freed once all its tiles are evicted
-                    t = block[r * ty - y0:(r + 1) * ty - y0, c * tx - x0:(c + 1) * tx - x0]
+                    # a copy: a view would keep the whole read alive while one tile is
+                    # still in use, and the budget would not bound memory
+                    t = block[r * ty - y0:(r + 1) * ty - y0, c * tx - x0:(c + 1) * tx - x0].copy()
                     self._tiles[(int(r), int(c))] = t
                     self._bytes += t.nbytes
                     self.decoded += 1
