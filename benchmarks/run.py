@@ -187,7 +187,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     side = res.summary["classifier"]["crop_px_level0"]
     crops = []
     t = time.perf_counter()
-    tiles = TileCache(slide) if slide.tile_shape else None
+    tiles = TileCache.of(slide)
     for group in _blocks(dets, slide.shape, opts.block):
         img, origin = read_cells_window(slide, dets, group, side, tiles)
         for j in range(0, len(group), opts.batch_size):

@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -204,6 +204,18 @@ def cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, out_
     return np.stack(crops), centres, masks
 
 
+class _Cell(NamedTuple):
+    """One cropped cell on its way from the crop thread to the classifier."""
+
+    block: int  # which level-0 block (window) it was cut from
+    origin: tuple[int, int]  # the window's level-0 (y, x)
+    window_shape: tuple[int, int]
+    index: int  # row in the detections
+    crop: np.ndarray  # model input
+    centre: tuple[float, float]  # level-0 (y, x) after re-centring
+    mask: tuple | None  # (contour, centre in the window) or None: see _paint_mask
+
+
 #: cells in the first classifier batch: the model starts after a few crops, not a full batch
 FIRST_BATCH = 4
 
@@ -387,13 +399,13 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     yield Progress("classify", 0, n)
 
     def cells():  # block by block, cell by cell (crops cut a batch at a time)
-        tiles = TileCache(slide) if slide.tile_shape else None
+        tiles = TileCache.of(slide)
         for b, group in enumerate(_blocks(dets, slide.shape, opts.block)):
             img, origin = read_cells_window(slide, dets, group, side, tiles)
             for j in range(0, len(group), opts.batch_size):
                 idx = group[j:j + opts.batch_size]
                 for i, crop, centre, mask in zip(idx, *cell_crops(img, origin, dets, idx, *crop_args)):
-                    yield b, origin, img.shape[:2], i, crop, centre, mask
+                    yield _Cell(b, origin, img.shape[:2], i, crop, centre, mask)
 
     def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
         it = cells()
@@ -405,15 +417,15 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     lab_block, lab_origin, lab_b = None, None, -1
     # runs ahead in a thread: block reads and crop cutting overlap the model
     for batch in _ahead(batches(), depth=2):
-        idx = np.array([c[3] for c in batch])
-        probs[idx] = cls.predict(np.stack([c[4] for c in batch]))
-        centres[idx] = [c[5] for c in batch]
-        for b, origin, shape, i, _, _, mask in batch if labels is not None else ():
-            if b != lab_b:  # a new block: flush the last one
+        idx = np.array([c.index for c in batch])
+        probs[idx] = cls.predict(np.stack([c.crop for c in batch]))
+        centres[idx] = [c.centre for c in batch]
+        for c in batch if labels is not None else ():
+            if c.block != lab_b:  # a new block: flush the last one
                 if lab_block is not None:
                     _write_labels(labels, lab_block, *lab_origin)
-                lab_block, lab_origin, lab_b = np.zeros(shape, np.uint32), origin, b
-            _paint_mask(lab_block, origin, int(i) + 1, mask, dets.boxes[i], side)
+                lab_block, lab_origin, lab_b = np.zeros(c.window_shape, np.uint32), c.origin, c.block
+            _paint_mask(lab_block, c.origin, int(c.index) + 1, c.mask, dets.boxes[c.index], side)
         done += len(idx)
         yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
         check()

@@ -37,6 +37,11 @@ class TileCache:
         self._bytes = 0
         self.decoded = 0  # tiles read from the slide so far (for tests and benchmarks)
 
+    @classmethod
+    def of(cls, slide: Slide, max_bytes: int = CACHE_BYTES) -> TileCache | None:
+        """A cache for a tiled slide, None for an in-memory one (nothing to decode)."""
+        return cls(slide, max_bytes) if slide.tile_shape else None
+
     def read_window(self, y0: int, x0: int, y1: int, x1: int, parts=None) -> TiledWindow:
         """Level-0 window ``[y0:y1, x0:x1]``, cut from the tiles when indexed (as
         :meth:`Slide.read_region` would return it, edge padded outside the slide).
