@@ -147,9 +147,11 @@ def _outlines(mask: np.ndarray) -> list[np.ndarray]:
 def square_crop(image, centre: tuple[float, float], side: int) -> np.ndarray:
     """Cut a ``side`` × ``side`` square centred on ``centre`` (row, col), padding at edges.
 
-    Works on numpy or dask arrays (only the needed window is read). Cells at the image
-    border are padded with the window's median border colour (the smear background; a
-    mirrored pad would show the model copies of the cell), never dropped.
+    Works on numpy, dask or anything with ``shape`` and 2-D slicing (e.g. a
+    :class:`~napari_bm_cells.tile_cache.TiledWindow`): only the needed window is read.
+    Cells at the image border are padded with the window's median border colour (the
+    smear background; a mirrored pad would show the model copies of the cell), never
+    dropped.
     """
     H, W = image.shape[:2]
     r0 = int(round(centre[0] - side / 2))

@@ -157,15 +157,15 @@ def _blocks(dets: Detections, shape, block: int):
 MAX_SHIFT = 0.25
 
 
-def cell_crops(img: np.ndarray, origin, dets: Detections, idx, side: float, out_size: int,
+def cell_crops(img: np.ndarray | TiledWindow, origin, dets: Detections, idx, side: float, out_size: int,
                fov_px: float):
     """Centre-contour crops and masks for cells ``idx``.
 
     Parameters
     ----------
-    img : ndarray
+    img : ndarray or TiledWindow
         A level-0 window whose top-left is ``origin`` (y, x), large enough to hold every
-        crop (padding handles the slide edge).
+        crop (padding handles the slide edge); see :func:`read_cells_window`.
     side : float
         Level-0 side of each crop (see :func:`crop_side`).
     out_size : int
