@@ -157,3 +157,25 @@ def test_to_bgr_on_planar_and_interleaved_tiles(bccd_jpeg):
     for t in (rgb, planar, rgb[50:300, 70:400]):
         out = to_bgr(t)
         assert out.flags.c_contiguous and np.array_equal(out, t[..., ::-1])
+
+
+def test_resize_nearest_matches_scikit_image_on_real_cell_masks(bccd_jpeg):
+    """Cell masks are painted at the crop's level-0 size by nearest-neighbour upscaling of
+    the 128 px contour mask; it must equal scikit-image's order-0 resize it replaced."""
+    from PIL import Image
+    from skimage.transform import resize
+
+    from napari_bm_cells.crop import CONTOUR_PX, centre_contour, resize_square, square_crop
+    from napari_bm_cells.pipeline import resize_nearest
+
+    field = np.asarray(Image.open(bccd_jpeg).convert("RGB"))
+    masks = []
+    for cy, cx in ((240, 320), (150, 200), (300, 450), (100, 500)):
+        cc = centre_contour(resize_square(square_crop(field, (cy, cx), 260), CONTOUR_PX), work_size=None)
+        if cc is not None:
+            masks.append(cc.mask)
+    assert masks
+    for mask in masks:
+        for n in (97, 128, 250, 303, 304, 511):
+            ref = resize(mask.astype(np.float32), (n, n), order=0) > 0.5
+            np.testing.assert_array_equal(resize_nearest(mask, n), ref, err_msg=str(n))
