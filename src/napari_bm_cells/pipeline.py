@@ -404,11 +404,13 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     def cells():  # block by block, cell by cell (crops cut and masks painted a batch at a time)
         tiles = TileCache.of(slide)
+        step = min(FIRST_BATCH, opts.batch_size)  # the first batch's crops, then full batches
         for group in _blocks(dets, slide.shape, opts.block):
             img, origin = read_cells_window(slide, dets, group, side, tiles)
             block_labels = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
-            for j in range(0, len(group), opts.batch_size):
-                idx = group[j:j + opts.batch_size]
+            j = 0
+            while j < len(group):
+                idx, j, step = group[j:j + step], j + step, opts.batch_size
                 crops, cents, masks = cell_crops(img, origin, dets, idx, *crop_args)
                 for i, mask in zip(idx, masks) if block_labels is not None else ():
                     _paint_mask(block_labels, origin, int(i) + 1, mask, dets.boxes[i], side)
