@@ -35,6 +35,7 @@ def test_windows_from_tiles_equal_read_region(mosaic, tmp_path, fmt):
         np.testing.assert_array_equal(win[a:b, c:d], slide.read_region(y0 + a, x0 + c, y0 + b, x0 + d),
                                       err_msg=str((k, y0, x0, h, w, a, b, c, d)))
     assert cache._bytes <= cache.max_bytes
+    assert win[5:5, 0:10].shape == (0, 10, 3)  # empty slices, as numpy gives them
 
 
 def test_crops_from_tiles_equal_whole_window_crops_and_decode_each_tile_once(mosaic, tmp_path):

@@ -66,6 +66,8 @@ class TileCache:
 
     def region(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """Level-0 ``[y0:y1, x0:x1]`` from the tiles, edge padded outside the slide."""
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)
         H, W = self.slide.shape
         ty, tx = self.tile
         iy0, ix0 = min(max(y0, 0), H - 1), min(max(x0, 0), W - 1)
