@@ -113,8 +113,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     from napari_bm_cells.classify import autocast
     from napari_bm_cells.detect import Detections, default_det_batch, tile_grid
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.pipeline import AnalysisOptions, _blocks, analyze, cell_crops, read_cells_window
-    from napari_bm_cells.tile_cache import TileCache
+    from napari_bm_cells.pipeline import FIRST_BATCH, AnalysisOptions, analyze, cut_cells
 
     opts = AnalysisOptions(level=level)
     slide = open_slide(zpath)
@@ -182,19 +181,13 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
         out["ratio_detect_vs_forward"] = round(out["raw_forward_s"] / tm["detect_s"], 3)
 
     # classification: the same crops, cut exactly as the pipeline cuts them
-    cells = res.cells
-    dets = Detections.from_table(cells)
+    dets = Detections.from_table(res.cells)
     side = res.summary["classifier"]["crop_px_level0"]
-    crops = []
     t = time.perf_counter()
-    tiles = TileCache.of(slide)
-    for group in _blocks(dets, slide.shape, opts.block):
-        img, origin = read_cells_window(slide, dets, group, side, tiles)
-        for j in range(0, len(group), opts.batch_size):
-            crops.append(cell_crops(img, origin, dets, group[j:j + opts.batch_size], side,
-                                    cls.input_size, cls.meta.crop_size_px)[0])
+    cut = [c.crop for c in cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block,
+                                     min(FIRST_BATCH, opts.batch_size), opts.batch_size)]
+    crops = np.stack(cut) if cut else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)
     t_crops = time.perf_counter() - t
-    crops = np.concatenate(crops) if crops else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)
     bs = opts.batch_size
     mean, std = cls._mean, cls._std
     cx = [((torch.from_numpy(crops[i:i + bs]).permute(0, 3, 1, 2).float().div(255) - mean) / std)

@@ -290,6 +290,29 @@ def read_cells_window(slide: Slide, dets: Detections, idx, side: float,
     return tiles.read_window(gy0, gx0, gy1, gx1, parts), (gy0, gx0)
 
 
+def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px: float,
+              block: int, first: int, size: int, labels=None) -> Iterator[_Cell]:
+    """Every cell's crop, block by block through a :class:`TileCache`: the first ``first``
+    cells, then ``size`` at a time (the classifier's batches, so the first batch does not
+    wait for more crops than it holds). With ``labels`` (see :func:`new_labels`) each
+    cell's mask is painted there too, a block at a time. Arguments as :func:`cell_crops`.
+    """
+    tiles = TileCache.of(slide)
+    step = first
+    for group in _blocks(dets, slide.shape, block):
+        img, origin = read_cells_window(slide, dets, group, side, tiles)
+        block_labels = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
+        j = 0
+        while j < len(group):
+            idx, j, step = group[j:j + step], j + step, size
+            crops, cents, masks = cell_crops(img, origin, dets, idx, side, out_size, fov_px)
+            for i, mask in zip(idx, masks) if block_labels is not None else ():
+                _paint_mask(block_labels, origin, int(i) + 1, mask, dets.boxes[i], side)
+            yield from map(_Cell, idx, crops, cents)
+        if block_labels is not None:
+            _write_labels(labels, block_labels, *origin)
+
+
 def read_cell_crops(slide: Slide, dets: Detections, idx, side: float, out_size: int, fov_px: float):
     """Read the window around cells ``idx`` and cut their crops as :func:`iter_analysis` does
     (returns what :func:`cell_crops` returns)."""
@@ -394,7 +417,6 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     # 2. crops + classification, block by block
     t = time.perf_counter()
     side = crop_side(cls.meta, slide, dets, opts)
-    crop_args = (side, cls.input_size, cls.meta.crop_size_px)
     labels = new_labels(slide.shape) if opts.masks else None
     n = len(dets)
     probs = np.zeros((n, len(cls.classes)), np.float32)
@@ -402,25 +424,12 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     done = 0
     yield Progress("classify", 0, n)
 
-    def cells():  # block by block, cell by cell (crops cut and masks painted a batch at a time)
-        tiles = TileCache.of(slide)
-        step = min(FIRST_BATCH, opts.batch_size)  # the first batch's crops, then full batches
-        for group in _blocks(dets, slide.shape, opts.block):
-            img, origin = read_cells_window(slide, dets, group, side, tiles)
-            block_labels = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
-            j = 0
-            while j < len(group):
-                idx, j, step = group[j:j + step], j + step, opts.batch_size
-                crops, cents, masks = cell_crops(img, origin, dets, idx, *crop_args)
-                for i, mask in zip(idx, masks) if block_labels is not None else ():
-                    _paint_mask(block_labels, origin, int(i) + 1, mask, dets.boxes[i], side)
-                yield from map(_Cell, idx, crops, cents)
-            if block_labels is not None:
-                _write_labels(labels, block_labels, *origin)
+    first = min(FIRST_BATCH, opts.batch_size)
 
     def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
-        it = cells()
-        size = min(FIRST_BATCH, opts.batch_size)
+        it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block,
+                       first, opts.batch_size, labels)
+        size = first
         while batch := list(itertools.islice(it, size)):
             yield batch
             size = opts.batch_size
