@@ -53,14 +53,12 @@ class TileCache:
             run of neighbouring tiles per read. Default: the whole window.
         """
         H, W = self.slide.shape
-        ty, tx = self.tile
         keys = set()
         for py0, px0, py1, px1 in parts if parts is not None else [(y0, x0, y1, x1)]:
             ya, yb = max(int(py0), y0, 0), min(int(np.ceil(py1)), y1, H)
             xa, xb = max(int(px0), x0, 0), min(int(np.ceil(px1)), x1, W)
             if yb > ya and xb > xa:
-                keys.update(itertools.product(range(ya // ty, (yb - 1) // ty + 1),
-                                              range(xa // tx, (xb - 1) // tx + 1)))
+                keys.update(self._keys(ya, xa, yb, xb))
         self._fetch(sorted(keys))
         return TiledWindow(self, y0, x0, y1, x1)
 
@@ -72,7 +70,7 @@ class TileCache:
         ty, tx = self.tile
         iy0, ix0 = min(max(y0, 0), H - 1), min(max(x0, 0), W - 1)
         iy1, ix1 = max(min(y1, H), iy0 + 1), max(min(x1, W), ix0 + 1)  # at least the edge pixel
-        keys = list(itertools.product(range(iy0 // ty, (iy1 - 1) // ty + 1), range(ix0 // tx, (ix1 - 1) // tx + 1)))
+        keys = self._keys(iy0, ix0, iy1, ix1)
         self._fetch(keys)
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
         top, left = min(max(iy0 - y0, 0), y1 - y0 - 1), min(max(ix0 - x0, 0), x1 - x0 - 1)
@@ -89,6 +87,11 @@ class TileCache:
         out[:, :left] = out[:, left:left + 1]
         out[:, right:] = out[:, right - 1:right]
         return out
+
+    def _keys(self, y0: int, x0: int, y1: int, x1: int) -> list[tuple[int, int]]:
+        """(row, col) of the tiles under a non-empty region inside the slide."""
+        ty, tx = self.tile
+        return list(itertools.product(range(y0 // ty, (y1 - 1) // ty + 1), range(x0 // tx, (x1 - 1) // tx + 1)))
 
     def _fetch(self, keys):
         """Read the missing tiles among ``keys``, a run of neighbouring tiles per read,
