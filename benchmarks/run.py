@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from _common import box_quality, mb, run_task, write_mosaic_zarr  # noqa: E402
 
-FULL = {"stage_grid": (12, 16), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32), "memory_sides": [5000, 10000, 20000, 30000],
+FULL = {"stage_grid": (24, 32), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32), "memory_sides": [5000, 10000, 20000, 30000],
         "speedup_n": 352}
 QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000], "speedup_n": 132}
 
@@ -107,6 +107,10 @@ def _timed(fn, reps=1):
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+#: analyses timed against the raw classifier forward (each between two raw runs)
+PAIRS = 5
 
 
 def bench_stages(zpath: Path, det, cls, level=1) -> dict:
@@ -189,9 +193,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     crops = np.stack(cut) if cut else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)
     t_crops = time.perf_counter() - t
     bs = opts.batch_size
-    mean, std = cls._mean, cls._std
-    cx = [((torch.from_numpy(crops[i:i + bs]).permute(0, 3, 1, 2).float().div(255) - mean) / std)
-          .contiguous(memory_format=torch.channels_last) for i in range(0, len(crops), bs)]
+    cx = [cls.prepare(crops[i:i + bs]) for i in range(0, len(crops), bs)]  # input tensors ready
 
     def raw_cls():  # the network alone, in the precision the pipeline uses
         with torch.inference_mode(), autocast(cls.device, cls.autocast):
@@ -204,15 +206,16 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
 
     raw_cls()  # warm-up at these batch sizes
     t_pred_c = _timed(predict)
-    # pairs: an analysis, then the raw forward right after its classification stage ended
-    # (this VM's speed drifts by +-10 % within minutes; adjacent pairs cancel most of it)
-    stage_s, raw_s, det_s = [], [], [tm["detect_s"]]
-    for _ in range(3):
+    # pairs: each analysis between two raw forwards of the same crops, its ratio against
+    # their mean (this VM's speed drifts by +-10 % within minutes; the bracket cancels
+    # a linear drift, the median over PAIRS the bursts)
+    stage_s, raw_s, det_s = [], [_timed(raw_cls)], [tm["detect_s"]]
+    for _ in range(PAIRS):
         r = analyze(slide, det, cls, options=opts)
         raw_s.append(_timed(raw_cls))
         stage_s.append(r.timings["classify_s"])
         det_s.append(r.timings["detect_s"])
-    ratios = [a / b for a, b in zip(raw_s, stage_s)]
+    ratios = [(a + b) / 2 / c for a, b, c in zip(raw_s, raw_s[1:], stage_s)]
     n = len(crops)
     t_cls, t_raw = float(np.median(stage_s)), float(np.median(raw_s))
     out.update({"n_cells": n, "cls_batch": bs, "classify_stage_s": round(t_cls, 3),
@@ -546,7 +549,7 @@ def main(argv=None):
     p.add_argument("--detector", default=None, help="default: the shipped YOLO weights")
     p.add_argument("--memory-sides", default=None, help="e.g. 5000,10000 (overrides the preset)")
     p.add_argument("--stage-grid", default=None,
-                   help="fields of the stages mosaic, e.g. 24x32 (782 cells; default 12x16, 197 cells)")
+                   help="fields of the stages mosaic, e.g. 12x16 (197 cells; default 24x32, 782 cells)")
     p.add_argument("--keep-mosaics", action="store_true", help="keep the >= 20k^2 mosaics")
     p.add_argument("--threads", type=int, default=None,
                    help="torch / OpenMP threads in every process (default: torch's default). "

@@ -108,15 +108,26 @@ class Classifier:
     def input_size(self) -> int:
         return int(self.meta.input_size)
 
-    def predict(self, crops: np.ndarray) -> np.ndarray:
-        """Softmax probabilities for uint8 crops (N, S, S, 3) at the input size."""
+    def prepare(self, crops: np.ndarray):
+        """uint8 crops (N, S, S, 3) at the input size -> the model's normalised input
+        tensor (on the device, channels-last). The pipeline calls this in its crop
+        thread, so the model's thread only runs the network."""
         import torch
 
-        if len(crops) == 0:
-            return np.zeros((0, len(self.classes)), np.float32)
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255)
-        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x) -> np.ndarray:
+        """Softmax probabilities (N, n_classes) for a tensor from :meth:`prepare`."""
+        import torch
+
         with torch.inference_mode(), autocast(self.device, self.autocast):
             logits = self.model(x)
         return torch.softmax(logits.float(), 1).cpu().numpy()
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Softmax probabilities for uint8 crops (N, S, S, 3) at the input size."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.forward(self.prepare(crops))

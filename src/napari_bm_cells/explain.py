@@ -112,11 +112,7 @@ def _baseline_image(crop: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _tensor(cls, img: np.ndarray):
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(img)).to(cls.device)
-    x = x.permute(2, 0, 1)[None].float().div(255)
-    return ((x - cls._mean) / cls._std).contiguous()
+    return cls.prepare(img[None])
 
 
 def _normalise(a: np.ndarray, pct: float | None = None) -> np.ndarray:

@@ -431,13 +431,14 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                        first, opts.batch_size, labels)
         size = first
         while batch := list(itertools.islice(it, size)):
-            yield batch
+            yield batch, cls.prepare(np.stack([c.crop for c in batch]))
             size = opts.batch_size
 
-    # runs ahead in a thread: block reads, crop cutting and mask painting overlap the model
-    for batch in _ahead(batches(), depth=2):
+    # runs ahead in a thread: block reads, crop cutting, mask painting and the input
+    # tensors overlap the model, whose thread runs only the network
+    for batch, x in _ahead(batches(), depth=2):
         idx = np.array([c.index for c in batch])
-        probs[idx] = cls.predict(np.stack([c.crop for c in batch]))
+        probs[idx] = cls.forward(x)
         centres[idx] = [c.centre for c in batch]
         done += len(idx)
         yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
