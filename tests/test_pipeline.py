@@ -85,6 +85,32 @@ def test_batches_spanning_blocks_give_the_same_cells_and_masks(data_dir, detecto
         np.testing.assert_array_equal(np.asarray(res.labels[:]), np.asarray(ref.labels[:]))
 
 
+def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data_dir, detector, classifier):
+    """The crop thread prepares each batch's tensor (Classifier.prepare) and the model's
+    thread only runs Classifier.forward: the same numbers as predict() on the same crops
+    in the same batches."""
+    from napari_bm_cells.detect import Detections
+    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.pipeline import FIRST_BATCH, cut_cells
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(3, 4, source="bccd", split="test", seed=3)
+    opts = AnalysisOptions(level="2x", batch_size=3)
+    res = analyze(img, detector=detector, classifier=classifier, options=opts)
+    assert len(res.cells) > FIRST_BATCH + opts.batch_size
+    dets = Detections.from_table(res.cells)
+    cells = list(cut_cells(open_slide(img), dets, res.summary["classifier"]["crop_px_level0"],
+                           classifier.input_size, classifier.meta.crop_size_px, opts.block,
+                           FIRST_BATCH, opts.batch_size))
+    probs = np.zeros((len(cells), len(classifier.classes)), np.float32)
+    bounds = [0, FIRST_BATCH, *range(FIRST_BATCH + opts.batch_size, len(cells), opts.batch_size), len(cells)]
+    for a, b in zip(bounds, bounds[1:]):
+        idx = [c.index for c in cells[a:b]]
+        probs[idx] = classifier.predict(np.stack([c.crop for c in cells[a:b]]))
+    got = res.cells[[f"prob_{c}" for c in classifier.classes]].to_numpy()
+    np.testing.assert_allclose(got, probs, atol=1e-5)
+
+
 def test_blank_image_yields_zero_cells(detector, classifier):
     res = analyze(np.full((480, 640, 3), 238, np.uint8), detector=detector, classifier=classifier)
     assert len(res.cells) == 0
