@@ -117,7 +117,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     from napari_bm_cells.classify import autocast
     from napari_bm_cells.detect import Detections, default_det_batch, tile_grid
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.pipeline import FIRST_BATCH, AnalysisOptions, analyze, cut_cells
+    from napari_bm_cells.pipeline import AnalysisOptions, analyze, cut_cells
 
     opts = AnalysisOptions(level=level)
     slide = open_slide(zpath)
@@ -188,8 +188,7 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     dets = Detections.from_table(res.cells)
     side = res.summary["classifier"]["crop_px_level0"]
     t = time.perf_counter()
-    cut = [c.crop for c in cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block,
-                                     min(FIRST_BATCH, opts.batch_size), opts.batch_size)]
+    cut = [c.crop for c in cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block)]
     crops = np.stack(cut) if cut else np.zeros((0, cls.input_size, cls.input_size, 3), np.uint8)
     t_crops = time.perf_counter() - t
     bs = opts.batch_size

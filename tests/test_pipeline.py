@@ -100,8 +100,7 @@ def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data
     assert len(res.cells) > FIRST_BATCH + opts.batch_size
     dets = Detections.from_table(res.cells)
     cells = list(cut_cells(open_slide(img), dets, res.summary["classifier"]["crop_px_level0"],
-                           classifier.input_size, classifier.meta.crop_size_px, opts.block,
-                           FIRST_BATCH, opts.batch_size))
+                           classifier.input_size, classifier.meta.crop_size_px, opts.block))
     probs = np.zeros((len(cells), len(classifier.classes)), np.float32)
     bounds = [0, FIRST_BATCH, *range(FIRST_BATCH + opts.batch_size, len(cells), opts.batch_size), len(cells)]
     for a, b in zip(bounds, bounds[1:]):

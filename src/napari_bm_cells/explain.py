@@ -111,10 +111,6 @@ def _baseline_image(crop: np.ndarray, kind: str) -> np.ndarray:
     raise InputError(f"baseline {kind!r}: choose one of {', '.join(BASELINES)}")
 
 
-def _tensor(cls, img: np.ndarray):
-    return cls.prepare(img[None])
-
-
 def _normalise(a: np.ndarray, pct: float | None = None) -> np.ndarray:
     a = np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     a = np.clip(a, 0, None)
@@ -180,7 +176,7 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
     if t is None:
         t = int(np.argmax(probs))
     model = cls.model
-    x = _tensor(cls, img)
+    x = cls.prepare(img[None])
 
     with torch.enable_grad():
         if method == "gradcam":
@@ -193,7 +189,7 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
             a = LayerAttribution.interpolate(a, (S, S), interpolate_mode="bilinear")
             amap = _normalise(a[0, 0].detach().float().cpu().numpy())
         elif method == "integrated-gradients":
-            base = _tensor(cls, _baseline_image(img, baseline))
+            base = cls.prepare(_baseline_image(img, baseline)[None])
             ig = IntegratedGradients(model)
             a = ig.attribute(x.requires_grad_(), baselines=base, target=t, n_steps=int(n_steps),
                              internal_batch_size=int(internal_batch_size))
@@ -203,7 +199,7 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
         else:
             w = int(window or max(4, round(S / 7)))
             st = int(stride or max(1, w // 2))
-            base = _tensor(cls, _baseline_image(img, baseline))
+            base = cls.prepare(_baseline_image(img, baseline)[None])
             occ = Occlusion(model)
             with torch.no_grad():
                 a = occ.attribute(x, sliding_window_shapes=(3, w, w), strides=(3, st, st),

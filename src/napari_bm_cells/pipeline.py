@@ -178,30 +178,33 @@ def cell_crops(img: np.ndarray | TiledWindow, origin, dets: Detections, idx, sid
     -------
     crops (n, out_size, out_size, 3), centres [(y, x) level 0], masks [(contour, centre) or None]
     """
+    cut = [crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px) for i in idx]
+    return np.stack([c[0] for c in cut]), [c[1] for c in cut], [c[2] for c in cut]
+
+
+def crop_cell(img: np.ndarray | TiledWindow, origin, box, side: float, out_size: int, fov_px: float):
+    """One cell of :func:`cell_crops`, detected in level-0 ``box`` (x0, y0, x1, y1):
+    its crop, its level-0 centre (y, x) and its mask (contour, centre in ``img``) or None."""
     W = CONTOUR_PX
     scale = side / W  # level-0 pixels per contour-search pixel
     min_length = 100.0 * W / float(fov_px)
     side_i = int(round(side))
-    crops, centres, masks = [], [], []
-    for i in idx:
-        x0, y0, x1, y1 = dets.boxes[i]
-        c = ((y0 + y1) / 2 - origin[0], (x0 + x1) / 2 - origin[1])
-        full = square_crop(img, c, side_i)
-        cc = centre_contour(resize_square(full, W), min_length=min_length, work_size=None)
-        if cc is not None and not cc.mask[W // 2, W // 2]:
-            cc = None  # the contour is a neighbour: keep the detector's centre and box
-        if cc is not None:
-            dy, dx = (cc.centroid[0] - (W - 1) / 2) * scale, (cc.centroid[1] - (W - 1) / 2) * scale
-            shift = math.hypot(dy, dx)
-            if shift > MAX_SHIFT * side:  # clumped cells: move at most a quarter of the crop
-                dy, dx = dy * MAX_SHIFT * side / shift, dx * MAX_SHIFT * side / shift
-            if shift > 0.03 * side:  # re-centre on the cell, not the box
-                c = (c[0] + dy, c[1] + dx)
-                full = square_crop(img, c, side_i)
-        crops.append(resize_square(full, out_size))
-        centres.append((c[0] + origin[0], c[1] + origin[1]))
-        masks.append((cc, c) if cc is not None else None)
-    return np.stack(crops), centres, masks
+    x0, y0, x1, y1 = box
+    c = ((y0 + y1) / 2 - origin[0], (x0 + x1) / 2 - origin[1])
+    full = square_crop(img, c, side_i)
+    cc = centre_contour(resize_square(full, W), min_length=min_length, work_size=None)
+    if cc is not None and not cc.mask[W // 2, W // 2]:
+        cc = None  # the contour is a neighbour: keep the detector's centre and box
+    if cc is not None:
+        dy, dx = (cc.centroid[0] - (W - 1) / 2) * scale, (cc.centroid[1] - (W - 1) / 2) * scale
+        shift = math.hypot(dy, dx)
+        if shift > MAX_SHIFT * side:  # clumped cells: move at most a quarter of the crop
+            dy, dx = dy * MAX_SHIFT * side / shift, dx * MAX_SHIFT * side / shift
+        if shift > 0.03 * side:  # re-centre on the cell, not the box
+            c = (c[0] + dy, c[1] + dx)
+            full = square_crop(img, c, side_i)
+    return resize_square(full, out_size), (c[0] + origin[0], c[1] + origin[1]), \
+        ((cc, c) if cc is not None else None)
 
 
 class _Cell(NamedTuple):
@@ -291,24 +294,21 @@ def read_cells_window(slide: Slide, dets: Detections, idx, side: float,
 
 
 def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px: float,
-              block: int, first: int, size: int, labels=None) -> Iterator[_Cell]:
-    """Every cell's crop, block by block through a :class:`TileCache`: the first ``first``
-    cells, then ``size`` at a time (the classifier's batches, so the first batch does not
-    wait for more crops than it holds). With ``labels`` (see :func:`new_labels`) each
-    cell's mask is painted there too, a block at a time. Arguments as :func:`cell_crops`.
+              block: int, labels=None) -> Iterator[_Cell]:
+    """Every cell's crop, one at a time (so a first small batch need not wait for more),
+    block by block through a :class:`TileCache`. With ``labels`` (see :func:`new_labels`)
+    each cell's mask is painted there too, a block at a time. Arguments as
+    :func:`cell_crops`.
     """
     tiles = TileCache.of(slide)
-    step = first
     for group in _blocks(dets, slide.shape, block):
         img, origin = read_cells_window(slide, dets, group, side, tiles)
         block_labels = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
-        j = 0
-        while j < len(group):
-            idx, j, step = group[j:j + step], j + step, size
-            crops, cents, masks = cell_crops(img, origin, dets, idx, side, out_size, fov_px)
-            for i, mask in zip(idx, masks) if block_labels is not None else ():
+        for i in group:
+            crop, centre, mask = crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px)
+            if block_labels is not None:
                 _paint_mask(block_labels, origin, int(i) + 1, mask, dets.boxes[i], side)
-            yield from map(_Cell, idx, crops, cents)
+            yield _Cell(i, crop, centre)
         if block_labels is not None:
             _write_labels(labels, block_labels, *origin)
 
@@ -424,12 +424,9 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     done = 0
     yield Progress("classify", 0, n)
 
-    first = min(FIRST_BATCH, opts.batch_size)
-
     def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
-        it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block,
-                       first, opts.batch_size, labels)
-        size = first
+        it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block, labels)
+        size = min(FIRST_BATCH, opts.batch_size)
         while batch := list(itertools.islice(it, size)):
             yield batch, cls.prepare(np.stack([c.crop for c in batch]))
             size = opts.batch_size
