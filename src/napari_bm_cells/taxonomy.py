@@ -95,6 +95,34 @@ LINEAGE_PALETTE = {"erythropoiesis": "#8c564b", "granulopoiesis": "#ff7f0e",
                    "lymphopoiesis": "#1f77b4", "monopoiesis": "#2ca02c", "other": "#7f7f7f"}
 
 
+#: common English names of cell types (folder names of other data sets) -> the class codes
+#: that count as correct; the first is the one a crop is trained as. A plain
+#: "neutrophil" may be band or segmented, "blast" any blast, "immature granulocyte" any
+#: of promyelocyte, myelocyte and metamyelocyte.
+COMMON_NAMES = {
+    "neutrophil": ("NGS", "NGB"), "segmented neutrophil": ("NGS",), "band neutrophil": ("NGB",),
+    "band": ("NGB",), "eosinophil": ("EOS",), "basophil": ("BAS",), "lymphocyte": ("LYT",),
+    "monocyte": ("MON",), "blast": ("BLA", "MYO", "MOB"), "myeloblast": ("MYO", "BLA"),
+    "monoblast": ("MOB", "BLA"), "promyelocyte": ("PMO",), "myelocyte": ("MYB",),
+    "metamyelocyte": ("MMZ",), "immature granulocyte": ("MYB", "PMO", "MMZ"), "ig": ("MYB", "PMO", "MMZ"),
+    "erythroblast": ("EBO",), "normoblast": ("EBO",), "nucleated red cell": ("EBO",),
+    "plasma cell": ("PLM",), "platelet": ("PLT",), "thrombocyte": ("PLT",),
+}
+
+
+def codes_for_name(name: str) -> tuple[str, ...] | None:
+    """Class codes a folder or label name stands for: a class code itself, or a common
+    English name of :data:`COMMON_NAMES` (any case, ``_``/``-`` for spaces, plural
+    ``s``); None when unknown."""
+    if name in CLASSES:
+        return (name,)
+    key = " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+    for k in (key, key[:-1] if key.endswith("s") else key):
+        if k in COMMON_NAMES:
+            return COMMON_NAMES[k]
+    return None
+
+
 def is_known(code: str) -> bool:
     """Return True if ``code`` is a class code of the taxonomy."""
     return code in CLASSES

@@ -2,8 +2,10 @@
 
 Rotation by any angle, flips, shifts and scale, brightness/contrast/gamma, blur and
 sharpening, Gaussian noise, and colour/stain jitter (hue, saturation, and a random
-scale and shift of each channel's optical density, after Tellez et al. 2018) so models
-hold up on other labs' stains and scanners.
+scale and shift of each channel's optical density, after Tellez et al. 2018), and in half
+the crops a wide recolouring as another lab's smear (:func:`random_stain`: HED density,
+hue rotation, red/blue swap, tinted background, grey), so models hold up on other labs'
+stains and scanners.
 """
 from __future__ import annotations
 
@@ -18,6 +20,63 @@ def stain_jitter(img: torch.Tensor, sigma: float = 0.08, bias: float = 0.04) -> 
     alpha = 1 + (torch.rand(3, 1, 1) * 2 - 1) * sigma
     beta = (torch.rand(3, 1, 1) * 2 - 1) * bias
     return torch.exp(-(od * alpha + beta)).clamp(0, 1)
+
+
+#: haematoxylin, eosin, DAB optical-density vectors (Ruifrok & Johnston, as scikit-image's)
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def random_stain(img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Recolour a float RGB image (CHW, [0, 1]) as another lab's smear might look.
+
+    Wide ranges on purpose: haematoxylin/eosin optical density scaled 0.5-1.6x and shifted
+    (weak to strong, pink to purple stains), hue rotated by up to ±60° in a third of the
+    images, red and blue swapped in a fifth (pink <-> blue-grey), a tinted background
+    (per-channel gain 0.75-1.25: yellow, blue-grey, pink), gamma 0.6-1.6, contrast
+    0.7-1.3, and grey in one image of twelve. Geometry is untouched, so boxes and labels
+    stay valid.
+    """
+    g = generator
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(shape or (1,), generator=g)
+
+    x = img.clamp(1 / 255, 1)
+    od = -torch.log(x).permute(1, 2, 0) @ _HED_FROM_RGB  # H, W, 3 stain concentrations
+    od = od * u(0.5, 1.6, 3) + u(-0.05, 0.05, 3)
+    x = torch.exp(-(od.clamp(min=0) @ _RGB_FROM_HED)).permute(2, 0, 1).clamp(0, 1)
+    if u(0, 1) < 1 / 3:
+        x = v2.functional.adjust_hue(x, float(u(-1 / 6, 1 / 6)))
+    if u(0, 1) < 0.2:
+        x = x.flip(0)
+    x = (x * u(0.75, 1.25, 3, 1, 1)).clamp(0, 1) ** float(u(0.6, 1.6))
+    m = x.mean()
+    x = (m + (x - m) * u(0.7, 1.3)).clamp(0, 1)
+    if u(0, 1) < 1 / 12:
+        x = v2.functional.rgb_to_grayscale(x, num_output_channels=3)
+    return x
+
+
+def random_stain_uint8(rgb, seed: int) -> "np.ndarray":
+    """:func:`random_stain` for a uint8 HWC numpy image (detector training fields)."""
+    import numpy as np
+
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255
+    out = random_stain(t, torch.Generator().manual_seed(seed))
+    return (out.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+class RandomStain(torch.nn.Module):
+    """:func:`random_stain` with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, img):
+        return random_stain(img) if torch.rand(1).item() < self.p else img
 
 
 class RandomGamma(torch.nn.Module):
@@ -64,6 +123,7 @@ def train_transform() -> torch.nn.Module:
         v2.RandomVerticalFlip(),
         v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.35, hue=0.06),
         StainJitter(),
+        RandomStain(p=0.5),
         v2.RandomApply([RandomGamma()], p=0.5),
         v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
         v2.RandomAdjustSharpness(2.0, p=0.2),

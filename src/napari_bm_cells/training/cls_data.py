@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..taxonomy import is_known
+from ..taxonomy import codes_for_name, is_known
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -39,7 +39,7 @@ def scan_class_folders(root: str | Path) -> pd.DataFrame:
         if not imgs:
             warnings.warn(f"{cls_dir}: class folder has no images; class skipped", stacklevel=2)
             continue
-        if not is_known(cls_dir.name):
+        if not is_known(cls_dir.name) and codes_for_name(cls_dir.name) is None:
             warnings.warn(f"{cls_dir}: {cls_dir.name!r} is not a known class code; "
                           "kept as a class of its own", stacklevel=2)
         rows += [(str(p), cls_dir.name) for p in imgs]

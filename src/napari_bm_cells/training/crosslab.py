@@ -1,12 +1,20 @@
-"""Cross-lab check: the whole pipeline on BCCD fields (another lab and stain than PBC).
+"""Cross-lab checks: models on other labs' smears and at other magnifications.
 
-``bccd/wbc_subtypes.csv`` gives the white-cell type of each BCCD image; the most
+``bm-cells crosslab`` runs both:
+
+- the detector per source lab (TXL-PBC split into its four labs by image size; BCCD),
+  on the fields as they are, resized 0.5x and 2x, and as wide fields (2 x 2 fields
+  shrunk to one: a lower magnification, cells half the size), never with a pixel size,
+  so the scale is found as a user's image would have it found
+  (:func:`evaluate_detector_crosslab`);
+- the whole pipeline on BCCD fields: ``bccd/wbc_subtypes.csv`` gives the white-cell type of each BCCD image; the most
 confident white cell the pipeline finds in the field is compared with it. Images with a
 blank or multi-valued label are left out. NEUTROPHIL matches NGS or NGB. By default only
 BCCD's val and test fields are scored (the shipped classifier saw cells of its train
 split), minus near-copies of train fields.
 
-Run: ``python -m napari_bm_cells.training.crosslab ../shared/data/bccd --out DIR``
+Run: ``bm-cells crosslab --detection-data ../shared/data/txl-pbc/data.yaml
+--detection-data ../shared/data/bccd --bccd ../shared/data/bccd --out DIR``
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .det_data import DuplicateFinder
@@ -87,3 +96,108 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+#: TXL-PBC mixes four labs; its fields are told apart by their size (width, height)
+TXL_SOURCES = {(360, 363): "PBC", (366, 369): "PBC", (575, 575): "Raabin-WBC", (416, 416): "BCD",
+               (640, 480): "BCCD"}
+
+
+def txl_source(sample) -> str:
+    """The lab a TXL-PBC field comes from, by its image size."""
+    return TXL_SOURCES.get((sample.width, sample.height), f"other {sample.width}x{sample.height}")
+
+
+def wide_fields(samples, out_dir, k: int = 2, seed: int = 0) -> list:
+    """Fields of a lower magnification made from real ones: ``k`` x ``k`` fields side by
+    side, shrunk ``k`` times, so each image is the size of one field and shows ``k``²
+    times the area, its cells ``k`` times smaller (another lab's objective or camera).
+    Boxes are moved and scaled with them; JPEGs written to ``out_dir``."""
+    from PIL import Image
+
+    from .det_data import Box, Sample
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    out = []
+    for g in range(len(samples) // (k * k)):
+        group = [samples[i] for i in order[g * k * k:(g + 1) * k * k]]
+        w, h = group[0].width, group[0].height
+        canvas = Image.new("RGB", (w * k, h * k))
+        boxes = []
+        for j, s in enumerate(group):
+            oy, ox = (j // k) * h, (j % k) * w
+            with Image.open(s.image) as im:
+                canvas.paste(im.convert("RGB").resize((w, h)), (ox, oy))
+            sx, sy = w / s.width, h / s.height
+            boxes += [Box(b.cls, (b.x0 * sx + ox) / k, (b.y0 * sy + oy) / k,
+                          (b.x1 * sx + ox) / k, (b.y1 * sy + oy) / k) for b in s.boxes]
+        path = out_dir / f"wide{k}_{g:04d}.jpg"
+        canvas.resize((w, h), Image.LANCZOS).save(path, quality=92)
+        out.append(Sample(path, w, h, boxes))
+    return out
+
+
+#: magnifications a detector is checked at: images resized (same field, other pixel size)
+#: and wide fields (2 x 2 fields shrunk to one: more area, cells half the size)
+CONDITIONS = ("x1", "x0.5", "x2", "wide2")
+
+
+def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",
+                               conditions=CONDITIONS, limit: int | None = None, progress=print) -> pd.DataFrame:
+    """White-cell recall / precision / AP50 per source lab and magnification, no pixel size.
+
+    Parameters
+    ----------
+    sources : list of path
+        VOC folders or YOLO sets; their test split (else val, else all images) is used.
+        A TXL-PBC set is split into its labs by image size (:data:`TXL_SOURCES`).
+    conditions : subset of :data:`CONDITIONS`
+    limit : int, optional
+        At most this many images per source (evenly spaced).
+
+    Returns
+    -------
+    DataFrame, one row per source and condition, plus a ``worst`` row per condition;
+    written to ``out/detector_crosslab.csv`` with ``.json`` when ``out`` is given.
+    """
+    import tempfile
+
+    from ..detect import load_detector
+    from .evaluate import detection_metrics, detection_samples
+
+    det = load_detector(detector, device=device)
+    groups: dict[str, list] = {}
+    for src in sources:
+        samples, split = detection_samples(src)
+        for s in samples:
+            name = txl_source(s) if len({(x.width, x.height) for x in samples}) > 1 else Path(src).name
+            groups.setdefault(f"{Path(src).parent.name if Path(src).is_file() else Path(src).name}"
+                              f"/{name} ({split})", []).append(s)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for gname, samples in groups.items():
+            if limit and len(samples) > limit:
+                samples = samples[::int(np.ceil(len(samples) / limit))]
+            for cond in conditions:
+                if cond.startswith("wide"):
+                    k = int(cond[4:])
+                    m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", k), det)
+                else:
+                    m, _ = detection_metrics(samples, det, rescale=float(cond[1:]))
+                rows.append({"source": gname, "condition": cond, **{k: m[k] for k in
+                             ("recall", "precision", "ap50", "n_gt", "n_images")}})
+                progress(f"{gname} {cond}: recall {m['recall']:.3f} precision {m['precision']:.3f} "
+                         f"AP50 {m['ap50']:.3f} ({m['n_gt']} cells)")
+    df = pd.DataFrame(rows)
+    worst = df.loc[df.groupby("condition")["recall"].idxmin()].assign(source=lambda d: "worst: " + d["source"])
+    df = pd.concat([df, worst], ignore_index=True)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out / "detector_crosslab.csv", index=False)
+        (out / "detector_crosslab.json").write_text(json.dumps(
+            {"detector": str(getattr(det, "weights", None) or "contour"), "rows": df.to_dict("records")}, indent=2))
+    return df

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import zlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +199,24 @@ class DuplicateFinder:
         return hit
 
 
+def _write_stain_copies(image: Path, out_dir: Path, name: str, lines: list[str], n: int,
+                        seed: int) -> None:
+    """``n`` recoloured copies of a training image, as JPEG, with its box lines."""
+    from PIL import Image
+
+    from .augment import random_stain_uint8
+
+    with Image.open(image) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    for k in range(n):
+        Image.fromarray(random_stain_uint8(rgb, seed * 31 + k)).save(
+            out_dir / "images" / "train" / f"{name}_stain{k}.jpg", quality=int(60 + (seed + k) % 36))
+        (out_dir / "labels" / "train" / f"{name}_stain{k}.txt").write_text("\n".join(lines))
+
+
 def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
-                   classes: tuple[str, ...] = CLASS_SETS["wbc"], dedupe: bool = True) -> Path:
+                   classes: tuple[str, ...] = CLASS_SETS["wbc"], dedupe: bool = True,
+                   stain_copies: int = 0, seed: int = 0) -> Path:
     """Merge detection sets into one YOLO set keeping only ``classes``.
 
     Images are symlinked (copied where links are not allowed); every box of a kept
@@ -240,6 +257,9 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                     bw, bh = (b.x1 - b.x0) / s.width, (b.y1 - b.y0) / s.height
                     lines.append(f"{classes.index(b.cls)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
                 (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
+                if split == "train" and stain_copies:
+                    _write_stain_copies(s.image, out_dir, name, lines, stain_copies,
+                                        seed + zlib.crc32(name.encode()) % 100_000)
     if n_dup:
         log.warning("left out %d images already in the merged set (duplicates)", n_dup)
     cfg = {"path": str(out_dir.resolve()), "names": {i: c for i, c in enumerate(classes)}}

@@ -57,6 +57,33 @@ def plot_confusion(cm, labels, path: Path, title: str = ""):
     plt.close(fig)
 
 
+def folder_codes(folders, classes, data_dir) -> dict[str, tuple[str, ...]]:
+    """Class codes each class folder stands for (a code, or a common English name such as
+    ``eosinophil``; see :data:`~napari_bm_cells.taxonomy.COMMON_NAMES`), among the
+    model's ``classes``.
+
+    Raises
+    ------
+    InputError
+        A folder name that is neither, or whose codes the model does not have.
+    """
+    from ..taxonomy import COMMON_NAMES, codes_for_name
+
+    out, bad = {}, []
+    for f in folders:
+        codes = codes_for_name(str(f))
+        if codes is not None and str(f) not in classes:
+            codes = tuple(c for c in codes if c in classes) or None
+        if codes is None:
+            bad.append(str(f))
+        else:
+            out[f] = codes
+    if bad:
+        raise InputError(f"{data_dir}: class folder(s) {', '.join(sorted(bad))} name no class of this "
+                         f"model; use its codes ({', '.join(classes)}) or one of: {', '.join(COMMON_NAMES)}")
+    return out
+
+
 def evaluate_classifier(data_dir, out, checkpoint=None, device: str = "cpu", split: str = "auto",
                         batch_size: int = 64) -> dict:
     """Evaluate a checkpoint on a folder per class; writes metrics.json, confusion PNG,
@@ -66,13 +93,19 @@ def evaluate_classifier(data_dir, out, checkpoint=None, device: str = "cpu", spl
     ckpt = Path(checkpoint or DEFAULT_CLASSIFIER)
     clf = Classifier(ckpt, device=device)
     rows = _test_rows(Path(data_dir), ckpt, split)
+    names = folder_codes(rows["label"].unique(), clf.classes, data_dir)
     imgs, ok = load_images(rows["path"].tolist(), clf.input_size, fov=clf.meta.crop_size_px)
     rows = rows[ok].reset_index(drop=True)
     imgs = imgs[ok]
     probs = np.concatenate([clf.predict(imgs[i:i + batch_size]) for i in range(0, len(imgs), batch_size)]) \
         if len(imgs) else np.zeros((0, len(clf.classes)))
-    m = classification_metrics(rows["label"].to_numpy(), probs, clf.classes)
-    m.update({"classifier": str(ckpt), "data_dir": str(data_dir), "split": split})
+    pred = np.asarray(clf.classes, object)[probs.argmax(1)] if len(probs) else np.zeros(0, object)
+    # a folder standing for several codes ("neutrophil": NGS or NGB) is right with any of them
+    truth = np.array([p if p in names[f] else names[f][0] for f, p in zip(rows["label"], pred)], object)
+    m = classification_metrics(truth, probs, clf.classes)
+    m.update({"classifier": str(ckpt), "data_dir": str(data_dir), "split": split,
+              "folder_codes": {f: list(c) for f, c in names.items()}})
+    rows = rows.rename(columns={"label": "folder"}).assign(label=truth)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.json", json.dumps(m, indent=2))
@@ -132,51 +165,96 @@ def choose_threshold(tp: np.ndarray, scores: np.ndarray, n_gt: int, min_recall: 
     return float(s[int(np.argmax(f1))]) if len(s) else 0.25
 
 
-def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str | None = None,
-                      cls: str = "WBC", precision: str = "auto") -> dict:
-    """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
-    pipeline's detection stage on a VOC folder or YOLO data set's test (else val) split."""
-    from ..detect import Detections, YoloDetector, iter_detect, load_detector
-    from ..io import open_slide
-    from ..pipeline import parse_level
+def detection_samples(data, split: str | None = None) -> tuple[list, str]:
+    """The samples of a VOC folder or YOLO set to evaluate and the split's name: the
+    test split, else val; a folder without split lists (VOC without ``ImageSets/``)
+    gives all its images (``"all"``)."""
     from .det_data import read_detection_set
 
     sets = read_detection_set(data)
+    if split == "all" or (split is None and not sets.get("test") and not sets.get("val")):
+        return [x for v in sets.values() for x in v], "all"
     split = split or ("test" if sets.get("test") else "val")
     samples = sets.get(split) or []
     if not samples:
         raise InputError(f"{data}: no {split!r} split (has {sorted(k for k, v in sets.items() if v)}); "
-                         "pass --split with one of those")
-    det = load_detector(detector, device=device, precision=precision)
+                         "pass --split with one of those or all")
+    return samples, split
+
+
+def rescaled_slide(path, factor: float):
+    """The image at ``path`` resized by ``factor`` (bilinear), as a slide with no pixel size
+    (another magnification, as a user's camera would give)."""
+    from PIL import Image
+
+    from ..io import open_slide
+
+    if factor == 1:
+        return open_slide(path)
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        return open_slide(np.asarray(im.resize((max(1, round(im.width * factor)),
+                                                 max(1, round(im.height * factor))), Image.BILINEAR)))
+
+
+def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, level="auto") -> tuple[dict, list]:
+    """Recall, precision, AP50 (IoU 0.5) and per-image counts of ``det`` as the pipeline
+    runs it (scale chosen as ``level``) on ``samples``, images resized by ``rescale``."""
+    from ..detect import Detections, YoloDetector, iter_detect
+    from ..pipeline import parse_level
+
     op_conf = getattr(det, "conf", 0.0)
     if isinstance(det, YoloDetector):
         det.conf = 0.01  # keep low scores for the precision-recall curve
-    tps, scs, n_gt, per_image, n_repeated = [], [], 0, [], 0
-    for s in samples:
-        slide = open_slide(s.image)
-        down = parse_level("auto", slide, det)
-        d = Detections.empty()
-        for ev in iter_detect(slide, det, downsample=down):
-            if ev.stage == "detect-done":
-                d = ev.payload
-        gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls], np.float32).reshape(-1, 4)
-        # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
-        # repeating one white cell's box six times): count it once
-        uniq = np.unique(gt.round(1), axis=0)
-        if len(uniq) < len(gt):
-            n_repeated += len(gt) - len(uniq)
-            log.warning("%s: %d repeated %s boxes counted once", s.image.name, len(gt) - len(uniq), cls)
-            gt = uniq
-        tp = match_boxes(d.boxes, d.scores, gt)
-        tps.append(tp); scs.append(d.scores); n_gt += len(gt)
-        per_image.append({"image": str(s.image), "n_gt": len(gt),
-                          "n_tp": int(tp[d.scores >= op_conf].sum()), "n_pred": int((d.scores >= op_conf).sum())})
-    tp_all, sc_all = np.concatenate(tps), np.concatenate(scs)
+    try:
+        tps, scs, n_gt, per_image, n_repeated = [], [], 0, [], 0
+        for s in samples:
+            slide = rescaled_slide(s.image, rescale)
+            down = parse_level(level, slide, det)
+            d = Detections.empty()
+            for ev in iter_detect(slide, det, downsample=down):
+                if ev.stage == "detect-done":
+                    d = ev.payload
+            gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls],
+                          np.float32).reshape(-1, 4) * rescale
+            # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
+            # repeating one white cell's box six times): count it once
+            uniq = np.unique(gt.round(1), axis=0)
+            if len(uniq) < len(gt):
+                n_repeated += len(gt) - len(uniq)
+                log.warning("%s: %d repeated %s boxes counted once", s.image.name, len(gt) - len(uniq), cls)
+                gt = uniq
+            tp = match_boxes(d.boxes, d.scores, gt)
+            tps.append(tp); scs.append(d.scores); n_gt += len(gt)
+            per_image.append({"image": str(s.image), "n_gt": len(gt), "downsample": round(down, 3),
+                              "n_tp": int(tp[d.scores >= op_conf].sum()),
+                              "n_pred": int((d.scores >= op_conf).sum())})
+    finally:
+        if isinstance(det, YoloDetector):
+            det.conf = op_conf
+    tp_all = np.concatenate(tps) if tps else np.zeros(0, bool)
+    sc_all = np.concatenate(scs) if scs else np.zeros(0, np.float32)
     m = detection_scores(tp_all, sc_all, n_gt, op_conf)
     m["threshold_for_recall_0.95"] = choose_threshold(tp_all, sc_all, n_gt)
     m["threshold_best_f1"] = choose_threshold(tp_all, sc_all, n_gt, None)
-    m.update({"split": split, "n_images": len(samples), "data": str(data),
-              "repeated_gt_boxes_ignored": n_repeated,
+    m.update({"n_images": len(samples), "rescale": rescale, "repeated_gt_boxes_ignored": n_repeated})
+    return m, per_image
+
+
+def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str | None = None,
+                      cls: str = "WBC", precision: str = "auto", rescale: float = 1.0) -> dict:
+    """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
+    pipeline's detection stage on a VOC folder or YOLO data set's test (else val) split,
+    or all images of a folder without split lists (or ``split="all"``); ``rescale``
+    resizes every image first (another magnification, no pixel size)."""
+    from ..detect import load_detector
+
+    if not rescale > 0:
+        raise InputError(f"--rescale {rescale}: give a positive factor such as 0.5 or 2")
+    samples, split = detection_samples(data, split)
+    det = load_detector(detector, device=device, precision=precision)
+    m, per_image = detection_metrics(samples, det, cls, rescale)
+    m.update({"split": split, "data": str(data),
               "detector": str(getattr(det, "weights", None) or "contour"), "numeric_precision": precision})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

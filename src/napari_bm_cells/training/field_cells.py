@@ -17,14 +17,15 @@ import pandas as pd
 from ..checkpoint import ClassifierMeta
 from ..detect import Detections
 from ..errors import InputError
+from ..taxonomy import COMMON_NAMES
 from .det_data import read_voc
 
 log = logging.getLogger(__name__)
 
 #: BCCD label -> class codes that count as correct; the first is the training label
 #: (BCCD does not tell band from segmented neutrophils; most are segmented)
-LABEL_TO_CODES = {"NEUTROPHIL": ("NGS", "NGB"), "EOSINOPHIL": ("EOS",), "LYMPHOCYTE": ("LYT",),
-                  "MONOCYTE": ("MON",), "BASOPHIL": ("BAS",)}
+LABEL_TO_CODES = {k: COMMON_NAMES[k.lower()] for k in
+                  ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "BASOPHIL")}
 
 
 def read_subtypes(bccd_dir: str | Path, splits: tuple[str, ...] | None = None) -> pd.DataFrame:

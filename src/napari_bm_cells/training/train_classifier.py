@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
 from ..classify import autocast, autocast_dtype
-from ..errors import InputError, first_line
+from ..errors import InputError
 from .cls_data import load_images, scan_class_folders, stratified_split
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def split_path(ckpt: str | Path) -> Path:
 
 def _normalise(x, mean, std):
     import torch
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / \
+        torch.tensor(std, device=x.device).view(1, 3, 1, 1)
 
 
 def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: int = 64,
@@ -84,6 +85,21 @@ def estimate_cell_px(paths, fov: int | None = None, n: int = 200, seed: int = 0)
     return float(np.median(diam)) if diam else 0.5 * float(fov or 250)
 
 
+def _distil_loss(logits, teacher, x, meta: ClassifierMeta, tmeta: ClassifierMeta, t: float = 2.0):
+    """KL divergence to the teacher's softened outputs on the same (normalised) batch."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        raw = x * torch.tensor(meta.std, device=x.device).view(1, 3, 1, 1) + \
+            torch.tensor(meta.mean, device=x.device).view(1, 3, 1, 1)
+        if tmeta.input_size != raw.shape[-1]:
+            raw = F.interpolate(raw, size=tmeta.input_size, mode="bilinear", antialias=True,
+                                align_corners=False)
+        target = F.softmax(teacher(_normalise(raw, tmeta.mean, tmeta.std).to(x.device)).float() / t, 1)
+    return F.kl_div(F.log_softmax(logits / t, 1), target, reduction="batchmean") * t * t
+
+
 def create_backbone(arch: str, n_classes: int, img_size: int, pretrained: str | Path | None = None):
     """timm model with a new ``n_classes`` head, from scratch or with its backbone from a
     local file of pretrained weights of the same architecture (``pretrained``, e.g. timm's
@@ -96,20 +112,17 @@ def create_backbone(arch: str, n_classes: int, img_size: int, pretrained: str | 
         (timm's own loader would only warn and leave those layers untrained).
     """
     import timm
-    from timm.models import load_state_dict
 
+    from .pretrained import PACKAGED, load_pretrained_state
+
+    if str(pretrained) in PACKAGED and PACKAGED[str(pretrained)][2] != arch:
+        raise InputError(f"--pretrained {pretrained} holds weights of {PACKAGED[str(pretrained)][2]}, "
+                         f"not {arch}; add --arch {PACKAGED[str(pretrained)][2]}")
     model = timm.create_model(arch, pretrained=False, num_classes=n_classes, drop_rate=0.2,
                               **arch_kwargs(arch, img_size))
     if pretrained is None:
         return model
-    p = Path(pretrained)
-    if not p.is_file():
-        raise InputError(f"{p}: pretrained weights not found; give a local weights file of timm {arch}")
-    try:
-        sd = load_state_dict(str(p))
-    except Exception as exc:  # noqa: BLE001 -- torch/safetensors raise many kinds
-        raise InputError(f"{p}: cannot read pretrained weights ({first_line(exc)[:200]}); give a "
-                         f".safetensors, .pth or .bin file of timm {arch}") from None
+    sd, p = load_pretrained_state(pretrained, model)
     head = model.pretrained_cfg.get("classifier", "") + "."
     own = {k: v for k, v in model.state_dict().items()
            if not k.startswith(head) and not k.endswith("num_batches_tracked")}
@@ -130,7 +143,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      resume: bool = False, max_steps: int | None = None,
                      precision: str = "auto", init: str | Path | None = None,
                      field_cells=(), field_weight: float = 3.0, ema_decay: float | None = 0.998,
-                     pretrained: str | Path | None = None, progress=print) -> dict:
+                     pretrained: str | Path | None = None, extra_data=(),
+                     teacher: str | Path | None = None, distil: float = 0.7,
+                     progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -160,11 +175,21 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         another lab's stain and camera.
     field_weight : float
         How much more often one such cell is drawn than one cell of ``data_dir``.
-    pretrained : path, optional
-        Local file of pretrained weights of the same timm architecture (e.g. ImageNet
-        weights downloaded once elsewhere; ``.safetensors``, ``.pth`` or ``.bin``): the
-        backbone starts from them and the classifier head is new for these classes.
-        Loaded by timm from the file, never from the hub.
+    pretrained : str or path, optional
+        ImageNet weights for the backbone: ``"efficientnet-lite0"`` / ``"efficientnet-lite1"``
+        (the registry packages of that name, for ``--arch tf_efficientnet_lite0`` / ``1``;
+        see :mod:`~napari_bm_cells.training.pretrained`) or a local file of weights of the
+        same timm architecture (``.safetensors``, ``.pth`` or ``.bin``). The classifier
+        head is new for these classes and the input is normalised as the weights expect.
+        Never fetched from the hub.
+    extra_data : list of path
+        More folders per class code, used for training only (never validation or
+        test), e.g. ``pbc-extra``; classes not in ``data_dir`` are left out.
+    teacher : path, optional
+        Checkpoint with the same classes whose softened outputs the model also learns
+        (knowledge distillation, Hinton et al. 2015, temperature 2): loss =
+        ``(1 - distil)`` x cross-entropy + ``distil`` x KL to the teacher, on the same
+        augmented crops.
     ema_decay : float, optional
         Keep an exponential moving average of the weights (timm ``ModelEmaV3``) and
         validate, keep and ship the averaged model; ``None`` uses the raw weights.
@@ -197,6 +222,11 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             df = df[df.groupby(["label", "split"]).cumcount() < (max_per_class * frac).clip(lower=1)]
         write_split(df, sp, data_dir)
     classes = sorted(df["label"].unique())
+    for d in extra_data:
+        more = scan_class_folders(d)
+        more = more[more["label"].isin(classes)].assign(split="train")
+        progress(f"{len(more)} more training images from {d}")
+        df = pd.concat([df, more], ignore_index=True)
     if crop_size_px is None:
         sides = []
         for p in df["path"].sample(min(50, len(df)), random_state=seed):
@@ -256,8 +286,20 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                                                 pct_start=0.15)
     meta = ClassifierMeta(arch=arch, classes=classes, input_size=img_size,
                           crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
-                          trained_on=" + ".join([Path(data_dir).name] + [
+                          trained_on=" + ".join([Path(data_dir).name] + [Path(d).name for d in extra_data] + [
                               f"{Path(d).name} train-split fields" for d in field_cells]))
+    if pretrained is not None:  # the statistics the pretrained weights were trained with
+        meta.mean = [float(v) for v in model.pretrained_cfg["mean"]]
+        meta.std = [float(v) for v in model.pretrained_cfg["std"]]
+        meta.trained_on += f" (backbone from {pretrained} ImageNet weights)"
+    teach = None
+    if teacher is not None:
+        from ..checkpoint import load_model as _load
+        teach, tmeta = _load(teacher, device)
+        if list(tmeta.classes) != classes:
+            raise InputError(f"{teacher}: teacher classes {tmeta.classes} differ from {classes}")
+        teach.eval()
+        meta.trained_on += f", distilled from {Path(teacher).name}"
     state_file = out.with_name(out.stem + ".state.pt")
     start, best_f1, history = 0, -1.0, []
     if resume and state_file.is_file():
@@ -288,7 +330,10 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_all[idx]).to(device)
             with autocast(device, amp_dtype):
-                loss = loss_fn(model(x).float(), y)
+                logits = model(x).float()
+                loss = loss_fn(logits, y)
+                if teach is not None:
+                    loss = (1 - distil) * loss + distil * _distil_loss(logits, teach, x, meta, tmeta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -10,6 +10,11 @@ from pathlib import Path
 from .det_data import CLASS_SETS, read_detection_set, write_yolo_set
 
 
+#: ultralytics augmentation of the shipped detector (hue rotation ±0.3 × 180°, BGR swap)
+AUGMENT = {"flipud": 0.5, "fliplr": 0.5, "degrees": 90, "scale": 0.7, "hsv_h": 0.3, "hsv_s": 0.7,
+           "hsv_v": 0.4, "bgr": 0.25}
+
+
 def input_cell_px(sources, imgsz: int, cls: str = "WBC") -> float:
     """Median long side of ``cls`` boxes as the network sees them at ``imgsz``.
 
@@ -28,7 +33,8 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    imgsz: int = 320, batch: int = 16, device: str = "cpu",
                    model_yaml: str = "yolov8n.yaml", classes: str = "wbc", seed: int = 0,
                    workers: int = 2, resume: bool = False, init: str | Path | None = None,
-                   lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1) -> Path:
+                   lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1,
+                   stain_copies: int = 1) -> Path:
     """Train a detector on VOC / YOLO sets and write ``out`` (.pt) plus ``out.json``.
 
     Parameters
@@ -50,6 +56,15 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     translate : float
         Random shift as a fraction of the image side (ultralytics' default 0.1); larger
         shifts cut more cells at the image edge, as fields cut cells at theirs.
+    stain_copies : int
+        Extra copies of every training field, each recoloured by
+        :func:`~napari_bm_cells.training.augment.random_stain` (another lab's stain,
+        background and camera; boxes unchanged).
+
+    Colour and scale augmentation (:data:`AUGMENT`): hue rotated by up to ±54°, red and
+    blue swapped in a quarter of the images (pink <-> blue-grey stains), saturation and
+    brightness jitter, cells scaled 0.3-1.7x, so the detector holds up on other labs'
+    stains and magnifications.
     """
     from ultralytics import YOLO
 
@@ -57,7 +72,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     out.parent.mkdir(parents=True, exist_ok=True)
     names = CLASS_SETS[classes]
     work = Path(tempfile.mkdtemp(prefix="bm_cells_det_"))
-    data_yaml = write_yolo_set(sources, work / "data", names)
+    data_yaml = write_yolo_set(sources, work / "data", names, stain_copies=stain_copies, seed=seed)
     model = YOLO(str(init) if init else model_yaml)
     if init:
         opt = {"optimizer": "AdamW", "lr0": lr0 or 5e-4, "warmup_epochs": 1}
@@ -65,8 +80,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         opt = {"optimizer": "auto" if lr0 is None else "SGD", "lr0": lr0 or 0.01, "warmup_epochs": 3}
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
                 workers=workers, seed=seed, plots=False, amp=False, project=str(work),
-                name="run", exist_ok=True, flipud=0.5, fliplr=0.5, degrees=90, scale=0.6,
-                hsv_h=0.05, hsv_s=0.6, hsv_v=0.4, translate=translate, cache=True, patience=max(epochs, 5),
+                name="run", exist_ok=True, **AUGMENT, translate=translate, cache=True, patience=max(epochs, 5),
                 resume=resume, verbose=False, close_mosaic=close_mosaic, **opt)
     best = work / "run" / "weights" / "best.pt"
     shutil.copy2(best, out)
@@ -74,6 +88,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
     meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz),
             "arch": model_yaml, "epochs": epochs, "init": str(init) if init else None, "translate": translate,
+            "augment": AUGMENT, "stain_copies": stain_copies,
             "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
                            for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
