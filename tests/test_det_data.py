@@ -175,6 +175,50 @@ def test_evaluate_detector_missing_split_is_an_input_error(data_dir, tmp_path):
         evaluate_detector(tmp_path / "voc", tmp_path / "out", split="train")
 
 
+def test_evaluate_detector_on_a_voc_folder_without_imagesets(data_dir, tmp_path, capsys):
+    """Any VOC folder: without ``ImageSets/`` every image is evaluated (split "all");
+    ``--rescale`` resizes images and boxes alike (no pixel size), so the same cells are
+    counted."""
+    from napari_bm_cells.cli import main
+
+    ids = _tiny_voc(data_dir, tmp_path / "voc", n=4)
+    shutil.rmtree(tmp_path / "voc" / "ImageSets")
+    n_wbc = sum(o[0] == "WBC" for i in ids for o in _raw_voc(data_dir / "bccd")[i])
+    for factor in ("1", "0.5"):
+        assert main(["evaluate-detector", str(tmp_path / "voc"), "--out", str(tmp_path / factor),
+                     "--rescale", factor]) in (None, 0)
+        m = json.loads((tmp_path / factor / "metrics.json").read_text())
+        assert m["split"] == "all" and m["n_images"] == 4 and m["n_gt"] == n_wbc
+        assert m["rescale"] == float(factor) and m["recall"] >= 0.75, m
+    assert "all: n_images=4" in capsys.readouterr().out
+    assert main(["evaluate-detector", str(tmp_path / "voc"), "--out", str(tmp_path / "x"),
+                 "--rescale", "0"]) == 2
+
+
+def test_stain_copies_keep_every_box_and_the_image_size(data_dir, tmp_path):
+    """Detector training's recoloured copies (another lab's stain): one more image per
+    training field, same size, same label lines, other colours; val/test untouched."""
+    from PIL import Image
+
+    ids = _tiny_voc(data_dir, tmp_path / "voc", n=3)
+    (tmp_path / "voc" / "ImageSets" / "Main" / "test.txt").rename(
+        tmp_path / "voc" / "ImageSets" / "Main" / "train.txt")
+    cfg = yaml.safe_load(write_yolo_set([tmp_path / "voc"], tmp_path / "y", stain_copies=2).read_text())
+    root = Path(cfg["path"])
+    originals = sorted(p for p in (root / "images" / "train").iterdir() if "_stain" not in p.stem)
+    assert len(originals) == len(ids)
+    for p in originals:
+        base = np.asarray(Image.open(p).convert("RGB"), np.float32)
+        lines = (root / "labels" / "train" / f"{p.stem}.txt").read_text()
+        for k in range(2):
+            copy = root / "images" / "train" / f"{p.stem}_stain{k}.jpg"
+            img = np.asarray(Image.open(copy).convert("RGB"), np.float32)
+            assert img.shape == base.shape
+            assert np.abs(img - base).mean() > 3  # recoloured
+            assert (root / "labels" / "train" / f"{p.stem}_stain{k}.txt").read_text() == lines
+    assert not list((root / "images").glob("val/*_stain*"))
+
+
 # --- box matching and scores on hand examples -------------------------------------------
 
 GT = np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 70, 30]], np.float32)

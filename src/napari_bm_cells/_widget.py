@@ -181,6 +181,9 @@ class AnalyzeWidget(Container):
         self.shapes = ComboBox(label="shapes layer", choices=self._shapes_choices, nullable=True,
                                visible=False)
         self.masks = CheckBox(text="cell masks (Labels layer)", value=True)
+        self.white_balance = CheckBox(text="match the glass colour to the classifier's training",
+                                      value=True, tooltip="white balance of the crops before classifying "
+                                      "(another lab's camera and lamp)")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -188,7 +191,7 @@ class AnalyzeWidget(Container):
                             labels=False)
         self.extend([self.image, self.detector, self.detector_file, self.classifier,
                      self.classifier_file, self.device, self.tile_size, self.overlap, self.level,
-                     self.region, self.shapes, self.masks, buttons, self.status])
+                     self.region, self.shapes, self.masks, self.white_balance, buttons, self.status])
 
         self.detector.changed.connect(lambda v: setattr(self.detector_file, "visible", v == "file"))
         self.classifier.changed.connect(lambda v: setattr(self.classifier_file, "visible", v == "file"))
@@ -269,7 +272,7 @@ class AnalyzeWidget(Container):
         return AnalysisOptions(tile_size=int(self.tile_size.value), overlap=int(self.overlap.value),
                                level=parse_level_text(self.level.value),
                                region=self._region(layer) if layer is not None else None,
-                               masks=bool(self.masks.value))
+                               masks=bool(self.masks.value), white_balance=bool(self.white_balance.value))
 
     def run(self, *_) -> bool:
         """Start an analysis of the chosen image layer; False (and a notification) when

@@ -38,6 +38,9 @@ class ClassifierMeta:
         slide's pixel size is unknown.
     mpp : float or None
         Microns per pixel of the training crops, when known.
+    background : list of float or None
+        Median glass colour (RGB, 0-255) of the training images: the reference of the
+        run-time white balance (:mod:`napari_bm_cells.colour`).
     """
 
     arch: str
@@ -49,6 +52,7 @@ class ClassifierMeta:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     mpp: float | None = None
     trained_on: str = ""
+    background: list[float] | None = None
     metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

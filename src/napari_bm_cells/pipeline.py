@@ -59,6 +59,10 @@ class AnalysisOptions:
         Level-0 region to analyse; default the whole slide.
     masks : bool
         Build the cell-mask labels (for napari's Labels layer).
+    white_balance : bool
+        Match the slide's glass colour to the classifier's training images before
+        classifying (:mod:`~napari_bm_cells.colour`; needs a checkpoint that stores its
+        ``background``).
     exclude : tuple of str
         Codes left out of the differential's denominator.
     """
@@ -72,6 +76,7 @@ class AnalysisOptions:
     det_batch: int | None = None
     region: tuple[int, int, int, int] | None = None
     masks: bool = False
+    white_balance: bool = True
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
     block: int = 2048
 
@@ -429,6 +434,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     # 2. crops + classification, block by block
     t = time.perf_counter()
     side = crop_side(cls.meta, slide, dets, opts)
+    gain, colour_info = _white_balance(slide, cls, opts)
     labels = new_labels(slide.shape) if opts.masks else None
     n = len(dets)
     probs = np.zeros((n, len(cls.classes)), np.float32)
@@ -440,7 +446,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block, labels)
         size = min(FIRST_BATCH, opts.batch_size)
         while batch := list(itertools.islice(it, size)):
-            yield batch, cls.prepare(np.stack([c.crop for c in batch]))
+            yield batch, cls.prepare(np.stack([c.crop for c in batch]), gain)
             size = opts.batch_size
 
     # runs ahead in a thread: block reads, crop cutting, mask painting and the input
@@ -469,10 +475,26 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                      "border_duplicates_removed": n_dup},
         "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,
                        "classes": cls.classes, "crop_px_level0": side,
-                       "input_size": cls.input_size, "device": cls.device},
+                       "input_size": cls.input_size, "device": cls.device,
+                       "white_balance": colour_info},
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })
     yield Progress("done", n, n, AnalysisResult(cells, summary, labels, slide, timings))
+
+
+def _white_balance(slide: Slide, cls, opts: AnalysisOptions):
+    """The per-channel gain for this slide's crops (None: off) and what summary.json says."""
+    from .colour import slide_background, white_balance_gain
+
+    if not opts.white_balance:
+        return None, {"on": False}
+    ref = getattr(cls.meta, "background", None)
+    if ref is None:
+        return None, {"on": False, "why": "the checkpoint stores no training background"}
+    bg = slide_background(slide, opts.region)
+    gain = white_balance_gain(bg, ref)
+    return gain, {"on": gain is not None, "slide_background": None if bg is None else [round(float(v), 1) for v in bg],
+                  "reference": ref, "gain": None if gain is None else [round(float(v), 3) for v in gain]}
 
 
 def _sha(path):

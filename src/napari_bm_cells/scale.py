@@ -15,9 +15,8 @@ import math
 import numpy as np
 
 #: level-0 white-cell box sides tried by the probe (px), one octave apart; with the
-#: detector's 0.3-1.7x scale augmentation every size from ~35 to ~1000 px lands within
-#: reach of one rung. None finer: upsampled over 2x, red cells, platelets and nucleus
-#: lobes pass for white cells
+#: detector's 0.3-1.7x scale augmentation every size from ~40 to ~1000 px lands within
+#: reach of one rung (the finest is read at :data:`MIN_DOWNSAMPLE`)
 LADDER = (80.0, 160.0, 320.0, 640.0)
 
 #: a probe window per rung: at most this many detection-level pixels on a side
@@ -29,26 +28,43 @@ PROBE_WINDOWS = 4
 #: images up to this size are single camera fields when nothing else tells the scale
 FIELD_MAX_SIDE = 1024
 
-#: spread (natural log) of the box sizes a rung counts fully: sizes an octave from the
-#: trained size count a seventh as much
-SIZE_SIGMA = 0.35
+#: box sizes at the network's input, over its trained median, that count fully (TXL-PBC's
+#: fields put white cells at 0.6-1.7x the median), and the fall-off outside (log size):
+#: a box 1.5x beyond the range counts a quarter
+TRAINED_RANGE = (0.6, 1.7)
+SIZE_SIGMA = 0.25
 
-#: the darkest pixels of the slide taken for nuclei, and the fraction of a white cell's
-#: box they cover at least
-DARK_QUANTILE = 0.03
-MIN_NUCLEAR = 0.01
+#: the fraction of a white cell's box that nuclear pixels cover at least (a red cell
+#: touching a platelet: a few %)
+MIN_NUCLEAR = 0.1
+
+#: how much better the probe's scale must score than a prior scale to replace it
+PRIOR_MARGIN = 2.0
+
+#: re-measurements at the estimated scale (stops early once two agree within 10%)
+REFINE_STEPS = 2
+
+#: the finest detection scale: upsampled over 2x, platelets pass for lymphocytes
+MIN_DOWNSAMPLE = 0.5
 
 #: snap to a pyramid level whose downsample is within this factor of the wanted one
 SNAP = 1.3
 
 
 def _dark_mask(slide, region) -> tuple[np.ndarray, float]:
-    """The darkest 3% of a thumbnail of ``region`` (white-cell nuclei, stained darker than
-    anything else on a smear) and the thumbnail's downsample."""
+    """Nuclear pixels of a thumbnail of ``region`` (the darkest of three classes of the red
+    channel by multi-Otsu: glass, red cells and cytoplasm, nuclei; nuclear stains absorb
+    red light, eosin does not) and the thumbnail's downsample."""
+    from skimage.filters import threshold_multiotsu
+
     ry0, rx0, ry1, rx1 = region
     td = max(1.0, max(ry1 - ry0, rx1 - rx0) / 1024)
-    grey = slide.read_region(ry0, rx0, ry1, rx1, downsample=td).astype(np.float32).mean(-1)
-    return grey <= np.quantile(grey, DARK_QUANTILE), td
+    grey = slide.read_region(ry0, rx0, ry1, rx1, downsample=td)[..., 0].astype(np.float32)
+    try:
+        t = threshold_multiotsu(grey, classes=3)[0]
+    except ValueError:  # a flat image: no classes to tell apart
+        return np.zeros(grey.shape, bool), td
+    return grey <= t, td
 
 
 def _windows(region, dark, td: float, side0: float, n: int) -> list[tuple[int, int, int, int]]:
@@ -85,7 +101,7 @@ def _nuclear_fraction(boxes: np.ndarray, region, dark: np.ndarray, td: float) ->
 
 
 def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = None,
-                  ladder=LADDER, windows: int = PROBE_WINDOWS) -> dict | None:
+                  ladder=LADDER, windows: int = PROBE_WINDOWS, prior: float | None = None) -> dict | None:
     """White-cell box side at level 0 (px), found by running the detector at several scales.
 
     Parameters
@@ -96,13 +112,17 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     slide : Slide
     region : (y0, x0, y1, x1), optional
         Level-0 part of the slide to look at (default: all of it).
+    prior : float, optional
+        A downsample to keep unless the probe's scale scores :data:`PRIOR_MARGIN` times
+        higher (a camera field scaled like the detector's training fields).
 
     Returns
     -------
     dict or None
-        ``cell_px`` (median level-0 box side of the cells found at the best rung),
-        ``rung`` (that rung's cell size), ``scores`` (per rung) and ``n_cells``; None when
-        no rung finds a cell.
+        ``cell_px`` (median level-0 box side of the cells found at the best rung, then
+        re-measured at the scale it implies), ``rung`` (that rung's cell size),
+        ``scores`` (per rung), ``n_cells`` and ``chosen`` (``"probe"`` or ``"prior"``);
+        None when no rung finds a cell.
     """
     from .detect import iter_detect
 
@@ -110,11 +130,9 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     region = region or (0, 0, H, W)
     conf = float(getattr(detector, "operating_conf", getattr(detector, "conf", 0.0)))
     dark, td = _dark_mask(slide, region)
-    best, scores = None, {}
-    for cell in ladder:
-        d = cell / detector.input_cell_px
-        if d * 16 > max(region[2] - region[0], region[3] - region[1]):
-            break  # the region would be under 16 px at this rung
+
+    def look(d):
+        """Weighted box sides and score (per level-0 megapixel) at downsample ``d``."""
         found, area = [], 0.0
         for win in _windows(region, dark, td, PROBE_SIDE * d, windows):
             dets = None
@@ -130,18 +148,55 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         # a box far from the size the network was trained on is out of its range here
         # (an upsampled red cell, a nucleus lobe), so it counts for little, and so does
         # one without a nucleus (a red cell at the size of a white one)
-        weight = np.concatenate([s for _, s in found]) * np.exp(
-            -np.log(sides / d / detector.input_cell_px) ** 2 / (2 * SIZE_SIGMA ** 2)) * np.clip(
-            _nuclear_fraction(boxes, region, dark, td) / MIN_NUCLEAR, 0, 1)
-        scores[cell] = float(weight.sum() / area * 1e6)  # per megapixel of level 0
+        weight = np.concatenate([s for _, s in found]) * size_weight(sides / d / detector.input_cell_px) \
+            * np.clip(_nuclear_fraction(boxes, region, dark, td) / MIN_NUCLEAR, 0, 1)
+        return sides, weight, float(weight.sum() / area * 1e6)
+
+    best, scores = None, {}
+    for cell in ladder:
+        d = max(MIN_DOWNSAMPLE, cell / detector.input_cell_px)
+        if d * 16 > max(region[2] - region[0], region[3] - region[1]):
+            break  # the region would be under 16 px at this rung
+        sides, weight, scores[cell] = look(d)
         if weight.sum() > 0 and (best is None or scores[cell] > scores[best[0]]):
             best = (cell, sides, weight)
     if best is None:
         return None
     cell, sides, weight = best
-    order = np.argsort(sides)  # weighted median of the box sides
-    mid = order[np.searchsorted(np.cumsum(weight[order]), weight.sum() / 2)]
-    return {"cell_px": float(sides[mid]), "rung": cell, "scores": scores, "n_cells": int((weight > 0.05).sum())}
+    est, score = _weighted_median(sides, weight), scores[cell]
+    # boxes are most faithful at the trained scale: look again there (a fixed point)
+    for _ in range(REFINE_STEPS):
+        d = max(MIN_DOWNSAMPLE, est / detector.input_cell_px)
+        sides, w2, s2 = look(d)
+        if w2.sum() <= 0:
+            break
+        new, weight, score = _weighted_median(sides, w2), w2, s2
+        done = abs(math.log(new / est)) < 0.1
+        est = new
+        if done:
+            break
+    out = {"cell_px": est, "rung": cell, "scores": scores, "n_cells": int((weight > 0.05).sum()),
+           "chosen": "probe"}
+    if prior is not None:
+        out["prior_score"] = look(prior)[2]
+        out["probe_score"] = score
+        if out["prior_score"] * PRIOR_MARGIN >= score:
+            out.update(cell_px=prior * detector.input_cell_px, chosen="prior")
+    return out
+
+
+def size_weight(ratio: np.ndarray) -> np.ndarray:
+    """How much a box counts, by its size at the network's input over the median size it
+    was trained on: fully within :data:`TRAINED_RANGE` (the training fields' cells span
+    about that), falling off outside it as a Gaussian in log size."""
+    lo, hi = TRAINED_RANGE
+    off = np.log(np.clip(ratio, lo, hi) / np.maximum(ratio, 1e-6))
+    return np.exp(-off ** 2 / (2 * SIZE_SIGMA ** 2))
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    return float(values[order[np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)]])
 
 
 def snap_to_level(slide, downsample: float, factor: float = SNAP) -> float:
@@ -163,33 +218,38 @@ def detection_scale(detector, slide, cell_px: float | None = None,
     it was found (``{"source": ...}``, recorded in summary.json).
 
     The white-cell size at level 0 comes from ``cell_px`` when given, else from the
-    slide's pixel size (a white cell spans about 12 um), else from :func:`probe_cell_px`;
-    a detector without ``operating_conf`` (the contour detector) or a probe that finds
-    no cell falls back to the old rules: a small image (a camera field, up to
-    :data:`FIELD_MAX_SIDE`) scaled like the detector's training fields, else
-    ``DEFAULT_CELL_PX``. The result snaps to a pyramid level
-    within :data:`SNAP` of it.
+    slide's pixel size (a white cell spans about 12 um), else from :func:`probe_cell_px`.
+    A small image (a camera field, up to :data:`FIELD_MAX_SIDE`) is scaled like the
+    detector's training fields (long side to its input size) unless the probe finds
+    clearly more white cells at another scale (another objective or camera). A detector
+    without ``operating_conf`` (the contour detector) or a probe that finds no cell
+    leaves fields at that scale and larger images at ``DEFAULT_CELL_PX``. The result
+    snaps to a pyramid level within :data:`SNAP` of it.
     """
     from .detect import DEFAULT_CELL_PX
 
     info: dict = {}
+    # a camera field is first taken at the scale of the detector's training fields (long
+    # side to its input size): the probe overrides that only when clearly better
+    field = max(slide.shape) <= FIELD_MAX_SIDE
+    field_d = max(slide.shape) / float(getattr(detector, "imgsz", max(slide.shape)))
     if cell_px is not None:
         info["source"] = "cell_size"
     elif slide.mpp:
         cell_px, info["source"] = 12.0 / slide.mpp, "pixel_size"
     elif hasattr(detector, "operating_conf"):
-        probe = probe_cell_px(detector, slide, region)
+        probe = probe_cell_px(detector, slide, region, prior=field_d if field else None)
         if probe is not None:
             cell_px = probe["cell_px"]
-            info.update(source="probe", probe_cell_px=round(cell_px, 1), probe_cells=probe["n_cells"],
+            info.update(source="probe" if probe["chosen"] == "probe" else "field", probe_cell_px=round(cell_px, 1),
+                        probe_cells=probe["n_cells"],
                         probe_scores={str(int(k)): round(v, 2) for k, v in probe["scores"].items()})
-    if cell_px is None and max(slide.shape) <= FIELD_MAX_SIDE:
-        # a camera field: scaled like the detector's training fields (long side to its input size)
-        d, info["source"] = max(slide.shape) / float(getattr(detector, "imgsz", max(slide.shape))), "field"
+    if cell_px is None and field:
+        d, info["source"] = field_d, "field"
     else:
         if cell_px is None:
             cell_px, info["source"] = DEFAULT_CELL_PX, "default"
-        d = max(0.25, float(cell_px) / detector.input_cell_px)
+        d = max(MIN_DOWNSAMPLE, float(cell_px) / detector.input_cell_px)
     snapped = snap_to_level(slide, d)
     info.update(wanted_downsample=round(d, 3), downsample=snapped)
     return snapped, info

@@ -63,7 +63,7 @@ def random_stain_uint8(rgb, seed: int) -> "np.ndarray":
     """:func:`random_stain` for a uint8 HWC numpy image (detector training fields)."""
     import numpy as np
 
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255
+    t = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float() / 255
     out = random_stain(t, torch.Generator().manual_seed(seed))
     return (out.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 

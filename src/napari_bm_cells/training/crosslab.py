@@ -45,9 +45,11 @@ def held_out_fields(bccd_dir, splits=HELD_OUT) -> pd.DataFrame:
 
 
 def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: int | None = None,
-                    device: str = "cpu", splits=HELD_OUT) -> dict:
+                    device: str = "cpu", splits=HELD_OUT, options=None) -> dict:
     """Accuracy of the most confident white cell's class against the field label,
-    on the fields of ``splits`` (``None``: every labelled field)."""
+    on the fields of ``splits`` (``None``: every labelled field); ``classifier`` a
+    checkpoint path or a :class:`~napari_bm_cells.classify.Classifier`, ``options`` the
+    :class:`~napari_bm_cells.pipeline.AnalysisOptions` of the runs."""
     from ..classify import Classifier
     from ..detect import load_detector
     from ..pipeline import analyze
@@ -56,10 +58,10 @@ def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: i
     if limit:
         rows = rows.groupby("truth", group_keys=False).head(max(1, limit // len(LABEL_TO_CODES)))
     det = load_detector(detector, device=device)
-    clf = Classifier(classifier, device=device)
+    clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
     preds = []
     for r in rows.itertuples():
-        cells = analyze(r.image, detector=det, classifier=clf).cells
+        cells = analyze(r.image, detector=det, classifier=clf, options=options).cells
         top = cells.sort_values("confidence", ascending=False).head(1)
         pred = top["label"].iloc[0] if len(top) else "none"
         preds.append({"image": r.image.name, "truth": r.truth, "pred": pred, "n_cells": len(cells),

@@ -288,6 +288,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                           crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
                           trained_on=" + ".join([Path(data_dir).name] + [Path(d).name for d in extra_data] + [
                               f"{Path(d).name} train-split fields" for d in field_cells]))
+    from ..colour import images_background
+    meta.background = images_background(df.loc[(df["split"] == "train") & ~df["extra"], "path"], seed=seed)
     if pretrained is not None:  # the statistics the pretrained weights were trained with
         meta.mean = [float(v) for v in model.pretrained_cfg["mean"]]
         meta.std = [float(v) for v in model.pretrained_cfg["std"]]
