@@ -182,7 +182,7 @@ class AnalyzeWidget(Container):
                                visible=False)
         self.masks = CheckBox(text="cell masks (Labels layer)", value=True)
         self.white_balance = CheckBox(text="match the glass colour to the classifier's training",
-                                      value=True, tooltip="white balance of the crops before classifying "
+                                      value=False, tooltip="white balance of the crops before classifying "
                                       "(another lab's camera and lamp)")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)

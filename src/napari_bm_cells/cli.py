@@ -25,16 +25,16 @@ def _analysis_args(p: argparse.ArgumentParser):
     p.add_argument("--cell-size", type=float, default=None,
                    help="typical white-cell diameter at full resolution in px, if known")
     p.add_argument("--batch-size", type=int, default=16, help="crops per classifier batch")
-    p.add_argument("--no-white-balance", action="store_true",
-                   help="classify crops as read, without matching the slide's glass colour to "
-                        "the classifier's training images")
+    p.add_argument("--white-balance", action="store_true",
+                   help="match the slide's glass colour to the classifier's training images before "
+                        "classifying (off by default: it did not help on the cross-lab check, docs/models.md)")
 
 
 def _options(a):
     from .pipeline import AnalysisOptions
     return AnalysisOptions(tile_size=a.tile_size, overlap=a.overlap, level=a.level,
                            cell_px=a.cell_size, batch_size=a.batch_size,
-                           white_balance=not a.no_white_balance)
+                           white_balance=a.white_balance)
 
 
 def cmd_analyze(a):

@@ -76,7 +76,7 @@ class AnalysisOptions:
     det_batch: int | None = None
     region: tuple[int, int, int, int] | None = None
     masks: bool = False
-    white_balance: bool = True
+    white_balance: bool = False
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
     block: int = 2048
 
