@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "split into its labs by image size); repeatable")
     s.add_argument("--bccd", default=None, metavar="DIR",
                    help="BCCD folder with wbc_subtypes.csv: type of each val/test field's white cell")
-    s.add_argument("--conditions", default="x1,x0.5,x2,wide2",
-                   help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one (default: all four)")
+    s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
+                   help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one (default: all five)")
     s.add_argument("--limit", type=int, default=None, help="at most N images per source")
     s.add_argument("--detector", default=None)
     s.add_argument("--classifier", default=None)

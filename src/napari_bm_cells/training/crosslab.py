@@ -143,8 +143,8 @@ def wide_fields(samples, out_dir, k: int = 2, seed: int = 0) -> list:
 
 
 #: magnifications a detector is checked at: images resized (same field, other pixel size)
-#: and wide fields (2 x 2 fields shrunk to one: more area, cells half the size)
-CONDITIONS = ("x1", "x0.5", "x2", "wide2")
+#: and wide fields (k x k fields shrunk to one: k² the area, cells 1/k the size)
+CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3")
 
 
 def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",
