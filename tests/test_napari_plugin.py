@@ -516,3 +516,22 @@ def test_widget_run_in_several_batches_adds_each_cell_once(viewer, qtbot, classi
     assert len(w.points_layer.data) == len(res.cells) >= 10
     assert list(w.points_layer.features["cell_id"]) == list(res.cells["cell_id"])
     assert w.status.value.startswith("done")
+
+
+def test_a_field_without_white_cells_gives_an_empty_layer_not_an_error(viewer, qtbot, classifier_path):
+    """A grey image (no white cell): the run ends with 0 cells, an empty Points layer and
+    the panel's summary, no error and no "cancelled"."""
+    import numpy as np
+
+    viewer.add_image(np.full((480, 640, 3), 200, np.uint8), name="grey", rgb=True)
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    n_errors = len(_error_records())
+    w.run()
+    _wait_done(qtbot, w)
+    assert len(_error_records()) == n_errors
+    assert "cancel" not in w.status.value.lower()
+    pts = w.points_layer
+    assert pts is not None and len(pts.data) == 0
+    qtbot.waitUntil(lambda: panel.summary is not None, timeout=5000)
+    assert panel.summary["n_cells"] == 0

@@ -229,7 +229,10 @@ def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
             tf["units"] = ("micrometer", "micrometer")
         image_name = None
     return dict(
-        data=cell_coords(cells), features=feats, face_color=class_colours(feats["label"]),
+        # napari cannot take an empty colour array: a field without white cells gets a
+        # layer without points, coloured by class once cells are added
+        data=cell_coords(cells), features=feats,
+        face_color=class_colours(feats["label"]) if len(feats) else "white",
         border_color="white", border_width=0.08, size=size or point_size(cells), symbol="disc",
         canvas_size_limits=(3, 60), name=name, opacity=0.9,
         metadata={META: {"kind": "cells", "classes": classes, "mpp": mpp, "image": image_name,
