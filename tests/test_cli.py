@@ -152,3 +152,14 @@ def test_blank_white_image_has_no_cells(classifier_path, tmp_path, capsys):
     assert len(text.strip().splitlines()) == 1  # header only
     cells, summary = _check_outputs(tmp_path / "out", classifier_path)
     assert len(cells) == 0 and summary["n_cells"] == 0
+
+
+@pytest.mark.parametrize("args, flag", [(["--tile-size", "0"], "--tile-size"), (["--overlap", "-1"], "--overlap"),
+                                        (["--batch-size", "0"], "--batch-size"), (["--cell-size", "-5"], "--cell-size")])
+def test_bad_analysis_options_are_one_line_exit_2(bccd_jpeg, tmp_path, capsys, args, flag):
+    from napari_bm_cells.cli import main
+
+    rc = main(["analyze", str(bccd_jpeg), "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"bm-cells: error: {flag} ")
+    assert not (tmp_path / "o").exists()

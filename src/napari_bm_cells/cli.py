@@ -31,7 +31,19 @@ def _analysis_args(p: argparse.ArgumentParser):
 
 
 def _options(a):
+    from .errors import InputError
     from .pipeline import AnalysisOptions
+
+    for flag, v, ok in (("--tile-size", a.tile_size, a.tile_size >= 64),
+                        ("--overlap", a.overlap, 0 <= a.overlap < a.tile_size),
+                        ("--batch-size", a.batch_size, a.batch_size >= 1),
+                        ("--cell-size", a.cell_size, a.cell_size is None or a.cell_size > 0)):
+        if not ok:
+            raise InputError(f"{flag} {v}: give " + {
+                "--tile-size": "a tile side of at least 64 px (default 640)",
+                "--overlap": f"0 or more px, less than the tile size {a.tile_size} (default 160)",
+                "--batch-size": "1 or more crops per batch (default 16)",
+                "--cell-size": "a positive white-cell diameter in px, or leave it out"}[flag])
     return AnalysisOptions(tile_size=a.tile_size, overlap=a.overlap, level=a.level,
                            cell_px=a.cell_size, batch_size=a.batch_size,
                            white_balance=a.white_balance)
