@@ -316,7 +316,7 @@ class Progress:
 
 def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample: float = 2.0,
                 region: tuple[int, int, int, int] | None = None, batch: int | None = None,
-                iou: float = 0.5) -> Iterator[Progress]:
+                iou: float = 0.5, measure: bool = True) -> Iterator[Progress]:
     """Tile-by-tile detection over a slide; yields Progress("detect", ...) events.
 
     Parameters
@@ -330,6 +330,8 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
         Level-0 region to analyse (default: the whole slide).
     batch : int, optional
         Tiles per detector call; default :func:`default_det_batch`.
+    measure : bool
+        Measure the cells' diameters on the way (the crops' scale); off for the scale probe.
 
     The final event has stage ``"detect-done"`` and carries the merged
     :class:`Detections` (level-0 pixels) as ``payload``; its ``done`` field holds the
@@ -366,7 +368,7 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
             # measure cells of these tiles in the reader thread while the model runs on
             # the next batch: the crops' scale comes for free (see pipeline.crop_side)
             meas = pool.submit(_measure_batch, imgs, dets, d, MEASURE_CELLS - len(diameters)) \
-                if len(diameters) < MEASURE_CELLS else None
+                if measure and len(diameters) < MEASURE_CELLS else None
             if bi + 1 < len(batches):
                 fut = pool.submit(read, batches[bi + 1])
             yield Progress("detect", min(len(tiles), (bi + 1) * batch), len(tiles))

@@ -25,6 +25,9 @@ PROBE_SIDE = 640
 #: probe windows per rung on a region larger than one window
 PROBE_WINDOWS = 4
 
+#: level-0 pixels read per rung at most (4 windows at a 160 px rung)
+PROBE_BUDGET = 4 * (PROBE_SIDE * 160 / 124) ** 2
+
 #: images up to this size are single camera fields when nothing else tells the scale
 FIELD_MAX_SIDE = 1024
 
@@ -57,14 +60,32 @@ def _dark_mask(slide, region) -> tuple[np.ndarray, float]:
     red light, eosin does not) and the thumbnail's downsample."""
     from skimage.filters import threshold_multiotsu
 
-    ry0, rx0, ry1, rx1 = region
-    td = max(1.0, max(ry1 - ry0, rx1 - rx0) / 1024)
-    grey = slide.read_region(ry0, rx0, ry1, rx1, downsample=td)[..., 0].astype(np.float32)
+    grey, td = _thumbnail(slide, region)
+    grey = grey[..., 0].astype(np.float32)
     try:
         t = threshold_multiotsu(grey, classes=3)[0]
     except ValueError:  # a flat image: no classes to tell apart
         return np.zeros(grey.shape, bool), td
     return grey <= t, td
+
+
+def _thumbnail(slide, region, max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """A thumbnail of ``region`` (long side about ``max_side``) and its downsample, read
+    from the nearest pyramid level in strips and subsampled without filtering (much
+    cheaper than an anti-aliased resize of the whole region; a mask needs no more)."""
+    ry0, rx0, ry1, rx1 = (int(v) for v in region)
+    td = max(1.0, max(ry1 - ry0, rx1 - rx0) / max_side)
+    ds = float(slide.downsamples[slide.level_for(td)])
+    k = max(1, int(td / ds))
+    step = ds * k  # level-0 pixels per thumbnail pixel
+    strip = max(1, 512 // k) * k  # level pixels per strip, a multiple of k
+    rows = []
+    y = ry0
+    while y < ry1:
+        y_end = min(ry1, y + strip * ds)
+        rows.append(slide.read_region(y, rx0, y_end, rx1, downsample=ds)[::k, ::k])
+        y = y_end
+    return np.concatenate(rows, 0), step
 
 
 def _windows(region, dark, td: float, side0: float, n: int) -> list[tuple[int, int, int, int]]:
@@ -134,10 +155,13 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     def look(d):
         """Weighted box sides and score (per level-0 megapixel) at downsample ``d``."""
         found, area = [], 0.0
-        for win in _windows(region, dark, td, PROBE_SIDE * d, windows):
+        # coarse rungs read large level-0 windows: keep each rung within a pixel budget
+        side0 = min(PROBE_SIDE * d, math.sqrt(PROBE_BUDGET))
+        n_win = max(1, min(windows, int(PROBE_BUDGET // side0 ** 2)))
+        for win in _windows(region, dark, td, side0, n_win):
             dets = None
             for ev in iter_detect(slide, detector, tile=PROBE_SIDE, overlap=PROBE_SIDE // 4,
-                                  downsample=d, region=win):
+                                  downsample=d, region=win, measure=False):
                 if ev.stage == "detect-done":
                     dets = ev.payload
             area += (win[2] - win[0]) * (win[3] - win[1])
