@@ -472,3 +472,22 @@ def test_evaluate_classifier_on_english_named_folders(data_dir, tmp_path, classi
     (root / "smudge" / p.name).symlink_to(p)
     assert main(["evaluate-classifier", str(root), "--out", str(tmp_path / "o2"),
                  "--classifier", str(classifier_path), "--split", "all"]) == 2
+
+
+def test_max_per_class_gives_exactly_that_many_per_class(data_dir, tmp_path):
+    """``--max-per-class 20``: 20 images of each class in the split file (14 train, 3 val, 3 test)."""
+    data = _pbc_subset(data_dir, tmp_path / "d", n=30)
+    out = tmp_path / "m.safetensors"
+    train_classifier(data, out, epochs=1, max_steps=1, max_per_class=20, **FAST)
+    split = read_split(split_path(out), data)
+    assert (split.groupby("label").size() == 20).all()
+    assert split.groupby(["label", "split"]).size().unstack().eq({"train": 14, "val": 3, "test": 3}).all().all()
+
+
+def test_version_flag(capsys):
+    from napari_bm_cells import __version__
+    from napari_bm_cells.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"bm-cells {__version__}"

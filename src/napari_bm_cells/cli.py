@@ -197,7 +197,10 @@ def _dev(d):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bm-cells", description=__doc__.splitlines()[0])
+    from . import __version__
+
     p.add_argument("-v", "--verbose", action="store_true", help="show warnings and tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("analyze", help="detect, classify and count the white cells of one image/slide")

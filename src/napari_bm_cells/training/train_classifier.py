@@ -218,8 +218,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     else:
         df = stratified_split(scan_class_folders(data_dir), seed=seed)
         if max_per_class:  # small subsets for smoke tests, keeping the split's proportions
-            frac = df["split"].map({"train": .7, "val": .15, "test": .15})
-            df = df[df.groupby(["label", "split"]).cumcount() < (max_per_class * frac).clip(lower=1)]
+            n_held = max(1, int(max_per_class * .15))  # val and test each; train the rest
+            cap = df["split"].map({"train": max(1, max_per_class - 2 * n_held), "val": n_held, "test": n_held})
+            df = df[df.groupby(["label", "split"]).cumcount() < cap]
         write_split(df, sp, data_dir)
     classes = sorted(df["label"].unique())
     for d in extra_data:
