@@ -52,11 +52,10 @@ def images_background(paths, n: int = 200, seed: int = 0) -> list[float] | None:
 
 
 def slide_background(slide, region=None) -> np.ndarray | None:
-    """Glass colour of a slide, from a thumbnail (at most 1024 px) of ``region``."""
-    H, W = slide.shape
-    y0, x0, y1, x1 = region or (0, 0, H, W)
-    d = max(1.0, max(y1 - y0, x1 - x0) / 1024)
-    return background_rgb(slide.read_region(y0, x0, y1, x1, downsample=d))
+    """Glass colour of a slide, from a thumbnail (about 1024 px) of ``region``."""
+    from .io import read_thumbnail
+
+    return background_rgb(read_thumbnail(slide, region)[0])
 
 
 def white_balance_gain(slide_bg, reference) -> np.ndarray | None:

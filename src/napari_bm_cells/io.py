@@ -132,6 +132,27 @@ class _DirectLevel:
         self.shape, self.reader = shape, reader
 
 
+def read_thumbnail(slide: Slide, region=None, max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """A thumbnail of ``region`` (level-0 (y0, x0, y1, x1), default the whole slide; long
+    side about ``max_side``) and its downsample (level-0 px per thumbnail px), read
+    from the nearest pyramid level in strips and subsampled without filtering (much
+    cheaper than an anti-aliased resize of the whole region; masks and colour statistics
+    need no more)."""
+    ry0, rx0, ry1, rx1 = (int(v) for v in (region or (0, 0, *slide.shape)))
+    td = max(1.0, max(ry1 - ry0, rx1 - rx0) / max_side)
+    ds = float(slide.downsamples[slide.level_for(td)])
+    k = max(1, int(td / ds))
+    step = ds * k  # level-0 pixels per thumbnail pixel
+    strip = max(1, 512 // k) * k  # level pixels per strip, a multiple of k
+    rows = []
+    y = ry0
+    while y < ry1:
+        y_end = min(ry1, y + strip * ds)
+        rows.append(slide.read_region(y, rx0, y_end, rx1, downsample=ds)[::k, ::k])
+        y = y_end
+    return np.concatenate(rows, 0), step
+
+
 def _read_padded(arr, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     """``arr[y0:y0+h, x0:x0+w]`` with out-of-image parts filled by edge padding."""
     rows = np.clip(np.arange(y0, y0 + h), 0, arr.shape[0] - 1)

@@ -5,7 +5,8 @@ scans. When neither the file nor the user (``--cell-size``) says how large cells
 :func:`probe_cell_px` runs the detector on the slide at a ladder of downsamples, one
 octave apart, keeps the rung where it finds the most white cells (sum of confidences per
 level-0 area, each box weighted by how close its size is to the size the network was
-trained on, so an upsampled red cell does not pass for a white one) and reads the white-cell size off the boxes found there. Detection then
+trained on and by whether it holds a nucleus, so an upsampled red cell does not pass for
+a white one) and reads the white-cell size off the boxes found there. Detection then
 runs where cells reach the network at the size it was trained on.
 """
 from __future__ import annotations
@@ -60,32 +61,15 @@ def _dark_mask(slide, region) -> tuple[np.ndarray, float]:
     red light, eosin does not) and the thumbnail's downsample."""
     from skimage.filters import threshold_multiotsu
 
-    grey, td = _thumbnail(slide, region)
-    grey = grey[..., 0].astype(np.float32)
+    from .io import read_thumbnail
+
+    thumb, td = read_thumbnail(slide, region)
+    red = thumb[..., 0].astype(np.float32)
     try:
-        t = threshold_multiotsu(grey, classes=3)[0]
+        t = threshold_multiotsu(red, classes=3)[0]
     except ValueError:  # a flat image: no classes to tell apart
-        return np.zeros(grey.shape, bool), td
-    return grey <= t, td
-
-
-def _thumbnail(slide, region, max_side: int = 1024) -> tuple[np.ndarray, float]:
-    """A thumbnail of ``region`` (long side about ``max_side``) and its downsample, read
-    from the nearest pyramid level in strips and subsampled without filtering (much
-    cheaper than an anti-aliased resize of the whole region; a mask needs no more)."""
-    ry0, rx0, ry1, rx1 = (int(v) for v in region)
-    td = max(1.0, max(ry1 - ry0, rx1 - rx0) / max_side)
-    ds = float(slide.downsamples[slide.level_for(td)])
-    k = max(1, int(td / ds))
-    step = ds * k  # level-0 pixels per thumbnail pixel
-    strip = max(1, 512 // k) * k  # level pixels per strip, a multiple of k
-    rows = []
-    y = ry0
-    while y < ry1:
-        y_end = min(ry1, y + strip * ds)
-        rows.append(slide.read_region(y, rx0, y_end, rx1, downsample=ds)[::k, ::k])
-        y = y_end
-    return np.concatenate(rows, 0), step
+        return np.zeros(red.shape, bool), td
+    return red <= t, td
 
 
 def _windows(region, dark, td: float, side0: float, n: int) -> list[tuple[int, int, int, int]]:

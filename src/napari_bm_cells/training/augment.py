@@ -69,14 +69,10 @@ def random_stain_uint8(rgb, seed: int) -> "np.ndarray":
 
 
 class RandomStain(torch.nn.Module):
-    """:func:`random_stain` with probability ``p``."""
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        self.p = p
+    """:func:`random_stain` as a transform (wrap in ``v2.RandomApply`` for a probability)."""
 
     def forward(self, img):
-        return random_stain(img) if torch.rand(1).item() < self.p else img
+        return random_stain(img)
 
 
 class RandomGamma(torch.nn.Module):
@@ -90,12 +86,10 @@ class RandomGamma(torch.nn.Module):
 
 
 class StainJitter(torch.nn.Module):
-    def __init__(self, p: float = 0.8):
-        super().__init__()
-        self.p = p
+    """:func:`stain_jitter` as a transform."""
 
     def forward(self, img):
-        return stain_jitter(img) if torch.rand(1).item() < self.p else img
+        return stain_jitter(img)
 
 
 class ReflectAffine(torch.nn.Module):
@@ -122,8 +116,8 @@ def train_transform() -> torch.nn.Module:
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.35, hue=0.06),
-        StainJitter(),
-        RandomStain(p=0.5),
+        v2.RandomApply([StainJitter()], p=0.8),
+        v2.RandomApply([RandomStain()], p=0.5),
         v2.RandomApply([RandomGamma()], p=0.5),
         v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
         v2.RandomAdjustSharpness(2.0, p=0.2),
