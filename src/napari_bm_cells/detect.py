@@ -386,7 +386,8 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
 
 def default_det_batch(detector) -> int:
     """Tiles per detector call: 4 on a GPU; 1 on a CPU, where batching gained only ~7%
-    while each extra 640 px tile held ~25 MB more activations (measured in the benchmark history, CHANGELOG.md)."""
+    while each extra 640 px tile held ~25 MB more activations (benchmark history in
+    CHANGELOG.md)."""
     return 1 if str(getattr(detector, "device", "cpu")).startswith("cpu") else 4
 
 
