@@ -9,7 +9,7 @@ from PIL import Image
 from napari_bm_cells.cli import main
 
 BASE_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
-                "label", "confidence", "p_blast", "p_atypical"]
+                "label", "model_label", "confidence", "p_blast", "p_atypical", "area_score"]
 
 
 

@@ -9,7 +9,7 @@ from napari_bm_cells.export import read_cells, write_results
 from napari_bm_cells.pipeline import iter_analysis
 
 BASE_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
-                "label", "confidence", "p_blast", "p_atypical"]
+                "label", "model_label", "confidence", "p_blast", "p_atypical", "area_score"]
 
 
 def test_analyze_real_field_end_to_end(data_dir, detector, classifier, tmp_path):
@@ -17,7 +17,7 @@ def test_analyze_real_field_end_to_end(data_dir, detector, classifier, tmp_path)
     res = analyze(data_dir / "bccd/JPEGImages/BloodImage_00001.jpg", detector=detector,
                   classifier=classifier, masks=True)
     cells = res.cells
-    assert list(cells.columns[:12]) == BASE_COLUMNS
+    assert list(cells.columns[:14]) == BASE_COLUMNS
     assert [c for c in cells.columns if c.startswith("prob_")] == [f"prob_{c}" for c in classifier.classes]
     assert len(cells) >= 1
     assert (cells["bbox_y1"] >= 470).any(), "the cell at the slide edge was dropped"

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 SLIDES_DIR = "slides"
 OUT_SUFFIX = ".out"
 MARKER = "done.json"
+#: what a finished slide's folder holds besides the marker
+OUTPUTS = ("cells.csv", "summary.json", "cells.geojson", "report.html")
 ERROR = "error.json"
 LOCK = ".bm-cells-batch.lock"
 MARKER_VERSION = 1
@@ -280,7 +282,7 @@ def _analyse(path, det, cls, options, device):
     except Exception as exc:  # noqa: BLE001 -- one bad slide must not stop the batch
         log.debug("slide %s failed", path, exc_info=True)
         return ("error", "runtime", _one_line(exc))
-    return ("done", res.cells, res.summary)
+    return ("done", res.cells, res.summary, {"areas": res.areas, "outlines": res.outlines})
 
 
 def analyse_task(path: str, det_spec: str, cls_spec: str, device: str, options,
@@ -345,15 +347,27 @@ def trusted_marker(job_out: Path, rel: str, key: str, fp: dict) -> dict | None:
 
 
 def write_slide_outputs(root: Path, job: SlideJob, cells: pd.DataFrame, summary: dict,
-                        fp: dict, settings: dict, key: str) -> dict:
-    """cells.csv and summary.json (atomic), then the done marker (atomic, last)."""
+                        fp: dict, settings: dict, key: str, extras: dict | None = None,
+                        report: bool = True) -> dict:
+    """cells.csv, summary.json, cells.geojson and report.html (each atomic), then the done
+    marker (atomic, last). ``extras`` holds the run's area map and cell outlines."""
     from .export import atomic_write, write_results
+    from .io import open_slide
     from .pipeline import AnalysisResult
 
     d = root / job.out
     (d / MARKER).unlink(missing_ok=True)
     (d / ERROR).unlink(missing_ok=True)
-    paths = write_results(AnalysisResult(cells, summary), d)
+    extras = extras or {}
+    slide = None
+    if report:
+        try:  # the report's cell thumbnails; the slide was just read, so this should not fail
+            slide = open_slide(job.path)
+        except InputError:
+            slide = None
+    res = AnalysisResult(cells, summary, slide=slide, areas=extras.get("areas"),
+                         outlines=extras.get("outlines") or {})
+    paths = write_results(res, d, report=report)
     marker = {"slide": job.rel, "input": fp, "settings_key": key, "settings": settings,
               "outputs": {p.name: _sha256_file(p) for p in paths.values()},
               "n_cells": int(len(cells)),
@@ -367,7 +381,7 @@ def write_slide_error(root: Path, job: SlideJob, kind: str, msg: str, fp: dict |
     from .export import atomic_write
 
     d = root / job.out
-    for name in (MARKER, "cells.csv", "summary.json"):
+    for name in (MARKER, *OUTPUTS):
         (d / name).unlink(missing_ok=True)
     atomic_write(d / ERROR, json.dumps({"slide": job.rel, "kind": kind, "error": msg,
                                         "input": fp, "settings_key": key,
@@ -417,18 +431,22 @@ def read_cohort(path) -> pd.DataFrame:
 class _Tables:
     """The run's cohort / error rows, rewritten (atomically) after every slide."""
 
-    def __init__(self, root: Path, jobs: list[SlideJob]):
+    def __init__(self, root: Path, jobs: list[SlideJob], report: bool = True):
         self.root = root
         self.order = {j.rel: i for i, j in enumerate(jobs)}
         self.rows: dict[str, dict] = {}
         self.errors: dict[str, str] = {}
+        self.summaries: dict[str, tuple[SlideJob, dict]] = {}
+        self.report = report
 
     def done(self, job: SlideJob, summary: dict):
         self.rows[job.rel] = cohort_row(job, summary)
+        self.summaries[job.rel] = (job, summary)
         self.errors.pop(job.rel, None)
 
     def failed(self, job: SlideJob, msg: str):
         self.rows[job.rel] = {"slide": job.rel, "status": "error", "output": job.out.as_posix()}
+        self.summaries.pop(job.rel, None)
         self.errors[job.rel] = msg
 
     def cohort(self) -> pd.DataFrame:
@@ -442,6 +460,12 @@ class _Tables:
         err = pd.DataFrame([{"slide": k, "error": self.errors[k]}
                             for k in sorted(self.errors, key=self.order.get)], columns=["slide", "error"])
         atomic_write(self.root / "errors.csv", err.to_csv(index=False))
+        if self.report:
+            from .report import write_cohort_report
+
+            write_cohort_report([{"slide": k, "report": f"{job.out.as_posix()}/report.html", "summary": s}
+                                 for k, (job, s) in sorted(self.summaries.items(), key=lambda kv: self.order[kv[0]])],
+                                self.root / "cohort.html")
         return df
 
 
@@ -477,7 +501,7 @@ def _note(msg: str, progress: bool):
 def batch(folder, out, client=None, workers: int | None = None, options=None, detector=None,
           classifier=None, glob: str | None = None, device: str = "auto",
           scheduler: str | None = None, progress: bool = True, retry_errors: bool = False,
-          rehash: bool = False) -> pd.DataFrame:
+          rehash: bool = False, report: bool = True) -> pd.DataFrame:
     """Analyse every slide in ``folder`` into ``out``; resumable.
 
     Parameters
@@ -508,6 +532,8 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
         (other failures are always retried).
     rehash : bool
         Re-hash every input file instead of trusting an unchanged size + mtime.
+    report : bool
+        Write each slide's ``report.html`` and the cohort page ``cohort.html``.
 
     Returns
     -------
@@ -537,7 +563,7 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
                   progress)
         settings = run_settings(options, detector, classifier, device)
         key = settings_key(settings)
-        tables = _Tables(root, jobs)
+        tables = _Tables(root, jobs, report)
         todo, fps, reused = [], {}, 0
         for job in jobs:
             d = root / job.out
@@ -572,7 +598,8 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
 
         def finish(job, res):
             if res[0] == "done":
-                write_slide_outputs(root, job, res[1], res[2], fps[job.rel], settings, key)
+                write_slide_outputs(root, job, res[1], res[2], fps[job.rel], settings, key,
+                                    res[3] if len(res) > 3 else None, report)
                 tables.done(job, res[2])
             else:
                 write_slide_error(root, job, res[1], res[2], fps[job.rel], key)

@@ -41,6 +41,10 @@ class ClassifierMeta:
     background : list of float or None
         Median glass colour (RGB, 0-255) of the training images: the reference of the
         run-time white balance (:mod:`napari_bm_cells.colour`).
+    min_confidence : float or None
+        Top-class probability below which a cell is left unclassified (``UNK``) for
+        review: chosen on the validation split (see
+        :func:`napari_bm_cells.training.calibrate.choose_min_confidence`); None: never.
     """
 
     arch: str
@@ -53,6 +57,7 @@ class ClassifierMeta:
     mpp: float | None = None
     trained_on: str = ""
     background: list[float] | None = None
+    min_confidence: float | None = None
     metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

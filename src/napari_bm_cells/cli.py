@@ -28,25 +28,27 @@ def _analysis_args(p: argparse.ArgumentParser):
     p.add_argument("--white-balance", action="store_true",
                    help="match the slide's glass colour to the classifier's training images before "
                         "classifying (off by default: it did not help on the cross-lab check, docs/models.md)")
+    p.add_argument("--target", type=int, default=None, metavar="N",
+                   help="count N leukocytes (e.g. 200-500), visiting the best counting areas first, then "
+                        "stop; default: every cell")
+    p.add_argument("--min-area-score", type=float, default=0.0, metavar="S",
+                   help="analyse only regions whose counting-area score (0-1: in focus, a monolayer) is "
+                        "at least S (default 0: all)")
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="cells whose top class probability is below P are unclassified (UNK) until "
+                        "reviewed (default: the classifier's threshold, chosen on its validation split; 0: none)")
+    p.add_argument("--no-masks", action="store_true",
+                   help="no cell masks: cells.geojson then holds detection boxes, not cell outlines")
 
 
 def _options(a):
-    from .errors import InputError
     from .pipeline import AnalysisOptions
 
-    for flag, v, ok in (("--tile-size", a.tile_size, a.tile_size >= 64),
-                        ("--overlap", a.overlap, 0 <= a.overlap < a.tile_size),
-                        ("--batch-size", a.batch_size, a.batch_size >= 1),
-                        ("--cell-size", a.cell_size, a.cell_size is None or a.cell_size > 0)):
-        if not ok:
-            raise InputError(f"{flag} {v}: give " + {
-                "--tile-size": "a tile side of at least 64 px (default 640)",
-                "--overlap": f"0 or more px, less than the tile size {a.tile_size} (default 160)",
-                "--batch-size": "1 or more crops per batch (default 16)",
-                "--cell-size": "a positive white-cell diameter in px, or leave it out"}[flag])
     return AnalysisOptions(tile_size=a.tile_size, overlap=a.overlap, level=a.level,
                            cell_px=a.cell_size, batch_size=a.batch_size,
-                           white_balance=a.white_balance)
+                           white_balance=a.white_balance, target=a.target,
+                           min_area_score=a.min_area_score, min_confidence=a.min_confidence,
+                           masks=not a.no_masks).check()
 
 
 def cmd_analyze(a):
@@ -56,9 +58,13 @@ def cmd_analyze(a):
 
     res = analyze(a.image, detector=a.detector, classifier=a.classifier, options=_options(a),
                   device=a.device, progress=not a.quiet)
-    paths = write_results(res, a.out)
+    paths = write_results(res, a.out, report=not a.no_report)
     print(format_differential(res.summary))
-    print(f"wrote {paths['cells']} and {paths['summary']}")
+    t = res.summary.get("target")
+    if t:
+        print(f"target {t['n']}: {'met' if t['met'] else 'NOT met'} with {t['counted']} cells counted "
+              f"in {100 * t['fraction_analysed']:.0f}% of the slide (best counting areas first)")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def cmd_batch(a):
@@ -66,12 +72,14 @@ def cmd_batch(a):
 
     df = batch(a.folder, a.out, workers=a.workers, scheduler=a.scheduler, options=_options(a),
                detector=a.detector, classifier=a.classifier, glob=a.glob, device=a.device,
-               progress=not a.quiet, retry_errors=a.retry_errors, rehash=a.rehash)
+               progress=not a.quiet, retry_errors=a.retry_errors, rehash=a.rehash,
+               report=not a.no_report)
     st = df.attrs["batch"]
     print(f"{st['n_slides']} slide(s): {st['n_done']} analysed ({st['n_reused']} reused from an "
           f"earlier run), {st['n_failed']} failed, {st['n_skipped']} non-slide file(s) skipped")
     out = Path(a.out)
-    print(f"wrote {out / 'cohort.csv'}" + (f" and {out / 'errors.csv'}" if st["n_failed"] else ""))
+    print(f"wrote {out / 'cohort.csv'}" + ("" if a.no_report else f", {out / 'cohort.html'}")
+          + (f" and {out / 'errors.csv'}" if st["n_failed"] else ""))
 
 
 def cmd_demo(a):
@@ -99,6 +107,21 @@ def cmd_train_classifier(a):
         print(f"test split: macro-F1 {t['macro_f1']:.4f}, accuracy {t['accuracy']:.4f}, "
               f"MCC {t['mcc']:.4f} (n={t['n']})")
     print(f"wrote {a.out}")
+
+
+def cmd_calibrate(a):
+    from .classify import DEFAULT_CLASSIFIER
+    from .errors import InputError
+    from .training.calibrate import calibrate_checkpoint, summary_line
+
+    for flag, v in (("--target-accuracy", a.target_accuracy), ("--max-reject", a.max_reject)):
+        if not 0 < v <= 1:
+            raise InputError(f"{flag} {v}: give a fraction between 0 and 1")
+    res = calibrate_checkpoint(a.classifier or DEFAULT_CLASSIFIER, a.data_dir, a.out, split=a.split,
+                               device=_dev(a.device), target_accuracy=a.target_accuracy,
+                               max_reject=a.max_reject)
+    print(summary_line(res))
+    print(f"wrote {res['checkpoint']}")
 
 
 def cmd_evaluate_classifier(a):
@@ -205,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("analyze", help="detect, classify and count the white cells of one image/slide")
     s.add_argument("image", help="zarr / OME-Zarr, TIFF / OME-TIFF / SVS, JPEG or PNG")
-    s.add_argument("--out", required=True, help="output folder (cells.csv, summary.json)")
+    s.add_argument("--out", required=True,
+                   help="output folder (cells.csv, summary.json, cells.geojson, report.html)")
+    s.add_argument("--no-report", action="store_true", help="do not write report.html")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _analysis_args(s)
     s.set_defaults(func=cmd_analyze)
@@ -214,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(resumable; local processes or a dask cluster)")
     s.add_argument("folder", help="folder searched recursively for slides")
     s.add_argument("--out", required=True,
-                   help="output folder: slides/<slide>.out/, cohort.csv, errors.csv, skipped.csv")
+                   help="output folder: slides/<slide>.out/, cohort.csv, cohort.html, errors.csv, skipped.csv")
+    s.add_argument("--no-report", action="store_true", help="no report.html per slide, no cohort.html")
     s.add_argument("--glob", default=None,
                    help="only slides whose path relative to FOLDER matches, e.g. '*.svs'")
     s.add_argument("--scheduler", default=None,
@@ -232,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="analyse a real sample smear field with the shipped models")
     s.add_argument("--sample", default="bccd-field", help="sample name")
     s.add_argument("--out", default="bm-cells-demo", help="output folder")
+    s.add_argument("--no-report", action="store_true", help="do not write report.html")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _analysis_args(s)
     s.set_defaults(func=cmd_demo)
@@ -276,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--field-weight", type=float, default=3.0,
                    help="how much more often a field cell is drawn than a DATA_DIR image (default 3)")
     s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("calibrate-confidence",
+                       help="choose a classifier's review threshold (cells below it are UNK) on its "
+                            "validation split and store it in the checkpoint")
+    s.add_argument("data_dir", help="the folder per class the checkpoint was trained on")
+    s.add_argument("--classifier", default=None, help="checkpoint (default: the shipped one)")
+    s.add_argument("--out", default=None, help="write a calibrated copy here (default: in place)")
+    s.add_argument("--split", default="val", help="split of DATA_DIR to choose on (default val)")
+    s.add_argument("--target-accuracy", type=float, default=0.95,
+                   help="accuracy the cells kept out of review should reach (default 0.95)")
+    s.add_argument("--max-reject", type=float, default=0.2,
+                   help="at most this fraction of cells goes to review (default 0.2)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("evaluate-classifier", help="metrics of a classifier on a folder per class")
     s.add_argument("data_dir")

@@ -22,6 +22,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -31,6 +32,12 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def cells_table(cells: pd.DataFrame, mpp: float | None = None) -> pd.DataFrame:
@@ -64,74 +71,149 @@ def write_summary_json(summary: dict, path: str | Path) -> Path:
     return atomic_write(path, json.dumps(summary, indent=2, default=_json_default))
 
 
-def write_results(result, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``cells.csv`` and ``summary.json`` of an analysis into ``out_dir``."""
+def write_results(result, out_dir: str | Path, report: bool = True, geojson: bool = True) -> dict[str, Path]:
+    """Write an analysis into ``out_dir``: ``cells.csv``, ``summary.json``, ``cells.geojson``
+    (QuPath) and ``report.html`` (see :mod:`~napari_bm_cells.report`). The CLI, batch and
+    the napari panel all write through here."""
     out_dir = Path(out_dir)
     mpp = result.summary.get("mpp")
-    return {"cells": write_cells_csv(result.cells, out_dir / "cells.csv", mpp),
-            "summary": write_summary_json(result.summary, out_dir / "summary.json")}
+    paths = {"cells": write_cells_csv(result.cells, out_dir / "cells.csv", mpp),
+             "summary": write_summary_json(result.summary, out_dir / "summary.json")}
+    if geojson:
+        paths["geojson"] = write_geojson(result.cells, out_dir / "cells.geojson", getattr(result, "outlines", None))
+    if report:
+        from .report import write_report
+
+        areas = getattr(result, "areas", None)
+        paths["report"] = write_report(result.cells, result.summary, out_dir / "report.html",
+                                       slide=getattr(result, "slide", None),
+                                       area_scores=None if areas is None else areas.scores)
+    return paths
 
 
-def to_geojson(cells: pd.DataFrame, polygons: dict[int, np.ndarray] | None = None) -> dict:
-    """QuPath-compatible GeoJSON: one detection per cell with its class and colour.
+def cell_polygon(row: dict, outline=None):
+    """A cell's outline as a valid shapely Polygon: its mask outline ((N, 2) level-0 x, y)
+    when there is one, else its detection box; None without either."""
+    from shapely.geometry import Polygon, box
+    from shapely.geometry.polygon import orient
+    from shapely.validation import make_valid
 
-    Cells are points (or polygons of their mask contour, (N, 2) x/y in level-0
-    pixels, when ``polygons`` has them).
+    if outline is not None and len(outline) >= 3:
+        poly = Polygon(np.asarray(outline, float))
+        if not poly.is_valid:
+            fixed = make_valid(poly)
+            parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
+            poly = max(parts, key=lambda g: g.area) if parts else None
+        if poly is not None and poly.area > 0:
+            return orient(poly)
+    if all(k in row and np.isfinite(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")):
+        if row["bbox_x1"] > row["bbox_x0"] and row["bbox_y1"] > row["bbox_y0"]:
+            return orient(box(row["bbox_x0"], row["bbox_y0"], row["bbox_x1"], row["bbox_y1"]))
+    return None
+
+
+#: measurements every cell carries into QuPath, besides the class probabilities
+MEASUREMENTS = ("confidence", "p_blast", "p_atypical", "det_score", "area_score")
+
+
+def to_geojson(cells: pd.DataFrame, outlines: dict[int, np.ndarray] | None = None) -> dict:
+    """QuPath-compatible GeoJSON: one ``cell`` object per cell with its class and colour.
+
+    Each cell's geometry is its mask outline (``outlines``: cell id -> (N, 2) level-0 x, y)
+    when the analysis made masks, else its detection box (a point when the table has no
+    boxes); measurements are the confidence, P(blast), P(atypical), detection and
+    counting-area scores and the class probabilities.
     """
+    from shapely.geometry import mapping
+
     feats = []
     prob_cols = [c for c in cells.columns if c.startswith("prob_")]
-    for row in cells.itertuples(index=False):
-        r = row._asdict()
-        poly = (polygons or {}).get(int(r["cell_id"]))
-        if poly is not None and len(poly) >= 3:
-            ring = [[float(x), float(y)] for x, y in poly] + [[float(poly[0][0]), float(poly[0][1])]]
-            geom = {"type": "Polygon", "coordinates": [ring]}
-        else:
-            geom = {"type": "Point", "coordinates": [float(r["x"]), float(r["y"])]}
+    for r in cells.to_dict("records"):
+        cid = int(r["cell_id"]) if "cell_id" in r and pd.notna(r["cell_id"]) else len(feats) + 1
+        poly = cell_polygon(r, (outlines or {}).get(cid))
+        geom = mapping(poly) if poly is not None else {"type": "Point", "coordinates": [float(r["x"]), float(r["y"])]}
+        if poly is not None:
+            geom = {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in ring]
+                                                       for ring in geom["coordinates"]]}
         hexc = colour_of(r["label"]).lstrip("#")
-        props = {"objectType": "detection",
-                 "classification": {"name": r["label"], "color": [int(hexc[i:i + 2], 16) for i in (0, 2, 4)]},
-                 "measurements": {k: float(r[k]) for k in ["confidence", "p_blast", "p_atypical", "det_score"] + prob_cols
-                                  if k in r},
-                 "cell_id": int(r["cell_id"])}
-        for k in ("reviewed",):
-            if k in r:
-                props[k] = bool(r[k])
+        props = {"objectType": "cell",
+                 "classification": {"name": str(r["label"]), "color": [int(hexc[i:i + 2], 16) for i in (0, 2, 4)]},
+                 "measurements": {k: float(r[k]) for k in list(MEASUREMENTS) + prob_cols
+                                  if k in r and pd.notna(r[k])},
+                 "cell_id": cid, "centroid": [float(r["x"]), float(r["y"])]}
+        for k in ("model_label", "reviewed"):
+            if k in r and pd.notna(r[k]):
+                props[k] = bool(r[k]) if k == "reviewed" else str(r[k])
         feats.append({"type": "Feature", "geometry": geom, "properties": props})
     return {"type": "FeatureCollection", "features": feats}
 
 
-def write_geojson(cells: pd.DataFrame, path: str | Path, polygons=None) -> Path:
+def write_geojson(cells: pd.DataFrame, path: str | Path, outlines=None) -> Path:
     """Write cells as GeoJSON that QuPath imports (File > Import objects)."""
-    return atomic_write(path, json.dumps(to_geojson(cells, polygons)))
+    return atomic_write(path, json.dumps(to_geojson(cells, outlines)))
+
+
+def _measurements(m) -> dict:
+    """QuPath writes measurements as a mapping, or (older versions) as a list of
+    ``{"name": ..., "value": ...}``."""
+    if isinstance(m, dict):
+        return m
+    if isinstance(m, list):
+        return {d["name"]: d.get("value") for d in m if isinstance(d, dict) and "name" in d}
+    return {}
+
+
+def _geojson_cells(gj) -> pd.DataFrame:
+    """Cell rows of a GeoJSON FeatureCollection (ours or QuPath's): cells and detections;
+    annotations are skipped. Without a class a cell is ``UNK``."""
+    from shapely.geometry import shape
+
+    from .taxonomy import UNCLASSIFIED
+
+    feats = gj.get("features", []) if isinstance(gj, dict) else gj
+    rows = []
+    for f in feats:
+        p = f.get("properties") or {}
+        if p.get("objectType", "cell") not in ("cell", "detection", "tile"):
+            continue
+        if "centroid" in p:
+            x, y = p["centroid"]
+        else:
+            c = shape(f["geometry"]).centroid
+            x, y = c.x, c.y
+        cl = p.get("classification") or {}
+        row = {"cell_id": p.get("cell_id", len(rows) + 1), "x": float(x), "y": float(y),
+               "label": cl.get("name") or UNCLASSIFIED, **_measurements(p.get("measurements"))}
+        g = f.get("geometry") or {}
+        if g.get("type") in ("Polygon", "MultiPolygon"):
+            x0, y0, x1, y1 = shape(g).bounds
+            row.update(bbox_x0=x0, bbox_y0=y0, bbox_x1=x1, bbox_y1=y1)
+        for k in ("model_label", "reviewed"):
+            if k in p:
+                row[k] = p[k]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def read_cells(path: str | Path) -> pd.DataFrame:
-    """Read ``cells.csv`` or our GeoJSON back into a cell table."""
+    """Read ``cells.csv`` or a GeoJSON of cells (ours or QuPath's export) into a cell table."""
     from .errors import InputError, first_line
 
     path = Path(path)
     try:
         if path.suffix.lower() in (".geojson", ".json"):
-            gj = json.loads(path.read_text())
-            rows = []
-            for f in gj.get("features", []):
-                p, g = f["properties"], f["geometry"]
-                if g["type"] == "Point":
-                    x, y = g["coordinates"]
-                else:
-                    ring = np.asarray(g["coordinates"][0][:-1], float)
-                    x, y = ring.mean(0)
-                row = {"cell_id": p.get("cell_id"), "x": x, "y": y,
-                       "label": p["classification"]["name"], **p.get("measurements", {})}
-                if "reviewed" in p:
-                    row["reviewed"] = p["reviewed"]
-                rows.append(row)
-            return pd.DataFrame(rows)
-        df = pd.read_csv(path)
-    except (OSError, ValueError, KeyError) as exc:
+            df = _geojson_cells(json.loads(path.read_text()))
+        else:
+            df = pd.read_csv(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: not a readable cells table ({first_line(exc)}); expected cells.csv or "
-                         "a GeoJSON written by napari-bm-cells") from None
+                         "a GeoJSON of cells (napari-bm-cells or QuPath)") from None
+    return _checked(df, path)
+
+
+def _checked(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    from .errors import InputError
+
     missing = {"x", "y", "label"} - set(df.columns)
     if missing:
         raise InputError(f"{path}: cells table lacks columns {sorted(missing)}")

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 
+from .areas import AreaMap, score_areas
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop
@@ -24,11 +25,11 @@ from .detect import Detections, Progress, iter_detect, load_detector
 from .scale import detection_scale
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
-from .taxonomy import NON_LEUKOCYTE_CODES
+from .taxonomy import NON_LEUKOCYTE_CODES, UNCLASSIFIED
 from .tile_cache import TileCache, TiledWindow
 
 CELL_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
-                "label", "confidence", "p_blast", "p_atypical"]
+                "label", "model_label", "confidence", "p_blast", "p_atypical", "area_score"]
 
 
 @dataclass
@@ -65,6 +66,17 @@ class AnalysisOptions:
         ``background``).
     exclude : tuple of str
         Codes left out of the differential's denominator.
+    target : int, optional
+        Count to this many leukocytes: regions are visited best counting area first
+        (:mod:`~napari_bm_cells.areas`) and the run stops once the differential has
+        this many cells.
+    min_area_score : float
+        Analyse only regions whose counting-area score is at least this (0-1; 0: all).
+    min_confidence : float, optional
+        Cells whose top class probability is below this get the label ``UNK`` (their
+        model class stays in ``model_label``) and stay out of the differential until
+        reviewed; default the checkpoint's threshold (chosen on its validation split),
+        0 for none.
     """
 
     tile_size: int = 640
@@ -78,7 +90,32 @@ class AnalysisOptions:
     masks: bool = False
     white_balance: bool = False
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
+    target: int | None = None
+    min_area_score: float = 0.0
+    min_confidence: float | None = None
     block: int = 2048
+
+    def check(self) -> "AnalysisOptions":
+        """Raise :class:`InputError` (one line naming the option and its fix) for values
+        out of range; return ``self``."""
+        bad = [
+            (self.tile_size >= 64, "--tile-size", self.tile_size, "a tile side of at least 64 px (default 640)"),
+            (0 <= self.overlap < self.tile_size, "--overlap", self.overlap,
+             f"0 or more px, less than the tile size {self.tile_size} (default 160)"),
+            (self.batch_size >= 1, "--batch-size", self.batch_size, "1 or more crops per batch (default 16)"),
+            (self.cell_px is None or self.cell_px > 0, "--cell-size", self.cell_px,
+             "a positive white-cell diameter in px, or leave it out"),
+            (self.target is None or self.target >= 1, "--target", self.target,
+             "a number of leukocytes to count, 1 or more (200-500 for a marrow differential)"),
+            (0.0 <= self.min_area_score <= 1.0, "--min-area-score", self.min_area_score,
+             "a counting-area score between 0 and 1 (0: every area)"),
+            (self.min_confidence is None or 0.0 <= self.min_confidence <= 1.0, "--min-confidence",
+             self.min_confidence, "a class probability between 0 and 1 (0: no cell unclassified)"),
+        ]
+        for ok, flag, value, fix in bad:
+            if not ok:
+                raise InputError(f"{flag} {value}: give {fix}")
+        return self
 
 
 @dataclass
@@ -90,6 +127,8 @@ class AnalysisResult:
     labels: object = None  # (H, W) uint32 zarr array of cell masks, when requested
     slide: Slide | None = None
     timings: dict = field(default_factory=dict)
+    areas: AreaMap | None = None  # the counting-area map
+    outlines: dict = field(default_factory=dict)  # cell_id -> (N, 2) level-0 x, y outline (with masks)
 
 
 def parse_level(level, slide: Slide, detector, cell_px=None, region=None) -> float:
@@ -310,23 +349,42 @@ def read_cells_window(slide: Slide, dets: Detections, idx, side: float,
 
 
 def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px: float,
-              block: int, labels=None) -> Iterator[_Cell]:
+              block: int, labels=None, offset: int = 0, outlines: dict | None = None,
+              tiles: TileCache | None = None) -> Iterator[_Cell]:
     """Every cell's crop, one at a time (so a first small batch need not wait for more),
     block by block through a :class:`TileCache`. With ``labels`` (see :func:`new_labels`)
-    each cell's mask is painted there too, a block at a time. Arguments as
-    :func:`cell_crops`.
+    each cell's mask is painted there too, a block at a time, and its outline goes into
+    ``outlines`` (cell id -> (N, 2) level-0 x, y). Cell ``i`` of ``dets`` is cell
+    ``offset + i`` of the run (id ``offset + i + 1``). Other arguments as :func:`cell_crops`.
     """
-    tiles = TileCache.of(slide)
+    tiles = tiles or TileCache.of(slide)
     for group in _blocks(dets, slide.shape, block):
         img, origin = read_cells_window(slide, dets, group, side, tiles)
         block_labels = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
         for i in group:
             crop, centre, mask = crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px)
             if block_labels is not None:
-                _paint_mask(block_labels, origin, int(i) + 1, mask, dets.boxes[i], side)
-            yield _Cell(i, crop, centre)
+                cid = offset + int(i) + 1
+                painted = _paint_mask(block_labels, origin, cid, mask, dets.boxes[i], side)
+                if outlines is not None and painted is not None:
+                    outlines[cid] = mask_outline(*painted)
+            yield _Cell(offset + i, crop, centre)
         if block_labels is not None:
             _write_labels(labels, block_labels, *origin)
+
+
+def mask_outline(mask: np.ndarray, y0: float, x0: float) -> np.ndarray | None:
+    """The outline of the largest blob of a boolean mask whose top-left pixel is level-0
+    (``y0``, ``x0``), as an (N, 2) array of level-0 x, y (pixel edges, simplified to
+    within half a pixel); None for an empty mask."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    if not mask.any():
+        return None
+    rings = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    ring = max(rings, key=len)
+    ring = approximate_polygon(ring, tolerance=0.5)
+    return np.column_stack([ring[:, 1] - 0.5 + x0, ring[:, 0] - 0.5 + y0])
 
 
 def read_cell_crops(slide: Slide, dets: Detections, idx, side: float, out_size: int, fov_px: float):
@@ -346,7 +404,9 @@ def resize_nearest(mask: np.ndarray, n: int) -> np.ndarray:
 
 
 def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info, box, side):
-    """Paint a cell's mask (contour mask, or the box's inscribed ellipse) into a block."""
+    """Paint a cell's mask (contour mask, or the box's inscribed ellipse) into a block;
+    return the pixels it got (those no earlier cell holds) and their level-0 corner
+    (y, x), or None when the mask falls outside the block."""
     by, bx = block_origin
     x0, y0, x1, y1 = box
     if mask_info is not None:
@@ -367,10 +427,11 @@ def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info,
     ry0, rx0 = max(oy, 0), max(ox, 0)
     ry1, rx1 = min(oy + m.shape[0], H), min(ox + m.shape[1], W)
     if ry1 <= ry0 or rx1 <= rx0:
-        return
+        return None
     sub = m[ry0 - oy:ry1 - oy, rx0 - ox:rx1 - ox]
     tgt = labels_block[ry0:ry1, rx0:rx1]
     tgt[sub & (tgt == 0)] = cell_id
+    return tgt == cell_id, by + ry0, bx + rx0
 
 
 def new_labels(shape):
@@ -402,7 +463,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         ``detect`` (tiles done), ``classify`` (cells done; ``payload`` is the new rows
         as a DataFrame so a viewer can show cells as they come), then ``done``.
     """
-    opts = options or AnalysisOptions()
+    opts = (options or AnalysisOptions()).check()
     t_start = time.perf_counter()
     timings = {}
     slide = source if isinstance(source, Slide) else open_slide(source)
@@ -411,64 +472,115 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     det = detector if callable(detector) else load_detector(
         detector, device=cls.device if cls.device != "mps" else "cpu")
     timings["load_models_s"] = time.perf_counter() - t
+    min_conf = opts.min_confidence if opts.min_confidence is not None else cls.meta.min_confidence
+    exclude = tuple(sorted(set(opts.exclude) | {UNCLASSIFIED}))  # UNK cells wait for review
 
     def check():
         if should_stop is not None and should_stop():
             raise Cancelled("analysis cancelled")
 
-    # 1. detection
+    # 1. scale and counting-area map: one region per detection tile
     t = time.perf_counter()
     down, scale_info = resolve_level(opts.level, slide, det, opts.cell_px, opts.region)
     timings["scale_s"] = time.perf_counter() - t
-    dets = Detections.empty()
-    n_dup = 0
-    for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
-                          region=opts.region, batch=opts.det_batch):
-        if ev.stage == "detect-done":
-            dets, n_dup = ev.payload, ev.done
-        else:
-            yield ev
-            check()
-    timings["detect_s"] = time.perf_counter() - t
-
-    # 2. crops + classification, block by block
     t = time.perf_counter()
-    side = crop_side(cls.meta, slide, dets, opts)
+    cell0 = opts.cell_px or scale_info.get("probe_cell_px") or down * float(getattr(det, "input_cell_px", 100.0))
+    stride = (opts.tile_size - opts.overlap) * down
+    areas = score_areas(slide, opts.region, region_px=stride, cell_px=cell0)
+    timings["areas_s"] = time.perf_counter() - t
+    selective = bool(opts.target) or opts.min_area_score > 0
+    visit = areas.ranked(opts.min_area_score) if selective else None
+
+    # 2. detection and classification, one pass over the whole region, or region by
+    # region best-first (each region detected in its tile with the overlap around it,
+    # keeping the cells centred in the region)
+    side = None
     gain, colour_info = _white_balance(slide, cls, opts)
     labels = new_labels(slide.shape) if opts.masks else None
-    n = len(dets)
-    probs = np.zeros((n, len(cls.classes)), np.float32)
-    centres = np.zeros((n, 2), np.float64)
-    done = 0
-    yield Progress("classify", 0, n)
+    outlines: dict = {} if opts.masks else None
+    tiles = TileCache.of(slide)
+    all_boxes, all_scores, all_probs, all_centres, tables = [], [], [], [], []
+    n_dup, n_done, counted, visited = 0, 0, 0, []
+    timings["detect_s"] = timings["classify_s"] = 0.0
+    passes = [None] if visit is None else visit
+    for k, ij in enumerate(passes):
+        t = time.perf_counter()
+        if ij is None:
+            core = None
+            dets = Detections.empty()
+            for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
+                                  region=opts.region, batch=opts.det_batch):
+                if ev.stage == "detect-done":
+                    dets, n_dup = ev.payload, ev.done
+                else:
+                    yield ev
+                    check()
+        else:
+            core = areas.region(*ij)
+            dets, dup = _detect_core(slide, det, core, opts, down)
+            n_dup += dup
+            visited.append(ij)
+            yield Progress("detect", k + 1, len(passes))
+            check()
+        timings["detect_s"] += time.perf_counter() - t
 
-    def batches():  # full batches across blocks: one input shape, so the model's kernels stay warm
-        it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block, labels)
-        size = min(FIRST_BATCH, opts.batch_size)
-        while batch := list(itertools.islice(it, size)):
-            yield batch, cls.prepare(np.stack([c.crop for c in batch]), gain)
-            size = opts.batch_size
+        t = time.perf_counter()
+        if side is None and len(dets):
+            side = crop_side(cls.meta, slide, dets, opts)
+        n = len(dets)
+        probs = np.zeros((n, len(cls.classes)), np.float32)
+        centres = np.zeros((n, 2), np.float64)
+        if ij is None:
+            yield Progress("classify", 0, n)
+        in_pass = 0
+        for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, gain, labels, n_done, outlines, tiles),
+                                depth=2) if n else ()):
+            idx = np.array([c.index for c in batch]) - n_done
+            probs[idx] = cls.forward(x)
+            centres[idx] = [c.centre for c in batch]
+            rows = _rows(dets, idx, centres, probs, cls.classes, min_conf, n_done)
+            counted += int((~rows["label"].isin(exclude)).sum())
+            in_pass += len(idx)
+            yield Progress("classify", in_pass if ij is None else counted,
+                           n if ij is None else (opts.target or counted), payload=rows)
+            check()
+        timings["classify_s"] += time.perf_counter() - t
+        all_boxes.append(dets.boxes)
+        all_scores.append(dets.scores)
+        all_probs.append(probs)
+        all_centres.append(centres)
+        n_done += n
+        if opts.target and counted >= opts.target:
+            break
 
-    # runs ahead in a thread: block reads, crop cutting, mask painting and the input
-    # tensors overlap the model, whose thread runs only the network
-    for batch, x in _ahead(batches(), depth=2):
-        idx = np.array([c.index for c in batch])
-        probs[idx] = cls.forward(x)
-        centres[idx] = [c.centre for c in batch]
-        done += len(idx)
-        yield Progress("classify", done, n, payload=_rows(dets, idx, centres, probs, cls.classes))
-        check()
-    timings["classify_s"] = time.perf_counter() - t
-
-    cells = _rows(dets, np.arange(n), centres, probs, cls.classes)
-    summary = differential(cells["label"], cls.classes, exclude=opts.exclude,
+    if side is None:
+        side = crop_side(cls.meta, slide, Detections.empty(), opts)
+    dets = Detections(np.concatenate(all_boxes).reshape(-1, 4).astype(np.float32),
+                      np.concatenate(all_scores).astype(np.float32))
+    probs = np.concatenate(all_probs).reshape(-1, len(cls.classes))
+    centres = np.concatenate(all_centres).reshape(-1, 2)
+    cells = _rows(dets, np.arange(len(dets)), centres, probs, cls.classes, min_conf)
+    cells.insert(cells.columns.get_loc("p_atypical") + 1, "area_score",
+                 areas.score_at(cells["x"].to_numpy(), cells["y"].to_numpy()).astype(np.float32))
+    summary = differential(cells["label"], cls.classes, exclude=exclude,
                            p_blast=cells["p_blast"].to_numpy(), p_atypical=cells["p_atypical"].to_numpy())
     timings["total_s"] = time.perf_counter() - t_start
+    analysed = areas.area_fraction(visited) if visit is not None else 1.0
     summary.update({
         "input": str(slide.path) if slide.path else slide.name,
+        "analysed_at": _now(),
         "image_shape": list(slide.shape),
         "mpp": slide.mpp,
         "region": list(opts.region) if opts.region else None,
+        "min_confidence": min_conf,
+        "n_unclassified": int((cells["label"] == UNCLASSIFIED).sum()),
+        "target": None if not opts.target else {
+            "n": opts.target, "met": summary["n_counted"] >= opts.target, "counted": summary["n_counted"],
+            "fraction_analysed": round(analysed, 4), "regions_visited": len(visited),
+            "regions_eligible": len(visit)},
+        "areas": {**areas.summary(), "min_score": opts.min_area_score,
+                  "fraction_analysed": round(analysed, 4),
+                  "regions_visited": len(visited) if visit is not None else int(areas.scores.size)},
         "detector": {"name": det.name, "weights": str(det.weights) if det.weights else None,
                      "sha256": _sha(det.weights), "downsample": down, "scale": scale_info,
                      "tile_size": opts.tile_size, "overlap": opts.overlap,
@@ -477,9 +589,53 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                        "classes": cls.classes, "crop_px_level0": side,
                        "input_size": cls.input_size, "device": cls.device,
                        "white_balance": colour_info},
+        "options": options_dict(opts),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })
-    yield Progress("done", n, n, AnalysisResult(cells, summary, labels, slide, timings))
+    yield Progress("done", len(dets), len(dets),
+                   AnalysisResult(cells, summary, labels, slide, timings, areas, outlines or {}))
+
+
+def _batches(slide, dets, side, cls, opts, gain, labels, offset, outlines, tiles):
+    """Classifier input batches of a set of detections: full batches across blocks (one
+    input shape, so the model's kernels stay warm), the first small so it starts early."""
+    it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block, labels,
+                   offset, outlines, tiles)
+    size = min(FIRST_BATCH, opts.batch_size)
+    while batch := list(itertools.islice(it, size)):
+        yield batch, cls.prepare(np.stack([c.crop for c in batch]), gain)
+        size = opts.batch_size
+
+
+def _detect_core(slide, det, core, opts, down) -> tuple[Detections, int]:
+    """Detections centred in the level-0 region ``core``, detected in the region widened by
+    half the tile overlap on each side (so cells at its edge lie whole in the tile)."""
+    m = opts.overlap * down / 2
+    y0, x0, y1, x1 = core
+    dets, n_dup = Detections.empty(), 0
+    for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
+                          region=(y0 - m, x0 - m, y1 + m, x1 + m), batch=opts.det_batch):
+        if ev.stage == "detect-done":
+            dets, n_dup = ev.payload, ev.done
+    cx = (dets.boxes[:, 0] + dets.boxes[:, 2]) / 2
+    cy = (dets.boxes[:, 1] + dets.boxes[:, 3]) / 2
+    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    return Detections(dets.boxes[keep], dets.scores[keep], dets.cell_px), n_dup
+
+
+def options_dict(opts: AnalysisOptions) -> dict:
+    """The options of a run as summary.json records them."""
+    from dataclasses import asdict
+
+    d = asdict(opts)
+    d["exclude"] = list(opts.exclude)
+    d["region"] = list(opts.region) if opts.region else None
+    return d
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def _white_balance(slide: Slide, cls, opts: AnalysisOptions):
@@ -518,18 +674,23 @@ def _write_labels(labels, block: np.ndarray, y0: int, x0: int):
                 labels[ry0:ry1, rx0:rx1] = np.where(cur > 0, cur, sub)
 
 
-def _rows(dets: Detections, idx, centres, probs, classes) -> pd.DataFrame:
+def _rows(dets: Detections, idx, centres, probs, classes, min_confidence: float | None = None,
+          offset: int = 0) -> pd.DataFrame:
+    """Cell-table rows of detections ``idx`` (cell ids ``offset + idx + 1``): the top class
+    is ``model_label``; ``label`` is it too, or ``UNK`` below ``min_confidence``."""
     idx = np.asarray(idx, int)
     p = probs[idx]
     pb, pa = blast_atypical_scores(p, classes)
     b = dets.boxes[idx]
+    model = np.asarray(classes, object)[p.argmax(1)] if len(p) else np.array([], object)
+    conf = p.max(1) if len(p) else np.array([], np.float32)
+    label = np.where(conf < min_confidence, UNCLASSIFIED, model).astype(object) if min_confidence else model
     return pd.DataFrame({  # one dict: inserting the class columns one by one is 3x slower
-        "cell_id": idx + 1,
+        "cell_id": offset + idx + 1,
         "x": centres[idx, 1], "y": centres[idx, 0],
         "bbox_x0": b[:, 0], "bbox_y0": b[:, 1], "bbox_x1": b[:, 2], "bbox_y1": b[:, 3],
         "det_score": dets.scores[idx],
-        "label": np.asarray(classes, object)[p.argmax(1)] if len(p) else np.array([], object),
-        "confidence": p.max(1) if len(p) else np.array([], np.float32),
+        "label": label, "model_label": model, "confidence": conf,
         "p_blast": pb, "p_atypical": pa,
         **{f"prob_{c}": p[:, k] for k, c in enumerate(classes)},
     })

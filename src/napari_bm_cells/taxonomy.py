@@ -56,6 +56,9 @@ _CLASSES = [
     CellClass("PMB", "bilobed promyelocyte", "granulopoiesis", "MYO"),
     # PBC
     CellClass("PLT", "platelet", "other", None, leukocyte=False),
+    # cells the model was not sure of (below the checkpoint's confidence threshold):
+    # out of the differential until a reviewer gives them a class
+    CellClass("UNK", "unclassified (to review)", "other", None, leukocyte=False),
 ]
 
 CLASSES: dict[str, CellClass] = {c.code: c for c in _CLASSES}
@@ -73,6 +76,8 @@ BLAST_CODES = frozenset({"MYO", "MOB", "BLA"})
 ATYPICAL_CODES = BLAST_CODES | frozenset(
     {"PMO", "PMB", "MYB", "MMZ", "EBO", "PEB", "LYA", "LYI", "ABE", "FGC", "HAC", "PLM"})
 #: excluded from the differential's denominator by default
+#: label of cells below the confidence threshold (their model class is in ``model_label``)
+UNCLASSIFIED = "UNK"
 NON_LEUKOCYTE_CODES = frozenset(c.code for c in _CLASSES if not c.leukocyte)
 MYELOID_LINEAGES = ("granulopoiesis", "monopoiesis")
 ERYTHROID_LINEAGES = ("erythropoiesis",)
@@ -87,7 +92,7 @@ PALETTE = {
     "LYT": "#1f77b4", "MMZ": "#bcbd22", "MON": "#2ca02c", "MYB": "#dbdb8d", "NGB": "#98df8a",
     "NGS": "#ffbb78", "NIF": "#a0a0a0", "OTH": "#f7b6d2", "PEB": "#c49c94", "PLM": "#9edae5",
     "PMO": "#c5b0d5", "LYA": "#393b79", "MOB": "#637939", "MYO": "#843c39", "PMB": "#7b4173",
-    "PLT": "#e7ba52",
+    "PLT": "#e7ba52", "UNK": "#ffffff",
 }
 UNKNOWN_COLOUR = "#ffffff"
 #: colour per lineage, for the lineage view of the histogram

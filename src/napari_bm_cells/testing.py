@@ -122,6 +122,55 @@ def build_mosaic(n_rows: int, n_cols: int, source: str = "bccd", split="test", s
     return image, boxes
 
 
+#: the kinds of area :func:`build_area_mosaic` builds, in quadrant order (row by row)
+AREA_KINDS = ("crowded", "blurred", "empty", "good")
+
+
+def build_area_mosaic(fields: int = 4, source: str = "bccd", split="test+val", seed: int = 0,
+                      blur_sigma: float = 4.0, kinds=AREA_KINDS):
+    """A 2 x 2 mosaic of quadrants of real fields, each ``fields`` x ``fields`` fields, one
+    quadrant per kind of area: ``good`` (fields as they are), ``blurred`` (Gaussian blur of
+    ``blur_sigma`` px: out of focus), ``empty`` (bare glass: haemodiluted or a gap) and
+    ``crowded`` (three fields laid over each other, darkest pixel wins: cells overlap,
+    no glass between them, as in a thick area).
+
+    Returns
+    -------
+    image : (H, W, 3) uint8
+    boxes : pandas.DataFrame
+        White-cell boxes (``x0 y0 x1 y1 field``) of the good and blurred quadrants (the
+        crowded one has cells of three fields; its boxes are those of the first).
+    quadrants : dict
+        Kind -> level-0 (y0, x0, y1, x1).
+    """
+    import pandas as pd
+    from skimage.filters import gaussian
+
+    parts, boxes, quadrants = [], [], {}
+    for q, kind in enumerate(kinds):
+        img, b = build_mosaic(fields, fields, source, split, seed=seed + 7 * q)
+        if kind == "blurred":
+            img = np.clip(gaussian(img, sigma=blur_sigma, channel_axis=-1, preserve_range=True),
+                          0, 255).astype(np.uint8)
+        elif kind == "empty":
+            glass = np.quantile(img.reshape(-1, 3), 0.95, axis=0)
+            noise = np.random.default_rng(seed + q).normal(0, 2.0, img.shape)
+            img = np.clip(glass + noise, 0, 255).astype(np.uint8)
+            b = b.iloc[:0]
+        elif kind == "crowded":
+            for extra in (1, 2):
+                other, _ = build_mosaic(fields, fields, source, split, seed=seed + 7 * q + 100 * extra)
+                img = np.minimum(img, np.roll(other, (97 * extra, 151 * extra), axis=(0, 1)))
+        h, w = img.shape[:2]
+        y, x = (q // 2) * h, (q % 2) * w
+        quadrants[kind] = (y, x, y + h, x + w)
+        parts.append(img)
+        if kind != "empty":
+            boxes.append(b.assign(x0=b.x0 + x, x1=b.x1 + x, y0=b.y0 + y, y1=b.y1 + y))
+    image = np.concatenate([np.concatenate(parts[:2], 1), np.concatenate(parts[2:], 1)], 0)
+    return image, pd.concat(boxes, ignore_index=True), quadrants
+
+
 def _half(a: np.ndarray) -> np.ndarray:
     """2x2 mean (odd sizes padded by repeating the last row / column), uint8."""
     if a.shape[0] % 2 or a.shape[1] % 2:
