@@ -130,3 +130,124 @@ def format_differential(summary: dict, top: int | None = None) -> str:
                 f"blast {summary['blast_pct']:.1f}%, atypical {summary['atypical_pct']:.1f}%, "
                 f"M:E {'n/a' if me is None else f'{me:.2f}'}")
     return "\n".join(rows)
+
+
+#: maturation ratios: name -> (numerator classes, denominator classes)
+MATURATION_RATIOS = {
+    "immature_mature_granulocytes": (("PMO", "PMB", "MYB", "MMZ"), ("NGB", "NGS")),
+    "early_late_erythroid": (("PEB",), ("EBO",)),
+}
+
+#: clinical cut-offs (percent of counted cells)
+BLAST_CUTOFFS = (2, 5, 10, 20)
+PLASMA_CUTOFFS = (10, 60)
+PLASMA_CODE = "PLM"
+
+BLAST_CAVEAT = "The model has no blast class: the blast % cannot be measured (shown as n/a)."
+PLASMA_CAVEAT = ("The model has no plasma-cell class: the plasma-cell % cannot be measured "
+                 "(shown as n/a).")
+EMPTY_CAVEAT = "No cells were counted."
+
+
+def maturation_ratios(counts: dict) -> dict:
+    """Immature : mature granulocytes and early : late erythroid precursors.
+
+    Parameters
+    ----------
+    counts : dict
+        Cells per class code (``summary["counts"]``).
+
+    Returns
+    -------
+    dict
+        ``immature_mature_granulocytes`` = (PMO + PMB + MYB + MMZ) : (NGB + NGS) and
+        ``early_late_erythroid`` = PEB : EBO, each ``{"numerator", "denominator",
+        "ratio"}`` (ratio None when the denominator is 0). A ratio none of whose
+        classes is a key of ``counts`` (the model lacks them) is left out.
+    """
+    out = {}
+    for name, (num, den) in MATURATION_RATIOS.items():
+        if not any(c in counts for c in num + den):
+            continue
+        k1 = int(sum(counts.get(c, 0) for c in num))
+        k2 = int(sum(counts.get(c, 0) for c in den))
+        out[name] = {"numerator": k1, "denominator": k2, "ratio": k1 / k2 if k2 else None}
+    return out
+
+
+def _model_classes(summary: dict) -> set[str]:
+    classes = (summary.get("classifier") or {}).get("classes") or []
+    return set(classes) | set(summary.get("counts", {}))
+
+
+def has_blast_class(summary: dict) -> bool:
+    """Whether the model behind ``summary`` has a blast class (one of MYO, MOB, BLA)."""
+    if BLAST_CODES & _model_classes(summary):
+        return True
+    # a differential computed with the model's classes lists what it lacks
+    return "missing_blast_classes" in summary and not summary["missing_blast_classes"]
+
+
+def has_plasma_class(summary: dict) -> bool:
+    """Whether the model behind ``summary`` has the plasma-cell class (PLM)."""
+    return PLASMA_CODE in _model_classes(summary)
+
+
+def _flags(what: str, cutoffs, pct, ci) -> list[dict]:
+    if pct is None or ci is None:
+        return []
+    lo, hi = float(ci[0]), float(ci[1])
+    return [{"what": what, "cutoff": c, "pct": float(pct), "ci95": [lo, hi]}
+            for c in cutoffs if lo <= c <= hi]
+
+
+def cutoff_flags(summary: dict) -> list[dict]:
+    """Clinical cut-offs that lie inside the 95% CI of the blast or plasma-cell %.
+
+    A count whose CI contains a cut-off cannot tell on which side of it the sample is.
+
+    Parameters
+    ----------
+    summary : dict
+        A differential (:func:`differential`, or an analysis summary).
+
+    Returns
+    -------
+    list of dict
+        One ``{"what": "blasts" | "plasma cells", "cutoff", "pct", "ci95": [lo, hi]}``
+        per cut-off inside its CI (blasts 2, 5, 10, 20 %; plasma cells 10, 60 %).
+        Nothing for a marker the model has no class for, nor when no cell was counted.
+    """
+    if not summary.get("n_counted"):
+        return []
+    out = []
+    if has_blast_class(summary):
+        out += _flags("blasts", BLAST_CUTOFFS, summary.get("blast_pct"), summary.get("blast_pct_ci95"))
+    if has_plasma_class(summary):
+        out += _flags("plasma cells", PLASMA_CUTOFFS, summary.get("percent", {}).get(PLASMA_CODE),
+                      summary.get("ci95", {}).get(PLASMA_CODE))
+    return out
+
+
+def marker_caveats(summary: dict) -> list[str]:
+    """Plain sentences on what the differential cannot tell.
+
+    Parameters
+    ----------
+    summary : dict
+        A differential (:func:`differential`, or an analysis summary).
+
+    Returns
+    -------
+    list of str
+        :data:`BLAST_CAVEAT` when the model has no blast class, :data:`PLASMA_CAVEAT`
+        when it has no plasma-cell class, :data:`EMPTY_CAVEAT` when no cell was counted.
+    """
+    out = []
+    if not has_blast_class(summary):
+        out.append(BLAST_CAVEAT)
+    if not has_plasma_class(summary):
+        out.append(PLASMA_CAVEAT)
+    if not summary.get("n_counted"):
+        out.append(EMPTY_CAVEAT)
+    return out
