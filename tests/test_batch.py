@@ -49,7 +49,7 @@ def test_batch_cohort_errors_skipped(serial, classifier):
     out, df = serial
     assert list(df["slide"]) == ["a1.jpg", "a2.jpg", "corrupt.jpg", "sub/a3.jpg", "sub/mosaic.ome.zarr"]
     assert dict(zip(df["slide"], df["status"])) == {**{s: "done" for s in GOOD}, "corrupt.jpg": "error"}
-    codes = classifier.classes
+    codes = classifier.classes + (["UNK"] if classifier.meta.min_confidence else [])
     assert list(df.columns) == (["slide", "status", "output", "n_cells", "n_counted"]
                                 + [f"count_{c}" for c in codes] + [f"pct_{c}" for c in codes]
                                 + ["blast_pct", "atypical_pct", "me_ratio"])

@@ -241,7 +241,7 @@ def test_export_and_read_back(mosaic_result, tmp_path):
     L.reassign(layer, [0], "MON")
     out = L.export_results(layer, tmp_path / "out")
     assert {p.name for p in out.values()} == {"cells.csv", "summary.json", "cells.geojson",
-                                              "differential.png"}
+                                              "differential.png", "report.html"}
     csv = pd.read_csv(out["cells"])
     assert {"x_um", "y_um"} <= set(csv.columns)
     for key in ("cells", "geojson"):

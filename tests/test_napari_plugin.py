@@ -184,7 +184,7 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     # export, then read back through our reader: same points, classes and review flags
     out = panel.export(tmp_path / "export")
     assert {p.name for p in out.values()} == {"cells.csv", "summary.json", "cells.geojson",
-                                              "differential.png"}
+                                              "differential.png", "report.html"}
     for key in ("cells", "geojson"):
         [back] = viewer.open(str(out[key]), plugin=PLUGIN)
         assert isinstance(back, napari.layers.Points)

@@ -21,7 +21,7 @@ import pandas as pd
 from .count import differential
 from .errors import InputError
 from .io import Slide, open_slide
-from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNKNOWN_COLOUR, colour_of, full_name
+from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNCLASSIFIED, UNKNOWN_COLOUR, colour_of, full_name
 
 META = "bm_cells"  #: key of our entry in ``layer.metadata``
 #: preferred order of the number-key shortcuts (the commonest classes first)
@@ -304,12 +304,22 @@ def reassign(layer, indices, code: str) -> list[int]:
 
 
 def confirm(layer, indices) -> list[int]:
-    """Mark the points ``indices`` reviewed, keeping their classes (the reviewer agrees)."""
+    """Mark the points ``indices`` reviewed, keeping their classes (the reviewer agrees);
+    an unclassified (``UNK``) cell takes the model's class, ``model_label``."""
     idx = sorted(int(i) for i in indices)
     if idx:
         f = layer.features.copy()
+        if "model_label" in f:
+            unk = [i for i in idx if f.at[i, "label"] == UNCLASSIFIED]
+            if unk:
+                f["label"] = f["label"].astype(object)
+                f.loc[unk, "label"] = f.loc[unk, "model_label"].astype(str)
+                colours = np.asarray(layer.face_color).copy()
+                colours[unk] = class_colours(f.loc[unk, "label"])
         f.loc[idx, "reviewed"] = True
         layer.features = f
+        if "model_label" in f and unk:
+            layer.face_color = colours
     return idx
 
 
@@ -402,6 +412,21 @@ def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: 
         if not multiscale:
             data = base
     return dict(data=data, multiscale=multiscale, name=name, opacity=0.35, **tf)
+
+
+# --------------------------------------------------------------------------- counting areas
+def area_map_kwargs(areas, image_layer=None, *, name: str = "counting areas") -> dict:
+    """Keyword arguments of ``viewer.add_image`` for an :class:`~napari_bm_cells.areas.AreaMap`:
+    one pixel per region, placed over the regions of the image (green: fit for counting)."""
+    rp = float(areas.region_px)
+    # region (i, j) spans level-0 pixels [origin + i * rp, ...); napari centres data pixel k on k
+    t = (areas.origin[0] + rp / 2 - 0.5, areas.origin[1] + rp / 2 - 0.5)
+    tf = _transform_kwargs(image_layer) if image_layer is not None else {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
+    s, T = tf.pop("scale"), tf.pop("translate")
+    tf.update(scale=(s[0] * rp, s[1] * rp), translate=(T[0] + s[0] * t[0], T[1] + s[1] * t[1]))
+    return dict(data=np.asarray(areas.scores, np.float32), name=name, colormap="RdYlGn",
+                contrast_limits=(0.0, 1.0), opacity=0.3, blending="translucent",
+                metadata={META: {"kind": "areas"}}, **tf)
 
 
 # --------------------------------------------------------------------------- crops
@@ -551,20 +576,31 @@ def layer_summary(layer) -> dict:
     return out
 
 
-def export_results(layer, folder, figure=None, stem: str = "cells") -> dict[str, Path]:
-    """Write ``<stem>.csv`` (pixel and, with a pixel size, micrometre coordinates),
-    ``summary.json``, ``<stem>.geojson`` (QuPath: File > Import objects) and
-    ``differential.png`` for a cells layer as it is now."""
-    from .export import write_cells_csv, write_geojson, write_summary_json
+def export_results(layer, folder, figure=None, stem: str = "cells", image_layer=None) -> dict[str, Path]:
+    """Write a cells layer as it is now, as the CLI writes an analysis
+    (:func:`~napari_bm_cells.export.write_results`: ``cells.csv``, ``summary.json``,
+    ``cells.geojson``, ``report.html``; the report's thumbnails come from
+    ``image_layer``), plus ``differential.png`` (``figure``, else a new histogram)."""
+    from .export import write_results
+    from .pipeline import AnalysisResult
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cells = cells_from_layer(layer)
     summary = layer_summary(layer)
-    mpp = summary.get("mpp")
-    out = {"cells": write_cells_csv(cells, folder / f"{stem}.csv", mpp),
-           "summary": write_summary_json(summary, folder / "summary.json"),
-           "geojson": write_geojson(cells, folder / f"{stem}.geojson")}
+    meta = layer_meta(layer)
+    slide = None
+    if image_layer is not None:
+        try:
+            slide = layer_slide(image_layer)
+        except InputError:
+            slide = None
+    res = AnalysisResult(cells, summary, slide=slide, areas=meta.get("areas"),
+                         outlines=meta.get("outlines") or {})
+    out = write_results(res, folder)
+    if stem != "cells":
+        for key in ("cells", "geojson"):
+            out[key] = out[key].rename(out[key].with_name(stem + out[key].suffix))
     png = folder / "differential.png"
     if figure is not None:
         figure.savefig(png, facecolor="white")

@@ -5,8 +5,10 @@ features: the panel listens to the layer's ``data`` / ``features`` events (new c
 during a run, reassigned or deleted cells) and recounts after a short debounce. The
 inspector shows the selected cell's crop (cut from the image layer), its class
 probabilities and P(blast) / P(atypical); reassigning (combo box or the number keys on
-the cells layer) marks the cell ``reviewed``. Exports: cells CSV, summary JSON, QuPath
-GeoJSON, histogram PNG, and crops of reviewed cells per class for retraining.
+the cells layer) marks the cell ``reviewed``; the review queue starts with the
+unclassified (``UNK``) cells, and Sign off is refused while any remain (unless allowed).
+Exports: as the CLI writes them (cells CSV, summary JSON with the sign-off, QuPath GeoJSON,
+report.html), the histogram PNG, and crops of reviewed cells per class for retraining.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout, QHeaderView,
-                            QLabel, QPushButton, QScrollArea, QSizePolicy, QTableWidget,
-                            QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
+                            QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QSizePolicy,
+                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from . import _layers as L
 from ._cells_combo import CellsLayerCombo, shrinkable
+from .errors import InputError
 from .taxonomy import CLASSES, full_name
 
 if TYPE_CHECKING:
@@ -211,9 +214,30 @@ class DifferentialPanel(QWidget):
         lay.addWidget(insp)
         lay.addStretch(1)
 
+        sign = QGroupBox("sign-off")
+        sl = QVBoxLayout(sign)
+        row = QHBoxLayout()
+        import getpass
+        self.signer = QLineEdit(getpass.getuser())
+        self.signer.setToolTip("who reviewed and signs this differential")
+        row.addWidget(QLabel("by"))
+        row.addWidget(self.signer, 1)
+        self.sign_button = QPushButton("Sign off")
+        self.sign_button.setToolTip("record who signed and when (in summary.json and report.html); "
+                                    "refused while unclassified (UNK) cells remain")
+        self.sign_button.clicked.connect(lambda: self.sign_off())
+        row.addWidget(self.sign_button)
+        sl.addLayout(row)
+        self.allow_pending = QCheckBox("allow sign-off with unclassified cells")
+        sl.addWidget(self.allow_pending)
+        self.sign_label = QLabel("not signed")
+        self.sign_label.setWordWrap(True)
+        sl.addWidget(self.sign_label)
+        lay.addWidget(sign)
+
         row = QHBoxLayout()
         self.export_button = QPushButton("Export results...")
-        self.export_button.setToolTip("cells CSV, summary JSON, QuPath GeoJSON and histogram PNG")
+        self.export_button.setToolTip("cells CSV, summary JSON, QuPath GeoJSON, report.html and histogram PNG")
         self.export_button.clicked.connect(self._export_dialog)
         row.addWidget(self.export_button)
         self.corrections_button = QPushButton("Export corrections...")
@@ -502,6 +526,31 @@ class DifferentialPanel(QWidget):
             except Exception as exc:  # noqa: BLE001
                 _notify_error("delete", exc)
 
+    # ---------------------------------------------------------------- sign-off
+    def sign_off(self, by: str | None = None) -> dict | None:
+        """Sign the layer's differential as reviewed by ``by`` (default the name field):
+        refused (a notification) while unclassified cells remain, unless allowed. The
+        record goes into the layer's summary, so exports carry it."""
+        from napari.utils.notifications import show_error, show_info
+
+        from .review import sign_off
+
+        if self.layer is None:
+            show_error("napari-bm-cells: no cells layer to sign off")
+            return None
+        try:
+            rec = sign_off(self.layer.features, by if by is not None else self.signer.text(),
+                           allow_pending=self.allow_pending.isChecked())
+        except InputError as exc:
+            self.sign_label.setText(f"not signed: {exc}")
+            show_error(f"napari-bm-cells: {exc}")
+            return None
+        meta = L.layer_meta(self.layer)
+        meta.setdefault("summary", {})["sign_off"] = rec
+        self.sign_label.setText(f"signed by {rec['by']} at {rec['at']}")
+        show_info(f"napari-bm-cells: differential signed by {rec['by']}")
+        return rec
+
     # ---------------------------------------------------------------- export
     def export(self, folder) -> dict[str, Path]:
         """Write cells.csv, summary.json, cells.geojson and differential.png into ``folder``."""
@@ -511,7 +560,7 @@ class DifferentialPanel(QWidget):
             show_error("napari-bm-cells: no cells layer to export")
             return {}
         try:
-            out = L.export_results(self.layer, folder)
+            out = L.export_results(self.layer, folder, image_layer=self._image_layer())
         except Exception as exc:  # noqa: BLE001
             show_error(f"napari-bm-cells: export failed ({type(exc).__name__}: {exc})")
             return {}

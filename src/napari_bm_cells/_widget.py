@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
+                              PushButton, SpinBox)
 
 from . import _layers as L
 from .detect import Progress
@@ -129,6 +130,17 @@ def parse_level_text(text: str):
                          "or a downsample such as 2x") from None
 
 
+def parse_confidence_text(text: str) -> float | None:
+    """``"checkpoint"`` (or empty): the checkpoint's threshold (None); else a number 0-1."""
+    t = (text or "").strip().lower()
+    if t in ("", "checkpoint", "auto"):
+        return None
+    try:
+        return float(t)
+    except ValueError:
+        raise InputError(f"min confidence {text!r}: give 'checkpoint' or a probability between 0 and 1") from None
+
+
 class _JobHandle:
     """What a running job needs to be stopped: holds no reference to the widget."""
 
@@ -184,6 +196,16 @@ class AnalyzeWidget(Container):
         self.white_balance = CheckBox(text="match the glass colour to the classifier's training",
                                       value=False, tooltip="white balance of the crops before classifying "
                                       "(another lab's camera and lamp)")
+        self.target = SpinBox(label="count to", value=0, min=0, max=100000, step=100,
+                              tooltip="stop once this many leukocytes are counted, best counting areas "
+                                      "first (200-500 for a marrow differential); 0: every cell")
+        self.min_area_score = FloatSpinBox(label="min area score", value=0.0, min=0.0, max=1.0, step=0.05,
+                                           tooltip="analyse only regions fit for counting at least this "
+                                                   "much (0-1: in focus, a monolayer); 0: all")
+        self.min_confidence = LineEdit(label="min confidence", value="checkpoint",
+                                       tooltip="cells below this top-class probability are UNK until "
+                                               "reviewed: 'checkpoint' (its validation-chosen threshold), "
+                                               "a value 0-1, or 0 for none")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -191,7 +213,8 @@ class AnalyzeWidget(Container):
                             labels=False)
         self.extend([self.image, self.detector, self.detector_file, self.classifier,
                      self.classifier_file, self.device, self.tile_size, self.overlap, self.level,
-                     self.region, self.shapes, self.masks, self.white_balance, buttons, self.status])
+                     self.region, self.shapes, self.target, self.min_area_score, self.min_confidence,
+                     self.masks, self.white_balance, buttons, self.status])
 
         self.detector.changed.connect(lambda v: setattr(self.detector_file, "visible", v == "file"))
         self.classifier.changed.connect(lambda v: setattr(self.classifier_file, "visible", v == "file"))
@@ -206,6 +229,7 @@ class AnalyzeWidget(Container):
         self.last_error: str | None = None
         self.points_layer = None
         self.labels_layer = None
+        self.areas_layer = None
         self._job = None
         self._pending = []
         self._last_flush = 0.0
@@ -272,7 +296,10 @@ class AnalyzeWidget(Container):
         return AnalysisOptions(tile_size=int(self.tile_size.value), overlap=int(self.overlap.value),
                                level=parse_level_text(self.level.value),
                                region=self._region(layer) if layer is not None else None,
-                               masks=bool(self.masks.value), white_balance=bool(self.white_balance.value))
+                               masks=bool(self.masks.value), white_balance=bool(self.white_balance.value),
+                               target=int(self.target.value) or None,
+                               min_area_score=float(self.min_area_score.value),
+                               min_confidence=parse_confidence_text(self.min_confidence.value)).check()
 
     def run(self, *_) -> bool:
         """Start an analysis of the chosen image layer; False (and a notification) when
@@ -416,9 +443,12 @@ class AnalyzeWidget(Container):
     def _labels_name(self):
         return f"{self._image_layer.name} masks"
 
+    def _areas_name(self):
+        return f"{self._image_layer.name} counting areas"
+
     def _remove_old_layers(self):
         """Remove the previous run's cells and masks of this image (replaced by this run)."""
-        for name in (self._points_name(), self._labels_name()):
+        for name in (self._points_name(), self._labels_name(), self._areas_name()):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
 
@@ -466,10 +496,25 @@ class AnalyzeWidget(Container):
             j = self._viewer.layers.index(self.labels_layer)
             if j > i:
                 self._viewer.layers.move(j, i)
+        meta = L.layer_meta(self.points_layer)
+        meta["areas"], meta["outlines"] = result.areas, result.outlines  # for the export and report
+        if result.areas is not None:
+            self._show_areas(result.areas)
         self._viewer.layers.selection.active = self.points_layer
         self.result = result
         n, k = summary["n_cells"], summary["n_counted"]
         self.status.value = f"done: {n} cells ({k} counted) in {time.perf_counter() - self._t0:.1f} s"
+
+    def _show_areas(self, areas):
+        """The counting-area map as an image layer just above the image, under the cells."""
+        if self._areas_name() in self._viewer.layers:
+            self._viewer.layers.remove(self._areas_name())
+        kw = L.area_map_kwargs(areas, self._image_layer, name=self._areas_name())
+        self.areas_layer = L.unwrap(self._viewer.add_image(**kw))
+        layers = self._viewer.layers
+        j, i = layers.index(self.areas_layer), layers.index(self._image_layer)
+        if j > i + 1:
+            layers.move(j, i + 1)
 
     def _fail(self, exc):
         from napari.utils.notifications import show_error

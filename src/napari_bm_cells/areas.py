@@ -32,7 +32,7 @@ MONOLAYER = (0.03, 0.2, 0.6, 0.9)
 FOCUS_CELL_PX = 48.0
 
 #: side of a focus patch in white-cell diameters
-FOCUS_PATCH_CELLS = 2.0
+FOCUS_PATCH_CELLS = 4.0
 
 #: thumbnail pixels per region side (coverage needs no more)
 THUMB_PER_REGION = 32
@@ -185,9 +185,11 @@ def score_areas(slide, region: tuple[int, int, int, int] | None = None, region_p
             yy, xx = np.nonzero(sub)
             cy = ry0 + (yy.mean() + 0.5) * td if len(yy) else (ry0 + ry1) / 2
             cx = rx0 + (xx.mean() + 0.5) * td if len(xx) else (rx0 + rx1) / 2
-            p = min(patch, ry1 - ry0, rx1 - rx0)
-            py0 = min(max(ry0, cy - p / 2), ry1 - p)
-            px0 = min(max(rx0, cx - p / 2), rx1 - p)
+            # a region at the slide's edge may be a sliver: its patch reaches into the
+            # neighbours (focus varies slowly), never beyond the mapped area
+            p = min(patch, region_px, y1 - y0, x1 - x0)
+            py0 = min(max(y0, cy - p / 2), y1 - p)
+            px0 = min(max(x0, cx - p / 2), x1 - p)
             focus[i, j] = focus_measure(slide.read_region(py0, px0, py0 + p, px0 + p, downsample=fd))
     scored = focus[coverage > MONOLAYER[0]]
     sharp = float(np.median(np.sort(scored)[int(len(scored) * SHARP_QUANTILE):])) if len(scored) else 0.0

@@ -562,7 +562,8 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     cells = _rows(dets, np.arange(len(dets)), centres, probs, cls.classes, min_conf)
     cells.insert(cells.columns.get_loc("p_atypical") + 1, "area_score",
                  areas.score_at(cells["x"].to_numpy(), cells["y"].to_numpy()).astype(np.float32))
-    summary = differential(cells["label"], cls.classes, exclude=exclude,
+    # with a review threshold the differential always has an UNK row (0 when none)
+    summary = differential(cells["label"], list(cls.classes) + ([UNCLASSIFIED] if min_conf else []), exclude=exclude,
                            p_blast=cells["p_blast"].to_numpy(), p_atypical=cells["p_atypical"].to_numpy())
     timings["total_s"] = time.perf_counter() - t_start
     analysed = areas.area_fraction(visited) if visit is not None else 1.0

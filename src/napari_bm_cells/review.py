@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .taxonomy import NON_LEUKOCYTE_CODES, is_known
+from .taxonomy import NON_LEUKOCYTE_CODES, UNCLASSIFIED, is_known
 
 SCORES = ("margin", "confidence", "entropy", "p_blast", "p_atypical")
 PROB_PREFIX = "prob_"
@@ -95,6 +95,9 @@ def review_queue(cells: pd.DataFrame, by: str = "margin", reviewed_last: bool = 
     by : str
         An uncertainty score (see :func:`uncertainty_scores`; ``"p_blast"`` puts likely
         blasts first), sorted descending; ties keep ascending ``cell_id``.
+    Unclassified cells (label ``UNK``, below the confidence threshold) come first: the
+    differential waits for them.
+
     reviewed_last : bool
         Cells already reviewed (``reviewed`` column True) go after all unreviewed ones
         (each part ordered by the score); False ignores the review state.
@@ -111,8 +114,9 @@ def review_queue(cells: pd.DataFrame, by: str = "margin", reviewed_last: bool = 
     if labels is not None:
         df = df[df["label"].isin(list(labels))]
     score = uncertainty_scores(df, by)
-    key = pd.DataFrame({"cell_id": df["cell_id"].to_numpy(), "score": score.to_numpy()})
-    sort_by, asc = ["score", "cell_id"], [False, True]
+    key = pd.DataFrame({"cell_id": df["cell_id"].to_numpy(), "score": score.to_numpy(),
+                        "unclassified": df["label"].astype(str).eq(UNCLASSIFIED).to_numpy()})
+    sort_by, asc = ["unclassified", "score", "cell_id"], [False, False, True]
     if reviewed_last and "reviewed" in df.columns:
         key["reviewed"] = df["reviewed"].eq(True).to_numpy()
         sort_by, asc = ["reviewed"] + sort_by, [True] + asc
@@ -164,7 +168,8 @@ def mark_reviewed(cells: pd.DataFrame, cell_id: int, new_label: str | None = Non
                   inplace: bool = False) -> pd.DataFrame:
     """Record that a human checked a cell, optionally correcting its class.
 
-    Sets ``reviewed`` True; with ``new_label`` the ``label`` becomes that code and the
+    Sets ``reviewed`` True; with ``new_label`` the ``label`` becomes that code (without
+    it an unclassified ``UNK`` cell takes its ``model_label``) and the
     model's label is kept in ``model_label`` (set once, so repeated corrections keep
     the original). Model columns (``confidence``, ``prob_*``) are not touched.
 
@@ -198,4 +203,49 @@ def mark_reviewed(cells: pd.DataFrame, cell_id: int, new_label: str | None = Non
         if not (is_known(code) or code in known):
             raise InputError(f"{new_label!r} is not a known class code")
         df.loc[ix, "label"] = code
+    else:  # an unclassified cell the reviewer accepts takes the model's class
+        unk = ix[df.loc[ix, "label"].astype(str).eq(UNCLASSIFIED).to_numpy()]
+        df.loc[unk, "label"] = df.loc[unk, "model_label"]
     return df
+
+
+def pending_review(cells: pd.DataFrame) -> int:
+    """Unclassified (``UNK``) cells nobody has given a class yet."""
+    if not len(cells) or "label" not in cells:
+        return 0
+    unk = cells["label"].astype(str).eq(UNCLASSIFIED)
+    return int(unk.sum())
+
+
+def sign_off(cells: pd.DataFrame, by: str, allow_pending: bool = False, when=None) -> dict:
+    """The sign-off record of a reviewed differential (summary.json ``sign_off``).
+
+    Parameters
+    ----------
+    cells : DataFrame
+        The cell table as reviewed.
+    by : str
+        Who signs (a name or user id).
+    allow_pending : bool
+        Sign although unclassified cells remain (they stay out of the differential).
+    when : datetime, optional
+        Default now (local time zone).
+
+    Raises
+    ------
+    InputError
+        Without a name, or while unclassified cells remain and ``allow_pending`` is False.
+    """
+    from datetime import datetime
+
+    by = (by or "").strip()
+    if not by:
+        raise InputError("sign-off needs the name of who signs")
+    n = pending_review(cells)
+    if n and not allow_pending:
+        raise InputError(f"{n} unclassified (UNK) cell(s) still need a class: review them "
+                         "(Next > starts with them) or allow signing with unclassified cells")
+    when = when or datetime.now().astimezone()
+    return {"by": by, "at": when.isoformat(timespec="seconds"), "n_cells": int(len(cells)),
+            "n_reviewed": int(cells["reviewed"].eq(True).sum()) if "reviewed" in cells else 0,
+            "n_unclassified": n}

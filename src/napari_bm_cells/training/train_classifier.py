@@ -371,6 +371,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         test_metrics = classification_metrics(df["label"].to_numpy()[te], probs, classes)
     meta.metrics = {"val_macro_f1": best_f1, "test": {k: test_metrics[k] for k in
                     ("macro_f1", "accuracy", "mcc", "n") if k in test_metrics}}
+    if len(va):  # the review threshold, on the validation split (training/calibrate.py)
+        from .calibrate import choose_min_confidence
+
+        probs = predict_array(best, imgs[va], meta, device=device)
+        review = choose_min_confidence(probs.max(1), probs.argmax(1) == y_all[va])
+        meta.min_confidence = review["min_confidence"]
+        meta.metrics["review_threshold"] = {**review, "split": "val"}
     save_checkpoint(out, best.state_dict(), meta, half=True)
     (out.with_name(out.stem + ".history.json")).write_text(json.dumps(history, indent=1))
     return {"history": history, "test": test_metrics}
