@@ -155,7 +155,12 @@ def test_blank_white_image_has_no_cells(classifier_path, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, flag", [(["--tile-size", "0"], "--tile-size"), (["--overlap", "-1"], "--overlap"),
-                                        (["--batch-size", "0"], "--batch-size"), (["--cell-size", "-5"], "--cell-size")])
+                                        (["--batch-size", "0"], "--batch-size"), (["--cell-size", "-5"], "--cell-size"),
+                                        (["--target", "0"], "--target"), (["--target", "-200"], "--target"),
+                                        (["--min-area-score", "1.5"], "--min-area-score"),
+                                        (["--min-area-score", "-0.1"], "--min-area-score"),
+                                        (["--min-confidence", "-0.1"], "--min-confidence"),
+                                        (["--min-confidence", "2"], "--min-confidence")])
 def test_bad_analysis_options_are_one_line_exit_2(bccd_jpeg, tmp_path, capsys, args, flag):
     from napari_bm_cells.cli import main
 
@@ -163,3 +168,38 @@ def test_bad_analysis_options_are_one_line_exit_2(bccd_jpeg, tmp_path, capsys, a
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"bm-cells: error: {flag} ")
     assert not (tmp_path / "o").exists()
+
+
+def test_analyze_writes_geojson_and_report_and_counts_to_a_target(bccd_jpeg, classifier_path, tmp_path, capsys):
+    import json
+
+    from napari_bm_cells.cli import main
+
+    rc = main(["analyze", str(bccd_jpeg), "--out", str(tmp_path / "o"), "--classifier", str(classifier_path),
+               "-q", "--target", "200"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {"cells.csv", "summary.json", "cells.geojson",
+                                                            "report.html"}
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["target"]["n"] == 200 and summary["target"]["met"] is False
+    assert "target 200: NOT met" in out
+    gj = json.loads((tmp_path / "o" / "cells.geojson").read_text())
+    assert gj["features"][0]["geometry"]["type"] == "Polygon"  # a mask outline (masks are on)
+    assert "<html" in (tmp_path / "o" / "report.html").read_text()[:200].lower()
+    rc = main(["analyze", str(bccd_jpeg), "--out", str(tmp_path / "n"), "--classifier", str(classifier_path),
+               "-q", "--no-report", "--no-masks"])
+    assert rc == 0 and not (tmp_path / "n" / "report.html").exists()
+
+
+def test_calibrate_confidence_command(data_dir, classifier_path, tmp_path, capsys):
+    from napari_bm_cells.checkpoint import read_meta
+    from napari_bm_cells.cli import main
+
+    out = tmp_path / "c.safetensors"
+    rc = main(["calibrate-confidence", str(data_dir / "pbc"), "--classifier", str(classifier_path),
+               "--out", str(out), "--device", "cpu"])
+    line = capsys.readouterr().out.splitlines()[0]
+    assert rc == 0 and line.startswith("min confidence ") and "on the val split" in line
+    assert read_meta(out).min_confidence > 0
+    assert main(["calibrate-confidence", str(data_dir / "pbc"), "--target-accuracy", "1.5"]) == 2

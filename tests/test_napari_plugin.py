@@ -535,3 +535,52 @@ def test_a_field_without_white_cells_gives_an_empty_layer_not_an_error(viewer, q
     assert pts is not None and len(pts.data) == 0
     qtbot.waitUntil(lambda: panel.summary is not None, timeout=5000)
     assert panel.summary["n_cells"] == 0
+
+
+def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot, data_dir, classifier_path,
+                                                                   tmp_path):
+    """With a high confidence threshold some cells are UNK: they stay out of the panel's
+    differential, the review queue starts with them, Sign off is refused until each has
+    a class, and the export records who signed. The counting-area map sits under the cells."""
+    import json
+
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=5)
+    image = viewer.add_image(img, name="mosaic", rgb=True)
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    w.min_confidence.value = "0.75"
+    w.run()
+    _wait_done(qtbot, w)
+    assert w.last_error is None, w.last_error
+    pts = w.points_layer
+    unk = np.flatnonzero(pts.features["label"].to_numpy() == "UNK")
+    assert 0 < len(unk) < len(pts.data)
+    qtbot.waitUntil(lambda: panel.summary is not None and panel.summary["n_cells"] == len(pts.data), timeout=5000)
+    assert panel.summary["n_counted"] == len(pts.data) - len(unk) - sum(
+        panel.summary["counts"][c] for c in panel.summary["excluded_codes"] if c != "UNK" and c in panel.summary["counts"])
+    # the area map: an image layer between the image and the cells
+    areas = viewer.layers["mosaic counting areas"]
+    assert viewer.layers.index(image) < viewer.layers.index(areas) < viewer.layers.index(pts)
+    assert areas.data.shape == w.result.areas.shape
+
+    panel.signer.setText("dr test")
+    n_err = len(_error_records())
+    assert panel.sign_off() is None
+    assert len(_error_records()) == n_err + 1 and "unclassified" in panel.sign_label.text()
+    ids = pts.features["cell_id"].to_numpy()
+    for k in range(len(unk)):  # Next > walks the UNK cells first; Confirm gives them the model's class
+        cid = panel.review_step(+1)
+        i = int(np.flatnonzero(ids == cid)[0])
+        assert i in set(unk)
+        assert pts.selected_data == {i}
+        panel.confirm_selected()
+        assert pts.features.loc[i, "label"] == pts.features.loc[i, "model_label"] != "UNK"
+    rec = panel.sign_off()
+    assert rec is not None and rec["by"] == "dr test"
+    out = panel.export(tmp_path / "signed")
+    summary = json.loads(out["summary"].read_text())
+    assert summary["sign_off"]["by"] == "dr test" and summary["n_unclassified"] >= 0
+    assert summary["counts"].get("UNK", 0) == 0
+    assert "dr test" in out["report"].read_text()

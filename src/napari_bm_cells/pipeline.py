@@ -367,10 +367,18 @@ def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px
                 cid = offset + int(i) + 1
                 painted = _paint_mask(block_labels, origin, cid, mask, dets.boxes[i], side)
                 if outlines is not None and painted is not None:
-                    outlines[cid] = mask_outline(*painted)
+                    outlines[cid] = mask_outline(*_clip_to(painted, slide.shape))
             yield _Cell(offset + i, crop, centre)
         if block_labels is not None:
             _write_labels(labels, block_labels, *origin)
+
+
+def _clip_to(painted, shape):
+    """A painted mask and its level-0 corner, cut to the slide (windows are padded)."""
+    m, y0, x0 = painted
+    ty, tx = max(0, -y0), max(0, -x0)
+    m = m[ty:max(ty, shape[0] - y0), tx:max(tx, shape[1] - x0)]
+    return m, y0 + ty, x0 + tx
 
 
 def mask_outline(mask: np.ndarray, y0: float, x0: float) -> np.ndarray | None:
