@@ -14,6 +14,11 @@ Sections (``--only`` picks some):
     Peak RSS of whole-slide analyses of 5k^2 ... 30k^2 px mosaics of real BCCD fields,
     each in a fresh process (mosaics streamed to OME-Zarr chunk by chunk, cached in
     ``--workdir``).
+``target``
+    Counting to a target (``--target``) against the whole slide: a mosaic of real BCCD
+    fields in four quadrants (in focus, blurred, bare glass, crowded), analysed whole and
+    with ``target`` leukocytes from the best counting areas: wall times, their ratio, and
+    the share of counted cells that come from the in-focus monolayer.
 ``speedups``
     Classifier on CPU: fp32 (PyTorch) vs bf16 autocast vs ONNX Runtime: throughput and
     macro-F1 on held-back PBC crops.
@@ -42,8 +47,9 @@ import numpy as np  # noqa: E402
 from _common import box_quality, mb, run_task, write_mosaic_zarr  # noqa: E402
 
 FULL = {"stage_grid": (24, 32), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32), "memory_sides": [5000, 10000, 20000, 30000],
-        "speedup_n": 352}
-QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000], "speedup_n": 132}
+        "speedup_n": 352, "target_fields": 16, "target": 200}
+QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000], "speedup_n": 132,
+         "target_fields": 6, "target": 25}
 
 
 def log(msg):
@@ -485,8 +491,46 @@ def _sahi_rows(q: dict, names) -> list[str]:
     return L
 
 
+def bench_target(fields: int, target: int, det, cls) -> dict:
+    """Whole-slide analysis vs counting ``target`` leukocytes best areas first (same models,
+    same process, the whole run first so neither pays a first-call cost the other does not)."""
+    from napari_bm_cells import analyze
+    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.testing import build_area_mosaic
+
+    img, _, quads = build_area_mosaic(fields, source="bccd", split=("train", "val", "test"))
+    slide = open_slide(img)
+    analyze(img[:960, -1280:], detector=det, classifier=cls)  # warm-up on a corner
+    t = time.perf_counter()
+    full = analyze(slide, detector=det, classifier=cls)
+    full_s = time.perf_counter() - t
+    t = time.perf_counter()
+    part = analyze(slide, detector=det, classifier=cls, target=target)
+    part_s = time.perf_counter() - t
+    y0, x0, y1, x1 = quads["good"]
+    c = part.cells
+    good = float((c["x"].between(x0, x1) & c["y"].between(y0, y1)).mean()) if len(c) else None
+    cf = full.cells
+    good_full = float((cf["x"].between(x0, x1) & cf["y"].between(y0, y1)).mean()) if len(cf) else None
+    return {"image_shape": list(img.shape[:2]), "fields_per_quadrant": fields ** 2, "target": target,
+            "whole_s": round(full_s, 2), "target_s": round(part_s, 2), "ratio_target_vs_whole": round(part_s / full_s, 3),
+            "whole_counted": full.summary["n_counted"], "target_counted": part.summary["n_counted"],
+            "target_met": part.summary["target"]["met"],
+            "fraction_analysed": part.summary["target"]["fraction_analysed"],
+            "areas_s": part.summary["timings"]["areas_s"], "scale_s": part.summary["timings"]["scale_s"],
+            "share_from_good_quadrant": good, "share_from_good_quadrant_whole": good_full}
+
+
 def summary_lines(r: dict) -> list[str]:
     L = []
+    t = r.get("target")
+    if t:
+        L.append(f"count to {t['target']} vs whole slide ({t['image_shape'][0]}x{t['image_shape'][1]}): "
+                 f"{t['target_s']:.1f} s vs {t['whole_s']:.1f} s = x{t['ratio_target_vs_whole']:.2f} of the time "
+                 f"({t['target_counted']} vs {t['whole_counted']} cells counted, "
+                 f"{100 * t['fraction_analysed']:.0f}% of the slide visited; "
+                 f"{100 * t['share_from_good_quadrant']:.0f}% of its cells from the in-focus monolayer vs "
+                 f"{100 * t['share_from_good_quadrant_whole']:.0f}% of the whole run's; map {t['areas_s']:.2f} s)")
     s = r.get("stages")
     if s:
         L.append(f"detection stage / raw YOLO predict, same {s['n_tiles']} tiles: "
@@ -548,7 +592,7 @@ def summary_lines(r: dict) -> list[str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    p.add_argument("--only", default="stages,sahi,memory,speedups", help="comma-separated sections")
+    p.add_argument("--only", default="stages,sahi,memory,speedups,target", help="comma-separated sections")
     p.add_argument("--workdir", default=None, help="mosaics and temporary files (default: $TMPDIR/bm_cells_bench)")
     p.add_argument("--json", default=None, help="write all results here (default: WORKDIR/results.json)")
     p.add_argument("--classifier", default=None, help="default: the shipped checkpoint")
@@ -599,6 +643,12 @@ def main(argv=None):
         z, npy, gt = stage_mosaic(workdir, cfg["sahi_grid"], "s")
         large = stage_mosaic(workdir, cfg["sahi_large_grid"], "s") if cfg["sahi_large_grid"] else None
         results["sahi"] = bench_sahi(z, npy, gt, detector, reps=1 if a.quick else 2, large=large)
+    if "target" in sections:
+        log("target: ...")
+        cls = Classifier(ckpt, device="cpu")
+        det = load_detector(detector, device="cpu")
+        results["target"] = bench_target(cfg["target_fields"], cfg["target"], det, cls)
+        del cls, det
     if "speedups" in sections:
         log("speedups: ...")
         results["speedups"] = bench_speedups(ckpt, cfg["speedup_n"])
