@@ -203,3 +203,53 @@ def test_calibrate_confidence_command(data_dir, classifier_path, tmp_path, capsy
     assert rc == 0 and line.startswith("min confidence ") and "on the val split" in line
     assert read_meta(out).min_confidence > 0
     assert main(["calibrate-confidence", str(data_dir / "pbc"), "--target-accuracy", "1.5"]) == 2
+
+
+def test_help_shows_defaults_and_verbose_goes_after_the_command(capsys):
+    from napari_bm_cells.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["analyze", "x.jpg", "--out", "o", "-v"]).verbose is True
+    assert p.parse_args(["-v", "analyze", "x.jpg", "--out", "o"]).verbose is True
+    assert p.parse_args(["analyze", "x.jpg", "--out", "o"]).verbose is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["train-classifier", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--epochs EPOCHS (default: 20)" in text and "--img-size IMG_SIZE (default: 112)" in text
+
+
+def test_out_that_is_a_file_is_one_line(bccd_jpeg, tmp_path, capsys):
+    from napari_bm_cells.cli import main
+
+    f = tmp_path / "results.txt"
+    f.write_text("x")
+    for cmd in (["analyze", str(bccd_jpeg)], ["batch", str(tmp_path)]):
+        assert main([*cmd, "--out", str(f)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is a file" in err[0]
+
+
+def test_glob_matching_nothing_leaves_the_cohort_alone(bccd_jpeg, tmp_path, capsys):
+    import shutil
+
+    from napari_bm_cells.cli import main
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(bccd_jpeg, tmp_path / "in" / "a.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cohort.csv").write_text("slide,status\nold.svs,done\n")
+    assert main(["batch", str(tmp_path / "in"), "--out", str(out), "--glob", "*.svs", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no slide matches --glob '*.svs'" in err[0]
+    assert (out / "cohort.csv").read_text() == "slide,status\nold.svs,done\n"
+
+
+def test_printed_differential_is_readable_without_the_code():
+    from napari_bm_cells.count import differential, format_differential
+
+    text = format_differential(differential(["NGS"] * 3 + ["PLT"], ["NGS", "LYT", "PLT"]))
+    assert "segmented neutrophil" in text and "excluded" in text and "Wilson" in text
+    assert "blast n/a (the model has no blast class)" in text
+    empty = format_differential(differential([], ["NGS", "LYT"]))
+    assert "n/a" in empty and "0.0%" not in empty and "0.0-0.0" not in empty

@@ -80,3 +80,16 @@ def test_training_with_field_cells_adds_them_to_train_only(data_dir, tmp_path):
     assert "bccd train-split fields" in read_meta(out).trained_on
     split = read_split(split_path(out), data_dir / "pbc")
     assert not split["path"].str.contains("bccd").any()  # val/test stay PBC-only
+
+
+def test_bccd_field_types_use_the_model_class_and_report_review(data_dir, classifier_path, tmp_path):
+    from napari_bm_cells.training.crosslab import evaluate_fields
+
+    m = evaluate_fields(data_dir / "bccd", tmp_path, None, classifier_path, limit=5)
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "bccd_fields.csv")
+    assert "UNK" not in set(df["pred"])  # a field's type is the model's class, reviewed or not
+    assert m["n"] == len(df) >= 4
+    r = m["review"]
+    assert r["unclassified_fraction"] == pytest.approx(df.loc[df["pred"] != "none", "unclassified"].mean())

@@ -549,12 +549,15 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
         raise InputError(f"{folder}: not a folder; give the folder holding the slides")
     root = Path(out).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    options = dataclasses.replace(options or AnalysisOptions(), masks=False)  # labels are not written
+    options = options or AnalysisOptions()  # masks give cells.geojson its outlines
     if classifier is not None and not isinstance(classifier, (str, Path)):
         device = classifier.device
     with _out_lock(root):
         _clean_tmp(root)
         jobs, skipped = find_slides(folder, glob, exclude=[root])
+        if glob and not jobs:
+            raise InputError(f"{folder}: no slide matches --glob {glob!r} (patterns match paths relative "
+                             f"to the folder, e.g. '*.svs' or 'site1/*.ome.zarr'); {root} left as it was")
         from .export import atomic_write
         atomic_write(root / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"])
                      .to_csv(index=False))

@@ -51,11 +51,22 @@ def _options(a):
                            masks=not a.no_masks).check()
 
 
+def _out_folder(out) -> Path:
+    """``--out`` as a folder to write into: one line when it is an existing file."""
+    from .errors import InputError
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--out {out}: is a file; give a folder to write the results into")
+    return p
+
+
 def cmd_analyze(a):
     from .count import format_differential
     from .export import write_results
     from .pipeline import analyze
 
+    _out_folder(a.out)
     res = analyze(a.image, detector=a.detector, classifier=a.classifier, options=_options(a),
                   device=a.device, progress=not a.quiet)
     paths = write_results(res, a.out, report=not a.no_report)
@@ -70,6 +81,7 @@ def cmd_analyze(a):
 def cmd_batch(a):
     from .batch import batch
 
+    _out_folder(a.out)
     df = batch(a.folder, a.out, workers=a.workers, scheduler=a.scheduler, options=_options(a),
                detector=a.detector, classifier=a.classifier, glob=a.glob, device=a.device,
                progress=not a.quiet, retry_errors=a.retry_errors, rehash=a.rehash,
@@ -88,6 +100,7 @@ def cmd_demo(a):
     a.image = str(sample_path(a.sample))
     print(f"sample image: {a.image}", flush=True)
     cmd_analyze(a)
+    print(f"results are in {Path(a.out).resolve()}")
 
 
 def cmd_train_classifier(a):
@@ -218,13 +231,35 @@ def _dev(d):
     return resolve_device(d)
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default (unless the text already says it, or the
+    default is empty)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if ("default" in h or d in (None, False, [], argparse.SUPPRESS) or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return h
+        return f"{h} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bm-cells", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="bm-cells", description=__doc__.splitlines()[0], formatter_class=_Help)
     from . import __version__
 
     p.add_argument("-v", "--verbose", action="store_true", help="show warnings and tracebacks")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(*args, **kw):  # every command: the same help style, and -v after it too
+        s = _add(*args, formatter_class=_Help, **kw)
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show warnings and tracebacks")
+        return s
+
+    sub.add_parser = add_parser
 
     s = sub.add_parser("analyze", help="detect, classify and count the white cells of one image/slide")
     s.add_argument("image", help="zarr / OME-Zarr, TIFF / OME-TIFF / SVS, JPEG or PNG")
@@ -398,7 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="typical white-cell diameter at full resolution in px, if known")
     s.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     s.set_defaults(func=cmd_explain)
+    for sp in sub.choices.values():
+        for act in sp._actions:
+            if act.help is None:
+                act.help = _HELP.get(act.dest, act.dest.replace("_", " "))
     return p
+
+
+#: help of the options whose meaning is the same in every command
+_HELP = {"img_size": "network input side in px", "epochs": "passes over the training data",
+         "batch_size": "images per batch", "lr": "peak learning rate (one-cycle schedule)",
+         "device": "auto (cuda > mps > cpu), cpu, cuda, mps", "seed": "random seed (splits, sampling)",
+         "resume": "continue an interrupted run", "imgsz": "training input side in px",
+         "out": "output folder", "classifier": "classifier checkpoint; default: the shipped one",
+         "detector": "YOLO weights (.pt) or 'contour'; default: the shipped detector",
+         "data_dir": "folder per class code (PBC layout) or the TCIA bone-marrow layout"}
 
 
 def main(argv=None) -> int:

@@ -114,21 +114,40 @@ def blast_atypical_scores(probs: np.ndarray, classes) -> tuple[np.ndarray, np.nd
 
 
 def format_differential(summary: dict, top: int | None = None) -> str:
-    """A short plain-text differential for terminals."""
+    """A plain-text differential for terminals: code, name, count, % and its 95% CI
+    (Wilson score interval), then the counted cells, blast / atypical %, M:E, the
+    caveats and the clinical cut-offs a CI contains. Percentages read ``n/a`` when no
+    cell was counted; excluded classes are counted but are not in the denominator."""
+    from .taxonomy import full_name
+
     n = summary["n_counted"]
-    rows = [f"{'class':<6}{'count':>7}{'%':>8}   95% CI"]
+    rows = [f"{'class':<6}{'name':<26}{'count':>6}{'%':>8}   95% CI"]
     items = sorted(summary["counts"].items(), key=lambda kv: -kv[1])
     for code, k in items[:top] if top else items:
         p = summary["percent"].get(code)
+        name = full_name(code)[:25]
         if p is None:
-            rows.append(f"{code:<6}{k:>7}{'(excl)':>8}")
+            rows.append(f"{code:<6}{name:<26}{k:>6}{'excluded':>10}")
+        elif not n:
+            rows.append(f"{code:<6}{name:<26}{k:>6}{'n/a':>8}")
         else:
             lo, hi = summary["ci95"][code]
-            rows.append(f"{code:<6}{k:>7}{p:>8.1f}   {lo:.1f}-{hi:.1f}")
+            rows.append(f"{code:<6}{name:<26}{k:>6}{p:>8.1f}   {lo:.1f}-{hi:.1f}")
     me = summary.get("me_ratio")
-    rows.append(f"cells counted {n} (of {summary['n_cells']} detected); "
-                f"blast {summary['blast_pct']:.1f}%, atypical {summary['atypical_pct']:.1f}%, "
-                f"M:E {'n/a' if me is None else f'{me:.2f}'}")
+
+    def pct(key):
+        if not n:
+            return "n/a"
+        lo, hi = summary[f"{key}_ci95"]
+        return f"{summary[key]:.1f}% ({lo:.1f}-{hi:.1f})"
+
+    blast = pct("blast_pct") if has_blast_class(summary) else "n/a (the model has no blast class)"
+    rows.append(f"cells counted {n} (of {summary['n_cells']} detected; 'excluded' classes are not in the "
+                f"denominator); 95% CI: Wilson score interval")
+    rows.append(f"blast {blast}, atypical {pct('atypical_pct')}, M:E {'n/a' if me is None else f'{me:.2f}'}")
+    rows += [f"note: {c}" for c in marker_caveats(summary) if c != BLAST_CAVEAT]
+    rows += [f"flag: the {f['cutoff']}% {f['what']} cut-off lies inside the 95% CI "
+             f"({f['ci95'][0]:.1f}-{f['ci95'][1]:.1f}%)" for f in cutoff_flags(summary)]
     return "\n".join(rows)
 
 

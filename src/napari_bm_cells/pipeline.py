@@ -507,38 +507,53 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     labels = new_labels(slide.shape) if opts.masks else None
     outlines: dict = {} if opts.masks else None
     tiles = TileCache.of(slide)
-    all_boxes, all_scores, all_probs, all_centres, tables = [], [], [], [], []
+    all_boxes, all_scores, all_probs, all_centres = [], [], [], []
     n_dup, n_done, counted, visited = 0, 0, 0, []
     timings["detect_s"] = timings["classify_s"] = 0.0
-    passes = [None] if visit is None else visit
-    for k, ij in enumerate(passes):
+    def detections():
+        """Detections to classify, and detection events: the whole region in one pass,
+        or region by region best first, released in chunks of at least a batch (or of
+        the cells still missing to the target) so classifier batches stay full."""
+        nonlocal n_dup
         t = time.perf_counter()
-        if ij is None:
-            core = None
-            dets = Detections.empty()
+        if visit is None:
             for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
                                   region=opts.region, batch=opts.det_batch):
                 if ev.stage == "detect-done":
-                    dets, n_dup = ev.payload, ev.done
+                    n_dup = ev.done
+                    timings["detect_s"] += time.perf_counter() - t
+                    yield ev.payload
                 else:
                     yield ev
-                    check()
-        else:
-            core = areas.region(*ij)
-            dets, dup = _detect_core(slide, det, core, opts, down)
+            return
+        pending, cell_px = [], None
+        for k, ij in enumerate(visit):
+            d, dup = _detect_core(slide, det, areas.region(*ij), opts, down, measure=cell_px is None)
+            cell_px = cell_px or d.cell_px
             n_dup += dup
             visited.append(ij)
-            yield Progress("detect", k + 1, len(passes))
-            check()
-        timings["detect_s"] += time.perf_counter() - t
+            pending.append(d)
+            yield Progress("detect", k + 1, len(visit))
+            need = min(opts.batch_size, opts.target - counted) if opts.target else opts.batch_size
+            if sum(len(x) for x in pending) >= need or k + 1 == len(visit):
+                timings["detect_s"] += time.perf_counter() - t
+                yield Detections(np.concatenate([x.boxes for x in pending]).reshape(-1, 4),
+                                 np.concatenate([x.scores for x in pending]), cell_px)
+                pending = []
+                t = time.perf_counter()
 
+    for dets in detections():
+        if isinstance(dets, Progress):
+            yield dets
+            check()
+            continue
         t = time.perf_counter()
         if side is None and len(dets):
             side = crop_side(cls.meta, slide, dets, opts)
         n = len(dets)
         probs = np.zeros((n, len(cls.classes)), np.float32)
         centres = np.zeros((n, 2), np.float64)
-        if ij is None:
+        if visit is None:
             yield Progress("classify", 0, n)
         in_pass = 0
         for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, gain, labels, n_done, outlines, tiles),
@@ -549,8 +564,8 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
             rows = _rows(dets, idx, centres, probs, cls.classes, min_conf, n_done)
             counted += int((~rows["label"].isin(exclude)).sum())
             in_pass += len(idx)
-            yield Progress("classify", in_pass if ij is None else counted,
-                           n if ij is None else (opts.target or counted), payload=rows)
+            yield Progress("classify", in_pass if visit is None else counted,
+                           n if visit is None else (opts.target or counted), payload=rows)
             check()
         timings["classify_s"] += time.perf_counter() - t
         all_boxes.append(dets.boxes)
@@ -563,10 +578,11 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     if side is None:
         side = crop_side(cls.meta, slide, Detections.empty(), opts)
-    dets = Detections(np.concatenate(all_boxes).reshape(-1, 4).astype(np.float32),
-                      np.concatenate(all_scores).astype(np.float32))
-    probs = np.concatenate(all_probs).reshape(-1, len(cls.classes))
-    centres = np.concatenate(all_centres).reshape(-1, 2)
+    nc = len(cls.classes)
+    dets = Detections(np.concatenate([np.zeros((0, 4))] + all_boxes).astype(np.float32),
+                      np.concatenate([np.zeros(0)] + all_scores).astype(np.float32))
+    probs = np.concatenate([np.zeros((0, nc), np.float32)] + all_probs)
+    centres = np.concatenate([np.zeros((0, 2))] + all_centres)
     cells = _rows(dets, np.arange(len(dets)), centres, probs, cls.classes, min_conf)
     cells.insert(cells.columns.get_loc("p_atypical") + 1, "area_score",
                  areas.score_at(cells["x"].to_numpy(), cells["y"].to_numpy()).astype(np.float32))
@@ -616,14 +632,15 @@ def _batches(slide, dets, side, cls, opts, gain, labels, offset, outlines, tiles
         size = opts.batch_size
 
 
-def _detect_core(slide, det, core, opts, down) -> tuple[Detections, int]:
+def _detect_core(slide, det, core, opts, down, measure: bool = True) -> tuple[Detections, int]:
     """Detections centred in the level-0 region ``core``, detected in the region widened by
     half the tile overlap on each side (so cells at its edge lie whole in the tile)."""
-    m = opts.overlap * down / 2
     y0, x0, y1, x1 = core
+    # as wide as one tile at most (rounding to whole pixels must not make it two)
+    m = max(0.0, math.floor((opts.tile_size * down - max(y1 - y0, x1 - x0)) / 2) - 1.0)
     dets, n_dup = Detections.empty(), 0
     for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
-                          region=(y0 - m, x0 - m, y1 + m, x1 + m), batch=opts.det_batch):
+                          region=(y0 - m, x0 - m, y1 + m, x1 + m), batch=opts.det_batch, measure=measure):
         if ev.stage == "detect-done":
             dets, n_dup = ev.payload, ev.done
     cx = (dets.boxes[:, 0] + dets.boxes[:, 2]) / 2

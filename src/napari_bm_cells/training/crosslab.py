@@ -63,8 +63,11 @@ def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: i
     for r in rows.itertuples():
         cells = analyze(r.image, detector=det, classifier=clf, options=options).cells
         top = cells.sort_values("confidence", ascending=False).head(1)
-        pred = top["label"].iloc[0] if len(top) else "none"
+        # the model's class, also for a cell left to review (UNK)
+        pred = top["model_label"].iloc[0] if len(top) else "none"
         preds.append({"image": r.image.name, "truth": r.truth, "pred": pred, "n_cells": len(cells),
+                      "confidence": float(top["confidence"].iloc[0]) if len(top) else None,
+                      "unclassified": bool(len(top) and top["label"].iloc[0] == "UNK"),
                       "correct": pred in LABEL_TO_CODES[r.truth]})
     df = pd.DataFrame(preds)
     per_class = df.groupby("truth")["correct"].agg(["mean", "size"]).rename(
@@ -72,7 +75,8 @@ def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: i
     m = {"n": int(len(df)), "accuracy": float(df["correct"].mean()) if len(df) else 0.0,
          "balanced_accuracy": float(pd.Series({k: v["accuracy"] for k, v in per_class.items()}).mean())
          if per_class else 0.0,
-         "per_class": per_class, "no_cell_found": int((df["pred"] == "none").sum()) if len(df) else 0}
+         "per_class": per_class, "no_cell_found": int((df["pred"] == "none").sum()) if len(df) else 0,
+         "review": _review_stats(df)}
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -203,3 +207,15 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
         (out / "detector_crosslab.json").write_text(json.dumps(
             {"detector": str(getattr(det, "weights", None) or "contour"), "rows": df.to_dict("records")}, indent=2))
     return df
+
+
+def _review_stats(df: pd.DataFrame) -> dict:
+    """How many fields' cells went to review (UNK), and how right the model was on the
+    kept and on the unclassified ones."""
+    if not len(df) or "unclassified" not in df:
+        return {}
+    unk = df["unclassified"].astype(bool)
+    found = df["pred"] != "none"
+    return {"unclassified_fraction": float(unk[found].mean()) if found.any() else None,
+            "kept_accuracy": float(df.loc[found & ~unk, "correct"].mean()) if (found & ~unk).any() else None,
+            "unclassified_accuracy": float(df.loc[unk, "correct"].mean()) if unk.any() else None}
