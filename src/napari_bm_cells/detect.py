@@ -337,8 +337,6 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
     :class:`Detections` (level-0 pixels) as ``payload``; its ``done`` field holds the
     number of duplicates removed at tile borders.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     H, W = slide.shape
     ry0, rx0, ry1, rx1 = region or (0, 0, H, W)
     ry0, rx0, ry1, rx1 = max(0, int(ry0)), max(0, int(rx0)), min(H, int(ry1)), min(W, int(rx1))
@@ -348,32 +346,14 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
     d = float(downsample)
     h, w = int(math.ceil((ry1 - ry0) / d)), int(math.ceil((rx1 - rx0) / d))
     tiles = tile_grid(h, w, tile, overlap)
-
-    def read(ts):
-        return [slide.read_region(ry0 + t.y0 * d, rx0 + t.x0 * d, ry0 + t.y1 * d, rx0 + t.x1 * d,
-                                  downsample=d)[: t.y1 - t.y0, : t.x1 - t.x0] for t in ts]
-
+    windows = [(ry0 + t.y0 * d, rx0 + t.x0 * d, ry0 + t.y1 * d, rx0 + t.x1 * d) for t in tiles]
     results, diameters = [], []
-    batch = batch or default_det_batch(detector)
-    batches = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
     yield Progress("detect", 0, len(tiles))
-    with ThreadPoolExecutor(1) as pool:  # read the next batch while the model runs
-        fut, meas = pool.submit(read, batches[0]), None
-        for bi, ts in enumerate(batches):
-            imgs = fut.result()
-            if meas is not None:
-                diameters += meas.result()
-            dets = detector(imgs)
-            results += list(zip(ts, dets))
-            # measure cells of these tiles in the reader thread while the model runs on
-            # the next batch: the crops' scale comes for free (see pipeline.crop_side)
-            meas = pool.submit(_measure_batch, imgs, dets, d, MEASURE_CELLS - len(diameters)) \
-                if measure and len(diameters) < MEASURE_CELLS else None
-            if bi + 1 < len(batches):
-                fut = pool.submit(read, batches[bi + 1])
-            yield Progress("detect", min(len(tiles), (bi + 1) * batch), len(tiles))
-        if meas is not None:
-            diameters += meas.result()
+    for k, dets, diam in _detect_windows(slide, detector, windows, d, batch, measure):
+        results.append((tiles[k], dets))
+        diameters += diam
+        if k + 1 == len(tiles) or (k + 1) % (batch or default_det_batch(detector)) == 0:
+            yield Progress("detect", k + 1, len(tiles))
     merged, n_dup = merge_tiles(results, iou=iou)
     scale = np.array([d, d, d, d], np.float32)
     offset = np.array([rx0, ry0, rx0, ry0], np.float32)
@@ -382,6 +362,78 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, H)
     cell_px = float(np.median(diameters)) if len(diameters) >= min(8, len(boxes)) and diameters else None
     yield Progress("detect-done", n_dup, len(tiles), Detections(boxes, merged.scores, cell_px))
+
+
+def iter_detect_regions(slide, detector, regions, tile: int = 640, downsample: float = 2.0,
+                        batch: int | None = None, measure: bool = True):
+    """Detection region by region, in the order given (counting areas best first): each
+    level-0 region (y0, x0, y1, x1) is detected in one tile centred on it (the region
+    plus what the tile holds around it, so cells at its edge lie whole in the tile), the
+    next tiles read while the model runs. Yields, per region, its index and the
+    :class:`Detections` (level-0 px) whose centre lies in it; ``cell_px`` of the first
+    that has one carries the cells' measured diameter.
+    """
+    H, W = slide.shape
+    d = float(downsample)
+    reach = tile * d  # level-0 side of a tile
+    windows = []
+    for y0, x0, y1, x1 in regions:
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+        wy0 = min(max(0.0, cy - reach / 2), max(0.0, H - reach))
+        wx0 = min(max(0.0, cx - reach / 2), max(0.0, W - reach))
+        windows.append((wy0, wx0, min(H, wy0 + reach), min(W, wx0 + reach)))
+    measured = 0
+    for k, dets, diam in _detect_windows(slide, detector, windows, d, batch, measure):
+        wy0, wx0 = windows[k][:2]
+        y0, x0, y1, x1 = regions[k]
+        b = dets.boxes * d + np.array([wx0, wy0, wx0, wy0], np.float32)
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, W)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
+        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+        cell_px = float(np.median(diam)) if diam and not measured else None
+        measured += len(diam)
+        yield k, Detections(b[keep], dets.scores[keep], cell_px)
+
+
+def _detect_windows(slide, detector, windows, d: float, batch: int | None, measure: bool):
+    """Run the detector over level-0 ``windows`` read at downsample ``d``, ``batch`` at a
+    time, reading the next batch while the model runs. Yields, per window, its index,
+    its detections (window pixels at ``d``) and the diameters measured on it (up to
+    :data:`MEASURE_CELLS` in all, when ``measure``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(ks):
+        out = []
+        for k in ks:
+            y0, x0, y1, x1 = windows[k]
+            h, w = int(math.ceil((y1 - y0) / d - 1e-6)), int(math.ceil((x1 - x0) / d - 1e-6))
+            out.append(slide.read_region(y0, x0, y1, x1, downsample=d)[:h, :w])
+        return out
+
+    if not windows:
+        return
+    batch = batch or default_det_batch(detector)
+    batches = [list(range(i, min(i + batch, len(windows)))) for i in range(0, len(windows), batch)]
+    n_measured, prev, meas = 0, None, None
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(read, batches[0])
+        for bi, ks in enumerate(batches + [None]):
+            imgs = fut.result() if ks is not None else None
+            if prev is not None:  # the previous batch, with what was measured on it meanwhile
+                per = meas.result() if meas is not None else [[] for _ in prev[0]]
+                n_measured += sum(len(x) for x in per)
+                yield from zip(prev[0], prev[1], per)
+            if ks is None:
+                return
+            dets = detector(imgs)
+            # measure cells of these windows in the reader thread while the model runs on
+            # the next batch: the crops' scale comes for free (see pipeline.crop_side)
+            meas = pool.submit(_measure_batch, imgs, dets, d, MEASURE_CELLS - n_measured) \
+                if measure and n_measured < MEASURE_CELLS else None
+            if bi + 1 < len(batches):
+                fut = pool.submit(read, batches[bi + 1])
+            prev = (ks, dets)
 
 
 def default_det_batch(detector) -> int:
@@ -395,24 +447,26 @@ def default_det_batch(detector) -> int:
 MEASURE_CELLS = 64
 
 
-def _measure_batch(imgs, dets, d: float, limit: int) -> list[float]:
-    """Centre-contour diameters (level-0 px) of up to ``limit`` cells lying whole in their
-    tiles, measured as :func:`crop.level0_diameters` measures them but on the
+def _measure_batch(imgs, dets, d: float, limit: int) -> list[list[float]]:
+    """Centre-contour diameters (level-0 px), per tile, of up to ``limit`` cells lying
+    whole in their tiles, measured as :func:`crop.level0_diameters` measures them but on the
     detection-level tiles already in memory (no extra reads; median ratio to the level-0
     measure 0.999-1.000 over the cells of a BCCD mosaic at downsample 1.6 and 2)."""
     from .crop import box_square, square_crop, square_diameter
 
-    out = []
+    out, n = [], 0
     for img, det in zip(imgs, dets):
         h, w = img.shape[:2]
+        out.append([])
         for box in det.boxes:
-            if len(out) >= limit:
-                return out
+            if n >= limit:
+                break
             x0, y0, x1, y1 = box
             if x0 < 1 or y0 < 1 or x1 > w - 1 or y1 > h - 1:  # cut by the tile edge
                 continue
             cy, cx, side = box_square(box)
             dia = square_diameter(square_crop(img, (cy, cx), side))
             if dia is not None:
-                out.append(dia * d)
+                out[-1].append(dia * d)
+                n += 1
     return out

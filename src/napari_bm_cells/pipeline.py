@@ -21,7 +21,7 @@ from .areas import AreaMap, score_areas
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop
-from .detect import Detections, Progress, iter_detect, load_detector
+from .detect import Detections, Progress, iter_detect, iter_detect_regions, load_detector
 from .scale import detection_scale
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
@@ -527,11 +527,10 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                     yield ev
             return
         pending, cell_px = [], None
-        for k, ij in enumerate(visit):
-            d, dup = _detect_core(slide, det, areas.region(*ij), opts, down, measure=cell_px is None)
+        regions = [areas.region(*ij) for ij in visit]
+        for k, d in iter_detect_regions(slide, det, regions, opts.tile_size, down, opts.det_batch):
             cell_px = cell_px or d.cell_px
-            n_dup += dup
-            visited.append(ij)
+            visited.append(visit[k])
             pending.append(d)
             yield Progress("detect", k + 1, len(visit))
             need = min(opts.batch_size, opts.target - counted) if opts.target else opts.batch_size
@@ -630,23 +629,6 @@ def _batches(slide, dets, side, cls, opts, gain, labels, offset, outlines, tiles
     while batch := list(itertools.islice(it, size)):
         yield batch, cls.prepare(np.stack([c.crop for c in batch]), gain)
         size = opts.batch_size
-
-
-def _detect_core(slide, det, core, opts, down, measure: bool = True) -> tuple[Detections, int]:
-    """Detections centred in the level-0 region ``core``, detected in the region widened by
-    half the tile overlap on each side (so cells at its edge lie whole in the tile)."""
-    y0, x0, y1, x1 = core
-    # as wide as one tile at most (rounding to whole pixels must not make it two)
-    m = max(0.0, math.floor((opts.tile_size * down - max(y1 - y0, x1 - x0)) / 2) - 1.0)
-    dets, n_dup = Detections.empty(), 0
-    for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
-                          region=(y0 - m, x0 - m, y1 + m, x1 + m), batch=opts.det_batch, measure=measure):
-        if ev.stage == "detect-done":
-            dets, n_dup = ev.payload, ev.done
-    cx = (dets.boxes[:, 0] + dets.boxes[:, 2]) / 2
-    cy = (dets.boxes[:, 1] + dets.boxes[:, 3]) / 2
-    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-    return Detections(dets.boxes[keep], dets.scores[keep], dets.cell_px), n_dup
 
 
 def options_dict(opts: AnalysisOptions) -> dict:
