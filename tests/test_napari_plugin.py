@@ -584,3 +584,38 @@ def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot,
     assert summary["sign_off"]["by"] == "dr test" and summary["n_unclassified"] >= 0
     assert summary["counts"].get("UNK", 0) == 0
     assert "dr test" in out["report"].read_text()
+
+
+def test_masks_take_their_class_colours_and_next_zooms_to_the_cell(viewer, qtbot, data_dir, classifier_path):
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=5)
+    viewer.add_image(img, name="mosaic", rgb=True)
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    w.run()
+    _wait_done(qtbot, w)
+    pts, masks = w.points_layer, w.labels_layer
+    assert masks is not None and len(pts.data) >= 2
+
+    def mask_colour(cid):
+        return np.asarray(masks.colormap.map(np.array([cid])))[0]
+
+    for i, cid in enumerate(pts.features["cell_id"]):
+        np.testing.assert_allclose(mask_colour(cid), pts.face_color[i], atol=1e-6)
+    # a reassigned cell's mask follows its new class colour
+    code = next(c for c in ("MON", "LYT", "EOS") if c != pts.features.loc[0, "label"])
+    panel.reassign([0], code)
+    np.testing.assert_allclose(mask_colour(pts.features.loc[0, "cell_id"]), L.class_colours([code])[0], atol=1e-6)
+
+    viewer.reset_view()
+    before = viewer.camera.zoom
+    cid = panel.review_step(+1)
+    i = int(np.flatnonzero(pts.features["cell_id"].to_numpy() == cid)[0])
+    assert viewer.camera.zoom > 1.5 * before  # zoomed in on the cell, not just centred
+    side = float(pts.features.loc[i, "bbox_x1"] - pts.features.loc[i, "bbox_x0"])
+    h, wd = L.canvas_size(viewer)
+    assert side * viewer.camera.zoom <= min(h, wd)  # the whole cell is in view
+    zoom = viewer.camera.zoom
+    panel.review_step(+1)
+    assert viewer.camera.zoom >= zoom  # never zooms back out

@@ -391,12 +391,12 @@ def layer_differential(layer, exclude=tuple(sorted(NON_LEUKOCYTE_CODES))) -> dic
 
 # --------------------------------------------------------------------------- labels
 def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: Slide | None = None,
-                  small: int = 4096 * 4096) -> dict:
+                  small: int = 4096 * 4096, cells: pd.DataFrame | None = None) -> dict:
     """Keyword arguments of ``viewer.add_labels`` for the pipeline's mask array.
 
     Small masks become a numpy array (editable); large ones stay lazy, as a pyramid
     matching the image's (strided views of the sparse zarr array), so zoomed-out views
-    of a slide read little.
+    of a slide read little. With ``cells`` each mask takes its cell's class colour.
     """
     import dask.array as da
 
@@ -411,7 +411,19 @@ def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: 
         multiscale = len(data) > 1
         if not multiscale:
             data = base
-    return dict(data=data, multiscale=multiscale, name=name, opacity=0.35, **tf)
+    out = dict(data=data, multiscale=multiscale, name=name, opacity=0.35, **tf)
+    if cells is not None:
+        out["colormap"] = mask_colormap(cells)
+    return out
+
+
+def mask_colormap(cells: pd.DataFrame):
+    """Mask colours of the cells' classes (label = ``cell_id``), as their points are coloured."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {int(cid): _RGBA.get(str(lab), _UNKNOWN_RGBA)
+               for cid, lab in zip(cells["cell_id"], cells["label"])}
+    return DirectLabelColormap(color_dict={None: (0.6, 0.6, 0.6, 1.0), 0: (0, 0, 0, 0), **colours})
 
 
 # --------------------------------------------------------------------------- counting areas
@@ -460,11 +472,28 @@ def image_layer_for(viewer, points_layer):
     return imgs[0] if imgs else None
 
 
+#: a focused cell fills about this fraction of the canvas' shorter side
+FOCUS_FRACTION = 0.25
+
+
 def focus_cell(viewer, points_layer, index: int) -> None:
-    """Select point ``index`` (only it) and centre the camera on it."""
-    points_layer.selected_data = {int(index)}
-    world = np.asarray(points_layer.data_to_world(points_layer.data[int(index)]))
+    """Select point ``index`` (only it), centre the camera on it and zoom in until the
+    cell spans about :data:`FOCUS_FRACTION` of the canvas (never zooming out)."""
+    i = int(index)
+    points_layer.selected_data = {i}
+    world = np.asarray(points_layer.data_to_world(points_layer.data[i]))
     viewer.camera.center = tuple(world[-2:])
+    f = points_layer.features
+    if {"bbox_x0", "bbox_x1", "bbox_y0", "bbox_y1"} <= set(f.columns):
+        side = float(max(f.at[i, "bbox_x1"] - f.at[i, "bbox_x0"], f.at[i, "bbox_y1"] - f.at[i, "bbox_y0"]))
+    else:
+        side = 4.0 * float(np.ravel(points_layer.size)[i] if np.size(points_layer.size) > 1 else points_layer.size)
+    side_world = side * float(np.abs(points_layer.scale[-1]))
+    h, w = canvas_size(viewer)
+    if np.isfinite(side_world) and side_world > 0 and min(h, w) > 0:
+        zoom = FOCUS_FRACTION * min(h, w) / side_world
+        if zoom > viewer.camera.zoom:
+            viewer.camera.zoom = zoom
 
 
 def explain_point(image_layer, points_layer, index: int, classifier, method: str = "gradcam",

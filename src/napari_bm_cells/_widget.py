@@ -489,8 +489,9 @@ class AnalyzeWidget(Container):
             if self._labels_name() in self._viewer.layers:
                 self._viewer.layers.remove(self._labels_name())
             kw = L.labels_kwargs(result.labels, self._image_layer, name=self._labels_name(),
-                                 slide=result.slide)
+                                 slide=result.slide, cells=cells)
             self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
+            _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
             # keep the points on top of the masks
             i = self._viewer.layers.index(self.points_layer)
             j = self._viewer.layers.index(self.labels_layer)
@@ -549,6 +550,18 @@ class AnalyzeWidget(Container):
             window.add_plugin_dock_widget(PLUGIN, PANEL_NAME)
         except Exception:  # noqa: BLE001 -- e.g. plugin not registered (running from source)
             pass
+
+
+def _recolour_masks_on_reassign(points, labels):
+    """Keep the masks in their cells' class colours when cells are reassigned."""
+    def update(*_):
+        if labels in getattr(points, "_bm_masks", []):
+            try:
+                labels.colormap = L.mask_colormap(L.cells_from_layer(points))
+            except Exception:  # noqa: BLE001 -- colours are cosmetic; never break a reassign
+                pass
+    points._bm_masks = [labels]
+    points.events.features.connect(update)
 
 
 def _drive(gen):
