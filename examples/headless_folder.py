@@ -4,8 +4,9 @@
 
 A ``napari.Viewer(show=False)`` opens each slide with the plugin's reader, the plugin's
 "Analyze smear" widget analyses it (as a user's click would, progress and all), and the
-"Differential count" panel exports cells.csv, summary.json, GeoJSON and the histogram
-into ``OUT_FOLDER/<slide name>/``. Files that are not slides are skipped. Needs an
+"Differential count" panel exports cells.csv, summary.json, GeoJSON, report.html and the histogram
+into ``OUT_FOLDER/<slide name>/``. Files that are not slides, and slides that cannot be
+read, are skipped with a line saying why. Needs an
 OpenGL context: a desktop session, or ``xvfb-run python examples/headless_folder.py ...``
 on a server.
 """
@@ -30,9 +31,14 @@ def main(folder: Path, out: Path) -> int:
             print(f"skipped {path.name}: not a slide")
             continue
         viewer.layers.clear()
-        (image,) = viewer.open(path, plugin=PLUGIN)
-        analyze.image.value = image
-        result = analyze.run_and_wait()
+        try:  # a bad file is reported and skipped, as `bm-cells batch` does
+            (image,) = viewer.open(path, plugin=PLUGIN)
+            analyze.image.value = image
+            result = analyze.run_and_wait()
+        except Exception as exc:  # noqa: BLE001
+            msg = str(exc).strip().splitlines()
+            print(f"skipped {path.name}: {msg[0] if msg else type(exc).__name__}")
+            continue
         panel.set_layer(analyze.points_layer)
         panel.export(out / path.name)
         print(f"{path.name}: {len(result.cells)} cells -> {out / path.name}")

@@ -215,7 +215,8 @@ def test_help_shows_defaults_and_verbose_goes_after_the_command(capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["train-classifier", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--epochs EPOCHS (default: 20)" in text and "--img-size IMG_SIZE (default: 112)" in text
+    assert "--epochs EPOCHS passes over the training data (default: 20)" in text
+    assert "--img-size IMG_SIZE network input side in px (default: 112)" in text
 
 
 def test_out_that_is_a_file_is_one_line(bccd_jpeg, tmp_path, capsys):

@@ -27,12 +27,15 @@ def test_script_analyses_a_folder_without_a_window(data_dir, tmp_path, detector,
     img, _ = build_mosaic(2, 2, "bccd", seed=5)
     write_ome_zarr(img, folder / "mosaic.ome.zarr")
     (folder / "notes.txt").write_text("not a slide")
+    good = (data_dir / "bccd" / "JPEGImages" / "BloodImage_00001.jpg").read_bytes()
+    (folder / "broken.jpg").write_bytes(good[: len(good) // 3])  # a truncated download
     out = tmp_path / "out"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "headless_folder.py"), str(folder), str(out)],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped notes.txt: not a slide" in r.stdout
+    assert "skipped broken.jpg: " in r.stdout and "broken.jpg" in r.stdout.split("skipped broken.jpg: ")[1]
     names = ["BloodImage_00000.jpg", "BloodImage_00003.jpg", "mosaic.ome.zarr"]
     assert sorted(p.name for p in out.iterdir()) == names
     for name in names:

@@ -305,8 +305,11 @@ def test_ome_zarr_current_field_of_view(viewer, qtbot, tmp_path, data_dir, class
     assert w.result.summary["region"] == list(region)
     assert 0 < len(cells) < n_whole
     assert ((cells["x"] >= x0) & (cells["x"] <= x1) & (cells["y"] >= y0) & (cells["y"] <= y1)).all()
-    # points sit in world coordinates on the image: check through the transforms
+    # the region's cells sit beside the whole image's: nothing replaced silently
     pts = w.points_layer
+    whole = viewer.layers[f"{image.name} cells"]
+    assert pts is not whole and len(whole.data) == n_whole and "region" in pts.name
+    # points sit in world coordinates on the image: check through the transforms
     assert tuple(pts.scale) == pytest.approx((mpp, mpp))
     world = np.array([pts.data_to_world(p) for p in pts.data])
     assert (world[:, 0] >= (y0 - 1) * mpp).all() and (world[:, 0] <= y1 * mpp).all()

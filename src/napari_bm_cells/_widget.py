@@ -236,6 +236,7 @@ class AnalyzeWidget(Container):
         self._pbar = None
         self._pbar_stage = None
         self._image_layer = None
+        self._run_tag = ""
         self._t0 = 0.0
         self.native.destroyed.connect(_cancel_on_destroy(self))
         # take only the height the controls need: the differential panel below gets the rest
@@ -326,6 +327,9 @@ class AnalyzeWidget(Container):
             return False
 
         self._image_layer = layer
+        # a region's results sit beside the whole image's, not in their place
+        self._run_tag = "" if opts.region is None else " [region y {}-{}, x {}-{}]".format(
+            opts.region[0], opts.region[2], opts.region[1], opts.region[3])
         self.result = None
         self._pending = []
         self._last_flush = 0.0
@@ -438,13 +442,13 @@ class AnalyzeWidget(Container):
             self.cancel()
 
     def _points_name(self):
-        return f"{self._image_layer.name} cells"
+        return f"{self._image_layer.name} cells{self._run_tag}"
 
     def _labels_name(self):
-        return f"{self._image_layer.name} masks"
+        return f"{self._image_layer.name} masks{self._run_tag}"
 
     def _areas_name(self):
-        return f"{self._image_layer.name} counting areas"
+        return f"{self._image_layer.name} counting areas{self._run_tag}"
 
     def _remove_old_layers(self):
         """Remove the previous run's cells and masks of this image (replaced by this run)."""
