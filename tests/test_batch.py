@@ -62,6 +62,14 @@ def test_batch_cohort_errors_skipped(serial, classifier):
         for c in codes:
             assert getattr(row, f"count_{c}") == int((cells["label"] == c).sum())
         assert (out / row.output / MARKER).is_file()
+        # the same files as `analyze` writes: QuPath cells (one per row) and the report
+        gj = json.loads((out / row.output / "cells.geojson").read_text())
+        assert len(gj["features"]) == len(cells)
+        assert f"{summary['n_counted']} cells counted" in (out / row.output / "report.html").read_text()
+    cohort_page = (out / "cohort.html").read_text()
+    for row in good.itertuples():  # the cohort page links each slide's report
+        assert f'href="{row.output}/report.html"' in cohort_page
+    assert "corrupt.jpg" not in cohort_page
     assert good["n_cells"].sum() >= 4  # every real field holds a white cell
     assert df.loc[df["slide"] == "corrupt.jpg", "n_cells"].isna().all()
     # the table on disk is the one returned
