@@ -622,3 +622,55 @@ def test_masks_take_their_class_colours_and_next_zooms_to_the_cell(viewer, qtbot
     zoom = viewer.camera.zoom
     panel.review_step(+1)
     assert viewer.camera.zoom >= zoom  # never zooms back out
+
+
+def test_panel_fits_its_dock_with_the_caveat_beside_the_blast_number(viewer, qtbot, bccd_jpeg, classifier_path):
+    """At a dock's usual width (368 px) and height (720 px) nothing is clipped: the CI
+    column shows whole intervals, the blast line carries its caveat (the shipped model has
+    no blast class) at the top, and each tab's controls are in view without scrolling."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QApplication
+
+    viewer.open(str(bccd_jpeg), plugin=PLUGIN)
+    w, _ = _dock(viewer)
+    _configure(w, classifier_path)
+    w.run()
+    _wait_done(qtbot, w)
+    panel = DifferentialPanel(viewer)  # shown on its own: the viewer's window stays hidden
+    qtbot.addWidget(panel)
+    panel.set_layer(w.points_layer)
+    panel.resize(368, 720)
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.refresh()
+    QApplication.processEvents()
+    assert panel.minimumSizeHint().width() <= panel.width()
+
+    def in_view(widget):
+        page = panel.tabs.currentWidget()
+        corner = widget.mapTo(page.widget(), QPoint(widget.width(), widget.height()))
+        return corner.x() <= page.viewport().width() and corner.y() <= page.viewport().height()
+
+    # the table: every cell's text fits its column, no sideways scrolling
+    t = panel.table
+    fm = t.fontMetrics()
+    assert t.rowCount() >= 1
+    for r in range(t.rowCount()):
+        for c in range(t.columnCount()):
+            item = t.item(r, c)
+            if item is not None and item.text():
+                assert fm.horizontalAdvance(item.text()) < t.columnWidth(c), (item.text(), t.columnWidth(c))
+    assert t.horizontalScrollBar().maximum() == 0
+    # the blast number with its caveat, first thing in view
+    blast_line = next(line for line in panel.summary_label.text().split("<br>") if line.startswith("blast"))
+    assert "no blast class" in blast_line and "0.0%" not in blast_line
+    assert in_view(panel.summary_label)
+    # the cell tab: the queue, the crop and the review buttons in view
+    panel.tabs.setCurrentIndex(1)
+    QApplication.processEvents()
+    for widget in (panel.next_button, panel.crop_label, panel.reassign_button, panel.confirm_button):
+        assert in_view(widget), widget
+    panel.tabs.setCurrentIndex(2)
+    QApplication.processEvents()
+    for widget in (panel.sign_button, panel.export_button):
+        assert in_view(widget), widget

@@ -20,7 +20,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
                             QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QSizePolicy,
-                            QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                            QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from . import _layers as L
 from ._cells_combo import CellsLayerCombo, shrinkable
@@ -101,15 +101,10 @@ class DifferentialPanel(QWidget):
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(2, 2, 2, 2)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # wrap text to the dock
-        scroll.setFrameShape(QFrame.NoFrame)
-        content = QWidget()
-        lay = QVBoxLayout(content)
-        lay.setContentsMargins(4, 4, 4, 4)
-        scroll.setWidget(content)
-        outer.addWidget(scroll, 1)
+        # three tabs, so each part fits a dock's height: the numbers, one cell, the sign-off
+        self.tabs = QTabWidget()
+        outer.addWidget(self.tabs, 1)
+        lay = self._page("Counts")
 
         row = QHBoxLayout()
         row.addWidget(QLabel("cells layer"))
@@ -119,9 +114,18 @@ class DifferentialPanel(QWidget):
         self.view_combo.addItems(["classes", "lineages"])
         self.view_combo.setToolTip("histogram by class, or rolled up by lineage")
         self.view_combo.currentIndexChanged.connect(self._schedule)
-        row.addWidget(self.view_combo)
         lay.addLayout(row)
 
+        # the key numbers first, each caveat beside the number it qualifies
+        self.summary_label = QLabel("no cells yet: run 'Analyze smear'")
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextFormat(Qt.RichText)
+        lay.addWidget(self.summary_label)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("histogram by"))
+        row.addWidget(self.view_combo)
+        row.addStretch(1)
+        lay.addLayout(row)
         self.figure, self.canvas = _make_canvas(napari_viewer, (4.2, 2.6))
         self.figure.set_facecolor(bg)
         self.ax = self.figure.add_subplot(111)
@@ -133,18 +137,15 @@ class DifferentialPanel(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         hh = self.table.horizontalHeader()
-        for k in range(3):
+        for k in range(4):  # every column as wide as its text: "20.7-100.0" never clipped
             hh.setSectionResizeMode(k, QHeaderView.ResizeToContents)
-        hh.setSectionResizeMode(3, QHeaderView.Stretch)
+        hh.setStretchLastSection(True)
         self.table.setMinimumHeight(170)
         lay.addWidget(self.table)
-        self.summary_label = QLabel("no cells yet: run 'Analyze smear'")
-        self.summary_label.setWordWrap(True)
-        self.summary_label.setTextFormat(Qt.RichText)
-        lay.addWidget(self.summary_label)
+        lay.addStretch(1)
 
-        insp = QGroupBox("cell inspector (select a point)")
-        il = QVBoxLayout(insp)
+        il = self._page("Cell")
+        il.addWidget(QLabel("the selected cell (click a point, or Next >)"))
         top = QHBoxLayout()
         self.crop_label = QLabel()
         self.crop_label.setFixedSize(CROP_VIEW_PX, CROP_VIEW_PX)
@@ -192,8 +193,8 @@ class DifferentialPanel(QWidget):
         row.addWidget(self.queue_order, 1)
         row.addWidget(self.prev_button)
         row.addWidget(self.next_button)
-        il.addLayout(row)
-        il.addWidget(self.queue_label)
+        il.insertLayout(1, row)  # the review queue first: it picks the cell shown below
+        il.insertWidget(2, self.queue_label)
         row = QHBoxLayout()  # attribution map of the selected cell, as an image layer over it
         self.method_combo = shrinkable(QComboBox(), 8)
         from .explain import METHODS
@@ -211,9 +212,9 @@ class DifferentialPanel(QWidget):
         self.attribution_layer = None
         self._queue: list[int] | None = None  # cell ids, snapshot taken at the first step
         self._queue_pos, self._queue_layer = -1, None
-        lay.addWidget(insp)
-        lay.addStretch(1)
+        il.addStretch(1)
 
+        lay = self._page("Sign-off")
         sign = QGroupBox("sign-off")
         sl = QVBoxLayout(sign)
         row = QHBoxLayout()
@@ -244,10 +245,24 @@ class DifferentialPanel(QWidget):
         self.corrections_button.setToolTip("crops of reviewed cells, one folder per class (retraining)")
         self.corrections_button.clicked.connect(self._corrections_dialog)
         row.addWidget(self.corrections_button)
-        outer.addLayout(row)
+        lay.addLayout(row)
+        lay.addStretch(1)
 
         self.layer_combo.update_choices()
         self._set_inspector_enabled(False)
+
+    def _page(self, title: str) -> QVBoxLayout:
+        """A tab scrolling vertically only (text wraps to the dock's width); its layout."""
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.NoFrame)
+        content = QWidget()
+        lay = QVBoxLayout(content)
+        lay.setContentsMargins(4, 4, 4, 4)
+        scroll.setWidget(content)
+        self.tabs.addTab(scroll, title)
+        return lay
 
     # ---------------------------------------------------------------- layer choice
     def set_layer(self, layer):
@@ -339,17 +354,27 @@ class DifferentialPanel(QWidget):
                         for k, v in s["lineage_counts"].items() if v)
         f = self.layer.features
         reviewed = int(f["reviewed"].sum()) if "reviewed" in f else 0
-        bl, at = s["blast_pct_ci95"], s["atypical_pct_ci95"]
+        from .count import cutoff_flags, has_blast_class
+
+        def pct(key):
+            if not n:
+                return "n/a"
+            lo, hi = s[f"{key}_ci95"]
+            return f"<b>{s[key]:.1f}%</b> ({lo:.1f}-{hi:.1f})"
+
+        blast = pct("blast_pct") if has_blast_class(s) else \
+            "<b>n/a</b> <i>(the model has no blast class: it cannot count blasts)</i>"
+        unk = int(s["counts"].get("UNK", 0))
         lines = [
-            f"<b>{n}</b> counted of {s['n_cells']} cells; {reviewed} of {s['n_cells']} reviewed",
-            f"targets {targets}",
-            f"blast <b>{s['blast_pct']:.1f}%</b> ({bl[0]:.1f}-{bl[1]:.1f}), "
-            f"atypical <b>{s['atypical_pct']:.1f}%</b> ({at[0]:.1f}-{at[1]:.1f})",
+            f"<b>{n}</b> counted of {s['n_cells']} cells; {reviewed} of {s['n_cells']} reviewed"
+            + (f"; <b>{unk} unclassified</b> (UNK: review them, Next &gt;)" if unk else ""),
+            f"blast {blast}",
+            f"atypical {pct('atypical_pct')}",
             f"M:E <b>{'n/a' if me is None else f'{me:.2f}'}</b>; {lin or 'no lineage yet'}",
+            f"targets {targets}",
         ]
-        miss = s.get("missing_blast_classes")
-        if miss:
-            lines.append(f"<i>the model has no {', '.join(miss)} class: P(blast) is 0 by design</i>")
+        lines += [f"<span style='color:#d62728'>the {f['cutoff']}% {f['what']} cut-off lies inside the "
+                  f"95% CI</span>" for f in cutoff_flags(s)]
         self.summary_label.setText("<br>".join(lines))
 
     # ---------------------------------------------------------------- inspector
