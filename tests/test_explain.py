@@ -143,6 +143,7 @@ def test_cli_explain_writes_png(classifier_path, data_dir, bccd_jpeg, tmp_path, 
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "predicted" in text and " s " in text
+    assert "px away" in text  # which cell the point picked, and how far from it
     assert main(["explain", str(bccd_jpeg), "--cell", "oops", "--out", str(out)]) == 2
 
 
@@ -180,7 +181,7 @@ def test_explain_cells_by_id_from_an_analysis(classifier, classifier_path, detec
                        crop_px=res.summary["classifier"]["crop_px_level0"])
     for e, cid in zip(ex, ids):
         row = res.cells.set_index("cell_id").loc[cid]
-        assert e.label == row["label"]
+        assert e.label == row["model_label"]
         np.testing.assert_allclose(e.probs, [row[f"prob_{c}"] for c in classifier.classes], atol=2e-3)
         assert abs(e.x - row["x"]) < 1 and abs(e.y - row["y"]) < 1
         assert e.attribution.shape == e.crop.shape[:2] and np.ptp(e.attribution) > 0
@@ -196,3 +197,10 @@ def test_explain_cells_by_id_from_an_analysis(classifier, classifier_path, detec
     assert main(["explain", str(tmp_path / "mosaic.png"), "--cells", str(files["cells"]), "--ids", "999",
                  "--out", str(tmp_path / "x")]) == 2
     assert "999" in capsys.readouterr().err
+    # another image's table: a cell outside this image is refused, not explained
+    far = res.cells.sort_values("x").iloc[-1]
+    Image.fromarray(img[:, : int(far["x"]) - 50]).save(tmp_path / "left.png")
+    assert main(["explain", str(tmp_path / "left.png"), "--cells", str(files["cells"]), "--ids",
+                 str(int(far["cell_id"])), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside" in err[0] and "another image" in err[0]

@@ -105,6 +105,13 @@ def _press(qtbot, viewer, key: str):
     qtbot.keyClick(native, getattr(Qt, f"Key_{key}"))
 
 
+def _open_progress():
+    """napari progress bars still open (shown in the activity dock)."""
+    from napari.utils import progress
+
+    return [p.desc for p in list(progress._all_instances)]
+
+
 def _error_records():
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
@@ -220,6 +227,7 @@ def test_cancel_stops_a_long_run(viewer, qtbot, data_dir, classifier_path):
     assert w.result is None and w.status.value == "cancelled"
     assert "mosaic cells" not in viewer.layers  # stopped during detection
     assert w.run_button.enabled and not w.cancel_button.enabled
+    assert _open_progress() == []  # no bar left in the activity dock
     assert not _error_records() or all("cancel" not in str(r.message) for r in _error_records())
     # the viewer stays usable: a new run on a drawn rectangle works
     shapes = viewer.add_shapes([np.array([[0, 0], [0, 700], [500, 700], [500, 0]])],
@@ -235,6 +243,7 @@ def test_cancel_stops_a_long_run(viewer, qtbot, data_dir, classifier_path):
     _wait_done(qtbot, w)
     assert w.last_error is None, w.last_error
     assert w.result.summary["region"] == [0, 0, 501, 701]
+    assert _open_progress() == []
     cells = w.result.cells
     assert ((cells["x"] < 701 + 1) & (cells["y"] < 501 + 1)).all()
 

@@ -398,8 +398,16 @@ class AnalyzeWidget(Container):
                 "classify": "classifying (cells)"}.get(stage, stage)
         if self._pbar_stage != stage:
             self._close_pbar()
-            self._pbar = progress(total=max(total, 1), desc=desc)
             self._pbar_stage = stage
+            # creating a bar processes Qt events: a later event may be handled (and its own
+            # bar made) inside this call; keep only the bar of the stage that is current
+            bar = progress(total=max(total, 1), desc=desc)
+            if self._pbar_stage != stage or self._pbar is not None or self._job is None:
+                bar.close()
+                return
+            self._pbar = bar
+        if self._pbar is None:
+            return
         delta = done - self._pbar.n
         if delta:
             self._pbar.update(delta)

@@ -187,6 +187,7 @@ def cmd_evaluate_detector(a):
 
 
 def cmd_explain(a):
+    import math
     import time
 
     from .errors import InputError
@@ -221,6 +222,9 @@ def cmd_explain(a):
         title = (f"{r.label} ({full_name(r.label)}) p={r.confidence:.2f}; {r.method} for {r.target} "
                  f"at ({r.x:.0f}, {r.y:.0f})")
         save_overlay_png(r.crop, r.attribution, out, title, mask=r.mask)
+        if a.cell is not None:  # say which cell the point picked, and how far it is
+            print(f"the detected cell nearest to ({x:.0f}, {y:.0f}) is at ({r.x:.0f}, {r.y:.0f}), "
+                  f"{math.hypot(r.x - x, r.y - y):.0f} px away")
         print(f"cell at ({r.x:.0f}, {r.y:.0f}): predicted {r.label} ({full_name(r.label)}), "
               f"p={r.confidence:.3f}; explained {r.target} with {r.method} in {r.seconds:.2f} s; wrote {out}")
     print(f"{len(results)} explanation(s) in {total:.2f} s with loading")

@@ -422,11 +422,16 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
     dets = Detections.from_table(cells)
     side = float(crop_px) if crop_px else crop_side(cls.meta, slide, dets, AnalysisOptions())
     ids = cells["cell_id"].astype(int).to_numpy()
+    H, W = slide.shape
     out = []
     for cid in cell_ids:
         rows = np.flatnonzero(ids == int(cid))
         if not len(rows):
             raise InputError(f"cell id {cid} is not in the cell table (ids {ids.min()}..{ids.max()})")
+        x, y = float(cells["x"].iloc[rows[0]]), float(cells["y"].iloc[rows[0]])
+        if not (0 <= x < W and 0 <= y < H):
+            raise InputError(f"cell {cid} lies at ({x:.0f}, {y:.0f}), outside {slide.name} ({W} x {H} px): "
+                             "the cell table is of another image; give the cells.csv of this one")
         out.append(_explain_detection(cls, slide, dets, int(rows[0]), side, method, target, **kwargs))
     return out
 
