@@ -197,7 +197,8 @@ def test_evaluate_detector_on_a_voc_folder_without_imagesets(data_dir, tmp_path,
 
 def test_stain_copies_keep_every_box_and_the_image_size(data_dir, tmp_path):
     """Detector training's recoloured copies (another lab's stain): one more image per
-    training field, same size, same label lines, other colours; val/test untouched."""
+    training field, same size, same label lines, other colours; val/test untouched, and a
+    source without a val split gets one held out of its training fields."""
     from PIL import Image
 
     ids = _tiny_voc(data_dir, tmp_path / "voc", n=3)
@@ -206,7 +207,11 @@ def test_stain_copies_keep_every_box_and_the_image_size(data_dir, tmp_path):
     cfg = yaml.safe_load(write_yolo_set([tmp_path / "voc"], tmp_path / "y", stain_copies=2).read_text())
     root = Path(cfg["path"])
     originals = sorted(p for p in (root / "images" / "train").iterdir() if "_stain" not in p.stem)
-    assert len(originals) == len(ids)
+    # the source has no val split: one field is held out for it, without its copies
+    held = sorted((root / "images" / "val").iterdir())
+    assert len(originals) + len(held) == len(ids) and len(held) == 1 and cfg["val"] == "images/val"
+    assert not list((root / "images" / "train").glob(f"{held[0].stem}_stain*"))
+    assert (root / "labels" / "val" / f"{held[0].stem}.txt").is_file()
     for p in originals:
         base = np.asarray(Image.open(p).convert("RGB"), np.float32)
         lines = (root / "labels" / "train" / f"{p.stem}.txt").read_text()

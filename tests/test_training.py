@@ -257,11 +257,9 @@ def test_resume_continues_from_the_state_file(data_dir, tmp_path):
     assert "resumed at epoch 1" in msgs
     assert [e["epoch"] for e in r2["history"]] == [0, 1, 2]
     assert r2["history"][0] == r1["history"][0]  # carried over from the state file
-    assert torch.load(state, weights_only=False)["epoch"] == 2
     assert split_path(out).read_text() == split_before
-    # a finished run resumed again has nothing left to do
-    r3 = train_classifier(data, out, epochs=3, resume=True, **FAST)
-    assert r3["history"] == r2["history"]
+    # a finished run leaves no resume state behind (it is ~10x the checkpoint)
+    assert not state.exists() and out.is_file()
 
 
 def test_moving_average_weights_are_validated_and_kept(data_dir, tmp_path):
@@ -273,7 +271,7 @@ def test_moving_average_weights_are_validated_and_kept(data_dir, tmp_path):
 
     data = _pbc_subset(data_dir, tmp_path / "d", n=20)  # 10 steps
     out = tmp_path / "e.safetensors"
-    train_classifier(data, out, epochs=1, ema_decay=0.9, **FAST)
+    train_classifier(data, out, epochs=2, max_steps=10, ema_decay=0.9, **FAST)  # stopped early: state kept
     st = torch.load(tmp_path / "e.state.pt", weights_only=False)
     model, _ = load_model(out)
     kept = model.state_dict()

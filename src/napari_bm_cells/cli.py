@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke tests)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bfloat16 autocast where supported (faster on AVX512-BF16 CPUs)")
-    s.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from <out>.state.pt (written every epoch, removed "
+                        "once every epoch is done)")
     s.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
     s.add_argument("--field-cells", action="append", default=[], metavar="VOC_DIR",
                    help="also train on the labelled white cell of each train-split field of this "

@@ -214,6 +214,32 @@ def _write_stain_copies(image: Path, out_dir: Path, name: str, lines: list[str],
         (out_dir / "labels" / "train" / f"{name}_stain{k}.txt").write_text("\n".join(lines))
 
 
+#: share of the training fields held out for validation when the sources have no val split
+VAL_FRACTION = 0.15
+
+
+def hold_out_val(out_dir: Path, fraction: float = VAL_FRACTION, seed: int = 0) -> int:
+    """Move a random ``fraction`` of a YOLO set's training fields (at least one) into its
+    ``val`` split, dropping their recoloured copies from training, so the best epoch and
+    the score threshold are chosen on fields the detector did not learn. Returns how many
+    moved (and logs it: the user should know their sources had no validation split)."""
+    train = out_dir / "images" / "train"
+    originals = sorted(p for p in train.iterdir() if "_stain" not in p.stem)
+    if len(originals) < 2:
+        return 0
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(fraction * len(originals))))
+    for p in rng.choice(np.array(originals, object), size=n, replace=False):
+        p.rename(out_dir / "images" / "val" / p.name)
+        (out_dir / "labels" / "train" / f"{p.stem}.txt").rename(out_dir / "labels" / "val" / f"{p.stem}.txt")
+        for copy in train.glob(f"{p.stem}_stain*"):
+            copy.unlink()
+            (out_dir / "labels" / "train" / f"{copy.stem}.txt").unlink(missing_ok=True)
+    log.warning("the sources have no validation split: held out %d of %d training fields (%.0f%%) "
+                "to choose the best epoch and the score threshold", n, len(originals), 100 * fraction)
+    return n
+
+
 def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                    classes: tuple[str, ...] = CLASS_SETS["wbc"], dedupe: bool = True,
                    stain_copies: int = 0, seed: int = 0) -> Path:
@@ -224,8 +250,9 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
     or earlier in the same one; even re-encoded) is left out: the first copy's boxes and
     split win, so no field is in two splits of the merged set (TXL-PBC re-annotates
     BCCD fields and splits them differently; both sets also hold near-identical frames
-    of one spot). ``dedupe=False`` converts every image and box as is. Returns the path
-    of the new ``data.yaml``.
+    of one spot). ``dedupe=False`` converts every image and box as is. Without a val split
+    in the sources, :func:`hold_out_val` makes one from the training fields. Returns the
+    path of the new ``data.yaml``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -262,12 +289,12 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                                         seed + zlib.crc32(name.encode()) % 100_000)
     if n_dup:
         log.warning("left out %d images already in the merged set (duplicates)", n_dup)
+    if not any((out_dir / "images" / "val").iterdir()):
+        hold_out_val(out_dir, seed=seed)
     cfg = {"path": str(out_dir.resolve()), "names": {i: c for i, c in enumerate(classes)}}
     for split in SPLITS:
         if any((out_dir / "images" / split).iterdir()):
             cfg[split] = f"images/{split}"
-    if "val" not in cfg:
-        cfg["val"] = cfg.get("test", "images/train")
     yaml_path = out_dir / "data.yaml"
     yaml_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return yaml_path

@@ -380,4 +380,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         meta.metrics["review_threshold"] = {**review, "split": "val"}
     save_checkpoint(out, best.state_dict(), meta, half=True)
     (out.with_name(out.stem + ".history.json")).write_text(json.dumps(history, indent=1))
+    if not (max_steps and step >= max_steps):
+        # every epoch done: the resume state (optimizer, raw and averaged weights; ~10x
+        # the checkpoint) has no use left. A run that stopped early keeps it for --resume.
+        state_file.unlink(missing_ok=True)
     return {"history": history, "test": test_metrics}
