@@ -16,7 +16,7 @@ def test_sample_is_downloaded_with_pooch_when_not_local(monkeypatch, tmp_path):
     calls = {}
 
     def fake_retrieve(url, known_hash, fname, path, progressbar):
-        calls["url"] = url
+        calls["url"], calls["hash"] = url, known_hash
         f = tmp_path / fname
         f.write_bytes(b"jpeg")
         return str(f)
@@ -26,6 +26,24 @@ def test_sample_is_downloaded_with_pooch_when_not_local(monkeypatch, tmp_path):
     p = samples.sample_path()
     assert p.read_bytes() == b"jpeg"
     assert calls["url"].startswith("https://raw.githubusercontent.com/Shenggan/BCCD_Dataset/")
+    assert calls["hash"] == "sha256:" + samples.SAMPLES["bccd-field"][1]  # downloads are checked
+
+
+def test_every_sample_hash_matches_the_real_data(data_dir):
+    import hashlib
+
+    for name, (fname, sha) in samples.SAMPLES.items():
+        f = data_dir / "bccd" / "JPEGImages" / fname
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == sha, name
+
+
+def test_napari_samples_load_a_real_field(data_dir, monkeypatch):
+    from napari_bm_cells._sample_data import bccd_field, bccd_field_2
+
+    monkeypatch.setenv("BM_CELLS_DATA", str(data_dir))
+    for fn, stem in ((bccd_field, "BloodImage_00000"), (bccd_field_2, "BloodImage_00022")):
+        [(data, kwargs, kind)] = fn()
+        assert kind == "image" and kwargs["name"] == f"BCCD {stem}"
 
 
 def test_offline_without_local_copy_gives_a_clear_error(monkeypatch):
