@@ -683,3 +683,29 @@ def test_panel_fits_its_dock_with_the_caveat_beside_the_blast_number(viewer, qtb
     QApplication.processEvents()
     for widget in (panel.sign_button, panel.export_button):
         assert in_view(widget), widget
+
+
+def test_export_dialog_starts_beside_the_image_and_asks_before_replacing(viewer, qtbot, bccd_jpeg,
+                                                                         classifier_path, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+    viewer.open(str(bccd_jpeg), plugin=PLUGIN)
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    w.run()
+    _wait_done(qtbot, w)
+    panel.set_layer(w.points_layer)
+    asked = {}
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda parent, title, start: asked.setdefault("start", start) and str(tmp_path)))
+    answers = []
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: answers.pop(0)))
+    out = panel._export_dialog()
+    assert asked["start"] == str(bccd_jpeg.parent.resolve())
+    assert out and (tmp_path / "cells.csv").is_file()  # an empty folder: no question
+    before = (tmp_path / "cells.csv").stat().st_mtime_ns
+    answers.append(QMessageBox.No)
+    assert panel._export_dialog() is None and not answers
+    assert (tmp_path / "cells.csv").stat().st_mtime_ns == before  # kept
+    answers.append(QMessageBox.Yes)
+    assert panel._export_dialog()

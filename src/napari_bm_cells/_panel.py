@@ -607,13 +607,33 @@ class DifferentialPanel(QWidget):
         show_info(f"napari-bm-cells: saved {len(paths)} reviewed cell crops to {folder}")
         return paths
 
+    def _start_folder(self) -> str:
+        """Where the export dialogs open: the image file's folder, else the home folder."""
+        img = self._image_layer()
+        src = getattr(getattr(img, "source", None), "path", None) if img is not None else None
+        if src is None and img is not None:
+            src = (img.metadata or {}).get(L.META, {}).get("path")
+        if src:
+            p = Path(str(src))
+            return str(p.parent if p.suffix or p.is_file() else p.parent)
+        return str(Path.home())
+
     def _export_dialog(self):
-        folder = QFileDialog.getExistingDirectory(self, "Export results into folder")
-        if folder:
-            self.export(folder)
+        from qtpy.QtWidgets import QMessageBox
+
+        folder = QFileDialog.getExistingDirectory(self, "Export results into folder", self._start_folder())
+        if not folder:
+            return None
+        old = [n for n in ("cells.csv", "summary.json", "cells.geojson", "report.html") if (Path(folder) / n).exists()]
+        if old and QMessageBox.question(
+                self, "Replace results?", f"{folder} already holds {', '.join(old)}. Replace them?",
+                QMessageBox.Yes | QMessageBox.No, QMessageBox.No) != QMessageBox.Yes:
+            return None
+        return self.export(folder)
 
     def _corrections_dialog(self):
-        folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder")
+        folder = QFileDialog.getExistingDirectory(self, "Save crops of reviewed cells into folder",
+                                                  self._start_folder())
         if folder:
             self.export_corrections(folder)
 
