@@ -270,3 +270,15 @@ def test_histogram_lineage_view_rolls_up_the_differential():
     assert heights == [1, 3, 1, 1, 0]  # PLT is excluded from the count
     draw_histogram(ax, s, by="class")
     assert sorted(t.get_text() for t in ax.get_xticklabels()) == ["EBO", "LYT", "MON", "NGB", "NGS", "PLT"]
+
+
+def test_reopened_results_are_named_after_their_image(bccd_jpeg, classifier, detector, tmp_path):
+    from napari_bm_cells._reader import results_layer_data
+    from napari_bm_cells.export import write_results
+    from napari_bm_cells.pipeline import analyze
+
+    res = analyze(bccd_jpeg, detector=detector, classifier=classifier)
+    paths = write_results(res, tmp_path / "run-2026-12-02", report=False)
+    for key in ("cells", "geojson"):
+        _, kw, _ = results_layer_data(paths[key])
+        assert kw["name"] == f"{bccd_jpeg.name} cells"  # not "run-2026-12-02 cells"

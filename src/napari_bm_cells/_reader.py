@@ -128,8 +128,10 @@ def results_layer_data(path) -> tuple:
         if ok.any():
             mpp = float(np.median(cells["x_um"].to_numpy(float)[ok] / cells["x"].to_numpy(float)[ok]))
     classes = (summary.get("classifier") or {}).get("classes")
-    kw = points_kwargs(cells, name=f"{p.stem} cells" if p.stem != "cells" else f"{p.parent.name} cells",
-                       classes=classes, mpp=mpp, summary=summary)
+    # named as the analysis named it: after the image it was run on (summary.json's input)
+    source = Path(str(summary.get("input") or "")).name
+    stem = source if source else (p.stem if p.stem != "cells" else p.parent.name)
+    kw = points_kwargs(cells, name=f"{stem} cells", classes=classes, mpp=mpp, summary=summary)
     kw["metadata"][META]["path"] = str(p.resolve())
     data = kw.pop("data")
     return data, kw, "points"
