@@ -113,7 +113,7 @@ def test_sample_data_offline_fallback(monkeypatch, data_dir):
     # compare canonical paths: the data folder may be reached through a symlink
     assert Path(kw["metadata"]["bm_cells"]["path"]).resolve().is_relative_to(data_dir.resolve())
     monkeypatch.setenv("BM_CELLS_DATA", str(data_dir / "no-such-folder"))
-    with pytest.raises(InputError, match="not available.*internet"):
+    with pytest.raises(InputError, match="download failed.*internet"):
         _sample_data.bccd_field()
 
 

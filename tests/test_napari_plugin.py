@@ -102,7 +102,10 @@ def _press(qtbot, viewer, key: str):
 
     canvas = viewer.window._qt_viewer.canvas
     native = canvas.native if hasattr(canvas, "native") else canvas._scene_canvas.native
-    qtbot.keyClick(native, getattr(Qt, f"Key_{key}"))
+    mods = Qt.NoModifier
+    if key.startswith("Alt-"):
+        key, mods = key[4:], Qt.AltModifier
+    qtbot.keyClick(native, getattr(Qt, f"Key_{key}"), mods)
 
 
 def _open_progress():
@@ -184,6 +187,11 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     qtbot.waitUntil(lambda: panel.summary["counts"].get(new, 0) >= 1, timeout=5000)
     assert pts.features.loc[0, "label"] == new and bool(pts.features.loc[0, "reviewed"])
     assert panel.summary["counts"][old] == res.summary["counts"][old] - 1
+    assert key.startswith("Alt-")
+    # napari's own digit keys still do what its status bar says: 2 is add mode, no relabel
+    _press(qtbot, viewer, "2")
+    assert pts.mode == "add" and pts.features.loc[0, "label"] == new
+    pts.mode = "select"
     bars = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
     assert bars.get(new) == panel.summary["counts"][new]
     np.testing.assert_allclose(pts.face_color[0], L.class_colours([new])[0], atol=1e-6)

@@ -3,8 +3,9 @@
 Cells are ordered by the model's probability of the class (:func:`review.gallery`), most
 confident first or, to hunt misclassifications, least confident first. Clicking a crop
 selects its point and centres the viewer on it; selected crops can be reassigned to
-another class with the combo box or the number keys 1-9 (the cells layer's shortcuts;
-marked reviewed, like the inspector's reassign), after which they leave the grid. Crops are read from the image layer in a worker thread, so a large slide
+another class with the combo box or the number keys 1-9 (the classes of the cells
+layer's Alt+1-9 shortcuts; marked reviewed, like the inspector's reassign), after which
+they leave the grid. Crops are read from the image layer in a worker thread, so a large slide
 never blocks the viewer; the grid shows a page of cells and grows on request.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ PAGE = 120  #: crops added per "show more"
 
 
 class _Grid(QListWidget):
-    """The crop grid; number keys 1-9 reassign the selected crops (as on the cells layer)."""
+    """The crop grid; number keys 1-9 reassign the selected crops (the classes of the cells
+    layer's Alt+1-9; here no napari key is shadowed)."""
 
     def __init__(self, on_number):
         super().__init__()

@@ -332,25 +332,29 @@ def delete_cells(layer, indices) -> None:
 
 
 def shortcut_codes(classes) -> list[str]:
-    """Up to nine class codes for the number keys 1-9: the model's commonest classes first."""
+    """Up to nine class codes for the keys Alt+1-9: the model's commonest classes first."""
     classes = list(classes)
     pref = [c for c in SHORTCUT_ORDER if c in classes] + [c for c in classes if c not in SHORTCUT_ORDER]
     return pref[:9]
 
 
-def bind_class_keys(layer, classes) -> dict[str, str]:
-    """Bind number keys on a cells layer: key ``k`` reassigns the selected cells to a class.
+#: modifier of the class keys: napari's own Points keys are the plain digits (1 deletes,
+#: 2-5 switch modes), so Alt + digit reassigns and the status bar's hints stay true
+CLASS_KEY_MODIFIER = "Alt"
 
-    The bindings are on the layer instance (they win over napari's mode keys 2-5 while
-    this layer is active; P/S/Z still switch modes). Returns ``{key: code}``.
-    """
+
+def bind_class_keys(layer, classes) -> dict[str, str]:
+    """Bind Alt + number keys on a cells layer: Alt+k reassigns the selected cells to a
+    class. napari's plain digit keys (delete, mode switches) keep working. Returns
+    ``{key: code}`` with keys as napari names them (``"Alt-1"``)."""
     keys = {}
     for k, code in enumerate(shortcut_codes(classes), start=1):
         def _assign(lyr, code=code):
             reassign(lyr, lyr.selected_data, code)
 
-        layer.bind_key(str(k), _assign, overwrite=True)
-        keys[str(k)] = code
+        key = f"{CLASS_KEY_MODIFIER}-{k}"
+        layer.bind_key(key, _assign, overwrite=True)
+        keys[key] = code
     return keys
 
 

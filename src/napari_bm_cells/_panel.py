@@ -4,7 +4,7 @@ Every number shown is :func:`count.differential` of the cells layer's *current*
 features: the panel listens to the layer's ``data`` / ``features`` events (new cells
 during a run, reassigned or deleted cells) and recounts after a short debounce. The
 inspector shows the selected cell's crop (cut from the image layer), its class
-probabilities and P(blast) / P(atypical); reassigning (combo box or the number keys on
+probabilities and P(blast) / P(atypical); reassigning (combo box or Alt + number keys on
 the cells layer) marks the cell ``reviewed``; the review queue starts with the
 unclassified (``UNK``) cells, and Sign off is refused while any remain (unless allowed).
 Exports: as the CLI writes them (cells CSV, summary JSON with the sign-off, QuPath GeoJSON,
@@ -292,8 +292,8 @@ class DifferentialPanel(QWidget):
         for code in classes + [c for c in CLASSES if c not in classes]:
             self.class_combo.addItem(L.describe(code), code)
         self.keys_label.setText(
-            "keys on the cells layer: " + ", ".join(f"{k} {c}" for k, c in self.keys.items())
-            + "; Delete removes; P/S/Z switch modes" if self.keys else "")
+            "keys on the cells layer: " + ", ".join(f"{k.replace('-', '+')} {c}" for k, c in self.keys.items())
+            + "; Delete removes; napari's own keys (1-5, P/S/Z) work as usual" if self.keys else "")
 
     # ---------------------------------------------------------------- differential
     def _schedule(self, *_):

@@ -27,8 +27,9 @@ SAMPLES = {
 def _local_data_dir() -> Path | None:
     """The real-data folder when it holds BCCD's images."""
     env = os.environ.get("BM_CELLS_DATA")
-    cands = [Path(env)] if env else []
-    cands += [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+    # a folder named by the user is the only one looked at
+    cands = [Path(env)] if env else [Path.cwd() / ".." / "shared" / "data",
+                                     Path(__file__).resolve().parents[3] / "shared" / "data"]
     return next((c for c in cands if (c / "bccd" / "JPEGImages").is_dir()), None)
 
 
