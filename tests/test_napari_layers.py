@@ -269,7 +269,16 @@ def test_histogram_lineage_view_rolls_up_the_differential():
     assert labels == ["erythropoiesis", "granulopoiesis", "lymphopoiesis", "monopoiesis", "other"]
     assert heights == [1, 3, 1, 1, 0]  # PLT is excluded from the count
     draw_histogram(ax, s, by="class")
-    assert sorted(t.get_text() for t in ax.get_xticklabels()) == ["EBO", "LYT", "MON", "NGB", "NGS", "PLT"]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert sorted(labels) == ["EBO", "LYT", "MON", "NGB", "NGS", "PLT"]
+    assert labels[0] == "NGS"  # most cells first, not alphabetical
+    # each counted class has its % above the bar and its 95% CI as a whisker
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[0] == f"{s['percent']['NGS']:.0f}%" and "excl" in texts
+    whiskers = {labels[int(line.get_xdata()[0])]: tuple(line.get_ydata()) for line in ax.lines}
+    lo, hi = s["ci95"]["NGS"]
+    assert whiskers["NGS"] == pytest.approx((lo * s["n_counted"] / 100, hi * s["n_counted"] / 100))
+    assert "PLT" not in whiskers
 
 
 def test_reopened_results_are_named_after_their_image(bccd_jpeg, classifier, detector, tmp_path):

@@ -717,3 +717,21 @@ def test_export_dialog_starts_beside_the_image_and_asks_before_replacing(viewer,
     assert (tmp_path / "cells.csv").stat().st_mtime_ns == before  # kept
     answers.append(QMessageBox.Yes)
     assert panel._export_dialog()
+
+
+def test_panel_follows_a_theme_change(viewer, qtbot, bccd_jpeg, classifier_path):
+    from matplotlib.colors import to_hex
+
+    from napari.utils.theme import get_theme
+
+    viewer.open(str(bccd_jpeg), plugin=PLUGIN)
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    w.run()
+    _wait_done(qtbot, w)
+    panel.set_layer(w.points_layer)
+    for theme in ("light", "dark"):
+        viewer.theme = theme
+        th = get_theme(theme)
+        assert to_hex(panel.figure.get_facecolor()) == th.background.as_hex()
+        assert to_hex(panel.ax.title.get_color()) == th.text.as_hex()

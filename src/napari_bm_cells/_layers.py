@@ -20,6 +20,7 @@ import pandas as pd
 
 from .count import differential
 from .errors import InputError
+from .plots import draw_histogram  # noqa: F401 -- the panel draws with it
 from .io import Slide, open_slide
 from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNCLASSIFIED, UNKNOWN_COLOUR, colour_of, full_name
 
@@ -547,54 +548,17 @@ def default_crop_side(points_layer, index: int | None = None) -> float:
 
 
 # --------------------------------------------------------------------------- plots / export
-def draw_histogram(ax, summary: dict, classes=None, text_colour: str | None = None,
-                   by: str = "class") -> None:
-    """Bar chart of cell counts per class (palette colours; excluded classes hatched),
-    or with ``by="lineage"`` the roll-up over the differentiation tree's lineages
-    (erythro-, granulo-, lympho-, monopoiesis, other; counted cells only)."""
-    from .taxonomy import LINEAGE_PALETTE
-
-    ax.clear()
-    if by == "lineage":
-        counts = dict(summary.get("lineage_counts", {}))
-        codes = list(counts)
-        colours = [LINEAGE_PALETTE.get(c, UNKNOWN_COLOUR) for c in codes]
-    else:
-        counts = summary.get("counts", {})
-        codes = [c for c in (classes or counts) if c in counts]
-        codes += [c for c in counts if c not in codes]
-        codes = [c for c in codes if counts[c] > 0] or codes
-        colours = [colour_of(c) for c in codes]
-    vals = [counts[c] for c in codes]
-    bars = ax.bar(range(len(codes)), vals, color=colours,
-                  edgecolor=text_colour or "black", linewidth=0.5)
-    excl = set(summary.get("excluded_codes", [])) if by != "lineage" else set()
-    for b, c in zip(bars, codes):
-        if c in excl:
-            b.set_hatch("//")
-    ax.set_xticks(range(len(codes)))
-    ax.set_xticklabels(codes, rotation=90, fontsize=8)
-    ax.set_ylabel("cells")
-    n, tot = summary.get("n_counted", 0), summary.get("n_cells", 0)
-    ax.set_title(f"{n} counted of {tot} cells", fontsize=9)
-    if text_colour:
-        for item in [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]:
-            item.set_color(text_colour)
-        ax.tick_params(colors=text_colour)
-        for s in ax.spines.values():
-            s.set_color(text_colour)
-
-
 def histogram_png(summary: dict, path, classes=None) -> Path:
-    """Save the differential's histogram as a PNG (matplotlib, no Qt)."""
-    from matplotlib.figure import Figure
+    """Save the differential's histogram as a PNG (matplotlib, no Qt), titled with the
+    sample's name and the blast %."""
+    from .plots import histogram_png_bytes
 
-    fig = Figure(figsize=(6, 3.5), dpi=120)
-    draw_histogram(fig.add_subplot(111), summary, classes)
-    fig.tight_layout()
+    sample = Path(str(summary.get("input") or "")).name
+    title = f"{sample}: " if sample else ""
+    title += f"{summary.get('n_counted', 0)} cells counted; bars: % with 95% CI (Wilson)"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    path.write_bytes(histogram_png_bytes(summary, classes, title=title))
     return path
 
 

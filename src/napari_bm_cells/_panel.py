@@ -250,6 +250,15 @@ class DifferentialPanel(QWidget):
 
         self.layer_combo.update_choices()
         self._set_inspector_enabled(False)
+        napari_viewer.events.theme.connect(self._on_theme)
+
+    def _on_theme(self, *_):
+        """Follow a light / dark theme change: figures and text redrawn in its colours."""
+        self._bg, self._fg = _theme_colours(self._viewer)
+        self.figure.set_facecolor(self._bg)
+        self.prob_figure.set_facecolor(self._bg)
+        self.refresh()
+        self.update_inspector()
 
     def _page(self, title: str) -> QVBoxLayout:
         """A tab scrolling vertically only (text wraps to the dock's width); its layout."""

@@ -15,61 +15,91 @@ def _png(fig) -> bytes:
 
 
 def _bar_codes(summary: dict, classes=None) -> list[str]:
-    """Classes to draw: ``classes`` order first, then the rest; empty ones dropped
-    unless every class is empty."""
+    """Classes to draw, most cells first (ties in ``classes`` order, then the rest);
+    empty ones dropped unless every class is empty."""
     counts = summary.get("counts", {})
     codes = [c for c in (classes or counts) if c in counts]
     codes += [c for c in counts if c not in codes]
+    codes = sorted(codes, key=lambda c: -counts[c])  # stable: ties keep the model's order
     return [c for c in codes if counts[c] > 0] or codes
 
 
-def draw_class_histogram(ax, summary: dict, classes=None) -> None:
-    """Bars of cells per class on ``ax``: class colours, integer y ticks, the % of the
-    counted cells above each bar; excluded classes hatched and marked "excl".
+def draw_histogram(ax, summary: dict, classes=None, text_colour: str | None = None, by: str = "class") -> None:
+    """Bars of cells per class on ``ax`` (most first, class colours, integer y ticks, the %
+    of the counted cells above each bar and its 95% CI as a whisker; excluded classes
+    hatched and marked "excl"), or with ``by="lineage"`` the roll-up over the lineages
+    of the differentiation tree (counted cells only).
 
     Parameters
     ----------
     ax : matplotlib.axes.Axes
     summary : dict
-        A differential (``counts``, ``percent``, ``excluded_codes``, ``n_counted``).
+        A differential (``counts``, ``percent``, ``ci95``, ``excluded_codes``, ``n_counted``).
     classes : sequence of str, optional
-        Bar order (the summary's order by default).
+        Order among classes with as many cells (the model's order).
+    text_colour : str, optional
+        Colour of text, ticks and spines (a dark theme's foreground).
+    by : {"class", "lineage"}
     """
     from matplotlib.ticker import MaxNLocator
 
-    counts, percent = summary.get("counts", {}), summary.get("percent", {})
-    excl = set(summary.get("excluded_codes", []))
-    codes = _bar_codes(summary, classes)
+    from .taxonomy import LINEAGE_PALETTE, UNKNOWN_COLOUR
+
+    ax.clear()
+    n = summary.get("n_counted", 0)
+    if by == "lineage":
+        counts = dict(summary.get("lineage_counts", {}))
+        codes = list(counts)
+        colours = [LINEAGE_PALETTE.get(c, UNKNOWN_COLOUR) for c in codes]
+        percent = summary.get("lineage_percent", {})
+        ci, excl = {}, set()
+    else:
+        counts, percent = summary.get("counts", {}), summary.get("percent", {})
+        ci, excl = summary.get("ci95", {}), set(summary.get("excluded_codes", []))
+        codes = _bar_codes(summary, classes)
+        colours = [colour_of(c) for c in codes]
     vals = [counts[c] for c in codes]
-    bars = ax.bar(range(len(codes)), vals, color=[colour_of(c) for c in codes],
-                  edgecolor="black", linewidth=0.6)
-    for b, c in zip(bars, codes):
+    bars = ax.bar(range(len(codes)), vals, color=colours, edgecolor=text_colour or "black", linewidth=0.6)
+    top = max(vals + [1])
+    for k, (b, c) in enumerate(zip(bars, codes)):
         if c in excl or percent.get(c) is None:
             b.set_hatch("//")
             text = "excl"
         else:
-            text = f"{percent[c]:.0f}%" if summary.get("n_counted") else ""
+            text = f"{percent[c]:.0f}%" if n else ""
+            if n and ci.get(c):  # the CI in cells: how far this count may be from the truth
+                lo, hi = ci[c][0] * n / 100, ci[c][1] * n / 100
+                ax.plot([k, k], [lo, hi], color=text_colour or "black", linewidth=0.8)
+                top = max(top, hi)
         ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), xytext=(0, 2),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=7)
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                    color=text_colour or "black")
     ax.set_xticks(range(len(codes)))
     ax.set_xticklabels(codes, rotation=90, fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, max(vals + [1]) * 1.15)
+    ax.set_ylim(0, top * 1.15)
     ax.set_ylabel("cells")
     ax.spines[["top", "right"]].set_visible(False)
-    ax.set_title(f"{summary.get('n_counted', 0)} counted of {summary.get('n_cells', 0)} cells",
-                 fontsize=9)
+    ax.set_title(f"{n} counted of {summary.get('n_cells', 0)} cells", fontsize=9)
+    if text_colour:
+        for item in [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]:
+            item.set_color(text_colour)
+        ax.tick_params(colors=text_colour)
+        for sp in ax.spines.values():
+            sp.set_color(text_colour)
 
 
-def histogram_png_bytes(summary: dict, classes=None) -> bytes:
-    """The differential's histogram (see :func:`draw_class_histogram`) as PNG bytes.
+def histogram_png_bytes(summary: dict, classes=None, title: str | None = None) -> bytes:
+    """The differential's histogram (see :func:`draw_histogram`) as PNG bytes.
 
     Parameters
     ----------
     summary : dict
         A differential or analysis summary.
     classes : sequence of str, optional
-        Bar order.
+        Order among classes with as many cells.
+    title : str, optional
+        A line above the plot (the sample's name).
 
     Returns
     -------
@@ -78,8 +108,11 @@ def histogram_png_bytes(summary: dict, classes=None) -> bytes:
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 3.2), dpi=100)
-    draw_class_histogram(fig.add_subplot(111), summary, classes)
+    fig = Figure(figsize=(6, 3.4), dpi=110)
+    fig.set_facecolor("white")
+    draw_histogram(fig.add_subplot(111), summary, classes)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
