@@ -441,6 +441,9 @@ def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells
     counts = res.cells["label"].value_counts()
     code = counts.index[0]  # the commonest class
     gal.set_class(code)
+    from napari_bm_cells._gallery import THUMB_PX
+    r0 = gal.grid.visualItemRect(gal.grid.item(0))  # before its crop has arrived
+    assert r0.width() >= THUMB_PX and r0.height() >= THUMB_PX, r0
     ids = gal.cell_ids()
     # exactly the cells of the class, most confident first (review.gallery's order)
     assert ids == gallery(pts.features, code)
@@ -452,6 +455,10 @@ def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells
     assert gal.cell_ids()[0] == ids[-1]
     qtbot.waitUntil(gal.loaded, timeout=20000)  # every crop read in the worker thread
     assert gal.grid.item(0).icon().availableSizes()
+    # full-size thumbnails the first time the class is shown, not slivers
+    for k in range(min(3, gal.grid.count())):
+        r = gal.grid.visualItemRect(gal.grid.item(k))
+        assert r.width() >= THUMB_PX and r.height() >= THUMB_PX, (k, r)
 
     # clicking a crop selects that cell and centres the viewer on it
     item = gal.grid.item(1)

@@ -83,6 +83,9 @@ class CellGallery(QWidget):
         self.grid = _Grid(self._number_key)
         self.grid.setViewMode(QListView.IconMode)
         self.grid.setIconSize(QSize(THUMB_PX, THUMB_PX))
+        # a fixed cell per crop: with uniform sizes, the first item (still without its
+        # crop) would otherwise set every item's size to a sliver
+        self.grid.setGridSize(QSize(THUMB_PX + 8, THUMB_PX + 8 + self.grid.fontMetrics().height()))
         self.grid.setResizeMode(QListView.Adjust)
         self.grid.setMovement(QListView.Static)
         self.grid.setUniformItemSizes(True)
@@ -191,6 +194,7 @@ class CellGallery(QWidget):
             item.setToolTip(f"cell {cid}: {code}, P({code}) {float(feats[conf_col].iloc[i]):.3f}"
                             f"{', reviewed' if bool(feats['reviewed'].iloc[i]) else ''}")
             item.setTextAlignment(Qt.AlignHCenter)
+            item.setSizeHint(self.grid.gridSize())  # full size before its crop arrives
             self.grid.addItem(item)
             if (key, cid) in self._cache:
                 item.setIcon(QIcon(_pixmap(self._cache[(key, cid)], THUMB_PX)))
