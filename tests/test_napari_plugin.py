@@ -742,3 +742,18 @@ def test_panel_follows_a_theme_change(viewer, qtbot, bccd_jpeg, classifier_path)
         th = get_theme(theme)
         assert to_hex(panel.figure.get_facecolor()) == th.background.as_hex()
         assert to_hex(panel.ax.title.get_color()) == th.text.as_hex()
+
+
+def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, classifier_path):
+    from napari_bm_cells.testing import build_mosaic
+
+    img, _ = build_mosaic(6, 6, "bccd", split=("test", "val", "train"), seed=0)
+    viewer.add_image(img, rgb=True, name="mosaic")
+    dock, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Analyze smear")
+    _configure(w, classifier_path)
+    assert w.run()
+    qtbot.waitUntil(lambda: w.status.value.startswith("detecting"), timeout=60_000)
+    dock.close()
+    _wait_done(qtbot, w, timeout=30)
+    assert w.status.value == "cancelled" and w.result is None
+    assert _open_progress() == []

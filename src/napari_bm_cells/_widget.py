@@ -335,6 +335,7 @@ class AnalyzeWidget(Container):
         self._last_flush = 0.0
         self.points_layer = self.labels_layer = None  # old results stay until new cells come
         self._show_panel()
+        self._cancel_when_dock_closes()
         job = _JobHandle()
         job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop)
         self._job = job
@@ -353,6 +354,30 @@ class AnalyzeWidget(Container):
         self.status.value = "loading models..."
         worker.start()
         return True
+
+    def _cancel_when_dock_closes(self):
+        """Closing the dock (its x) only hides it in napari: cancel a run then, rather than
+        let it go on unseen. A dock hidden behind another tab gets no close event."""
+        from qtpy.QtCore import QEvent, QObject
+        from qtpy.QtWidgets import QDockWidget
+
+        if getattr(self, "_close_filter", None) is not None:
+            return
+        dock = self.native.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is None:
+            return
+        widget = self
+
+        class _OnClose(QObject):
+            def eventFilter(self, obj, event):  # noqa: N802 -- Qt's name
+                if event.type() == QEvent.Close and widget.running:
+                    widget.cancel()
+                return False
+
+        self._close_filter = _OnClose(dock)
+        dock.installEventFilter(self._close_filter)
 
     def run_and_wait(self, timeout: float | None = None):
         """Run the analysis and process Qt events until it ends: the widget driven from a
