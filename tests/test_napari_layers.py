@@ -291,3 +291,15 @@ def test_reopened_results_are_named_after_their_image(bccd_jpeg, classifier, det
     for key in ("cells", "geojson"):
         _, kw, _ = results_layer_data(paths[key])
         assert kw["name"] == f"{bccd_jpeg.name} cells"  # not "run-2026-12-02 cells"
+
+
+def test_attribution_layer_keeps_the_images_units(mosaic_result, classifier):
+    from napari.layers import Image, Points
+
+    img, res = mosaic_result
+    image = Image(img, rgb=True, scale=(0.1, 0.1), units=("micrometer", "micrometer"), name="slide")
+    pts = Points(**L.points_kwargs(res.cells, image, name="cells"))
+    amap, kw = L.explain_point(image, pts, 0, classifier)
+    assert tuple(str(u) for u in kw["units"]) == tuple(str(u) for u in image.units)
+    layer = Image(amap, **kw)  # what Explain adds: same units, so napari keeps using them
+    assert tuple(layer.units) == tuple(image.units)

@@ -528,6 +528,9 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
               "metadata": {META: {"explained_cell": int(points_layer.features["cell_id"].iloc[index])
                                   if "cell_id" in points_layer.features else int(index),
                                   "method": method, "label": label}}}
+    units = _transform_kwargs(image_layer).get("units")
+    if units is not None:  # the image's units, or napari stops using units for all layers
+        kwargs["units"] = units
     return amap, kwargs
 
 
