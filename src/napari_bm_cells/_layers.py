@@ -396,12 +396,13 @@ def layer_differential(layer, exclude=tuple(sorted(NON_LEUKOCYTE_CODES))) -> dic
 
 # --------------------------------------------------------------------------- labels
 def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: Slide | None = None,
-                  small: int = 4096 * 4096, cells: pd.DataFrame | None = None) -> dict:
+                  small: int = 4096 * 4096, cells: pd.DataFrame | None = None, levels=()) -> dict:
     """Keyword arguments of ``viewer.add_labels`` for the pipeline's mask array.
 
-    Small masks become a numpy array (editable); large ones stay lazy, as a pyramid
-    matching the image's (strided views of the sparse zarr array), so zoomed-out views
-    of a slide read little. With ``cells`` each mask takes its cell's class colour.
+    Small masks become a numpy array (editable); large ones stay lazy, as a pyramid of
+    the analysis' coarser mask levels (``levels``, painted with the masks; else strided
+    views of the sparse array), so a zoomed-out view reads a small array, not the whole
+    slide's masks. With ``cells`` each mask takes its cell's class colour.
     """
     import dask.array as da
 
@@ -411,8 +412,11 @@ def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: 
         data, multiscale = np.asarray(labels[:]), False
     else:
         base = da.from_zarr(labels)
-        downs = slide.downsamples if slide is not None and len(slide.levels) > 1 else [1]
-        data = [base] + [base[::int(round(d)), ::int(round(d))] for d in downs[1:] if round(d) >= 2]
+        if levels:
+            data = [base] + [da.from_zarr(a) for _, a in levels]
+        else:
+            downs = slide.downsamples if slide is not None and len(slide.levels) > 1 else [1]
+            data = [base] + [base[::int(round(d)), ::int(round(d))] for d in downs[1:] if round(d) >= 2]
         multiscale = len(data) > 1
         if not multiscale:
             data = base

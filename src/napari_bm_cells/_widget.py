@@ -526,7 +526,7 @@ class AnalyzeWidget(Container):
             if self._labels_name() in self._viewer.layers:
                 self._viewer.layers.remove(self._labels_name())
             kw = L.labels_kwargs(result.labels, self._image_layer, name=self._labels_name(),
-                                 slide=result.slide, cells=cells)
+                                 slide=result.slide, cells=cells, levels=result.label_levels)
             self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
             _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
             # keep the points on top of the masks

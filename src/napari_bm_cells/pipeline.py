@@ -129,6 +129,7 @@ class AnalysisResult:
     timings: dict = field(default_factory=dict)
     areas: AreaMap | None = None  # the counting-area map
     outlines: dict = field(default_factory=dict)  # cell_id -> (N, 2) level-0 x, y outline (with masks)
+    label_levels: list = field(default_factory=list)  # [(factor, array)]: coarser mask levels
 
 
 def parse_level(level, slide: Slide, detector, cell_px=None, region=None) -> float:
@@ -350,7 +351,7 @@ def read_cells_window(slide: Slide, dets: Detections, idx, side: float,
 
 def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px: float,
               block: int, labels=None, offset: int = 0, outlines: dict | None = None,
-              tiles: TileCache | None = None) -> Iterator[_Cell]:
+              tiles: TileCache | None = None, levels=()) -> Iterator[_Cell]:
     """Every cell's crop, one at a time (so a first small batch need not wait for more),
     block by block through a :class:`TileCache`. With ``labels`` (see :func:`new_labels`)
     each cell's mask is painted there too, a block at a time, and its outline goes into
@@ -370,7 +371,7 @@ def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px
                     outlines[cid] = mask_outline(*_clip_to(painted, slide.shape))
             yield _Cell(offset + i, crop, centre)
         if block_labels is not None:
-            _write_labels(labels, block_labels, *origin)
+            _write_labels(labels, block_labels, *origin, levels=levels)
 
 
 def _clip_to(painted, shape):
@@ -449,6 +450,20 @@ def new_labels(shape):
                              dtype="uint32", fill_value=0)
 
 
+#: the masks' coarser levels: every LABEL_STEP-th pixel, down to about LABEL_MIN_SIDE px
+LABEL_STEP, LABEL_MIN_SIDE = 4, 512
+
+
+def new_label_levels(shape) -> list[tuple[int, object]]:
+    """Coarser levels of the mask labels, ``[(factor, array), ...]``: painted with the
+    masks, so a viewer zoomed out reads a small array instead of the whole slide's."""
+    out, f = [], LABEL_STEP
+    while max(shape) / f >= LABEL_MIN_SIDE:
+        out.append((f, new_labels((math.ceil(shape[0] / f), math.ceil(shape[1] / f)))))
+        f *= LABEL_STEP
+    return out
+
+
 def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptions | None = None,
                   device: str = "auto", should_stop: Callable[[], bool] | None = None
                   ) -> Iterator[Progress]:
@@ -505,6 +520,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     side = None
     gain, colour_info = _white_balance(slide, cls, opts)
     labels = new_labels(slide.shape) if opts.masks else None
+    levels = new_label_levels(slide.shape) if opts.masks else []
     outlines: dict = {} if opts.masks else None
     tiles = TileCache.of(slide)
     all_boxes, all_scores, all_probs, all_centres = [], [], [], []
@@ -555,7 +571,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         if visit is None:
             yield Progress("classify", 0, n)
         in_pass = 0
-        for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, gain, labels, n_done, outlines, tiles),
+        for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, gain, labels, n_done, outlines, tiles, levels),
                                 depth=2) if n else ()):
             idx = np.array([c.index for c in batch]) - n_done
             probs[idx] = cls.forward(x)
@@ -617,14 +633,14 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })
     yield Progress("done", len(dets), len(dets),
-                   AnalysisResult(cells, summary, labels, slide, timings, areas, outlines or {}))
+                   AnalysisResult(cells, summary, labels, slide, timings, areas, outlines or {}, levels))
 
 
-def _batches(slide, dets, side, cls, opts, gain, labels, offset, outlines, tiles):
+def _batches(slide, dets, side, cls, opts, gain, labels, offset, outlines, tiles, levels=()):
     """Classifier input batches of a set of detections: full batches across blocks (one
     input shape, so the model's kernels stay warm), the first small so it starts early."""
     it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block, labels,
-                   offset, outlines, tiles)
+                   offset, outlines, tiles, levels)
     size = min(FIRST_BATCH, opts.batch_size)
     while batch := list(itertools.islice(it, size)):
         yield batch, cls.prepare(np.stack([c.crop for c in batch]), gain)
@@ -666,10 +682,17 @@ def _sha(path):
     return file_sha256(path) if path else None
 
 
-def _write_labels(labels, block: np.ndarray, y0: int, x0: int):
+def _write_labels(labels, block: np.ndarray, y0: int, x0: int, levels=()):
     """Merge a block of painted masks into the label array (existing cells win), one
     storage chunk at a time and only chunks with cells: re-encoding a whole block of
-    mostly empty chunks cost more than cutting its crops."""
+    mostly empty chunks cost more than cutting its crops. ``levels`` (see
+    :func:`new_label_levels`) get every ``factor``-th pixel of it."""
+    for f, arr in levels:
+        H0, W0 = labels.shape
+        i0, j0 = -(-max(y0, 0) // f), -(-max(x0, 0) // f)
+        i1, j1 = -(-min(y0 + block.shape[0], H0) // f), -(-min(x0 + block.shape[1], W0) // f)
+        if i1 > i0 and j1 > j0:
+            _write_labels(arr, block[i0 * f - y0:(i1 - 1) * f - y0 + 1:f, j0 * f - x0:(j1 - 1) * f - x0 + 1:f], i0, j0)
     H, W = labels.shape
     ch, cw = labels.chunks
     for cy in range(max(y0, 0) // ch * ch, min(y0 + block.shape[0], H), ch):
