@@ -685,6 +685,11 @@ def test_panel_fits_its_dock_with_the_caveat_beside_the_blast_number(viewer, qtb
             if item is not None and item.text():
                 assert fm.horizontalAdvance(item.text()) < t.columnWidth(c), (item.text(), t.columnWidth(c))
     assert t.horizontalScrollBar().maximum() == 0
+    # the class column is the legend: each code beside its points' colour
+    from qtpy.QtCore import Qt
+    for r in range(t.rowCount()):
+        code = t.item(r, 0).text()
+        assert t.item(r, 0).data(Qt.DecorationRole).name() == L.colour_of(code).lower()
     # the blast number with its caveat, first thing in view
     blast_line = next(line for line in panel.summary_label.text().split("<br>") if line.startswith("blast"))
     assert "no blast class" in blast_line and "0.0%" not in blast_line

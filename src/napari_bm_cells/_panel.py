@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
                             QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QSizePolicy,
                             QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
@@ -351,6 +351,8 @@ class DifferentialPanel(QWidget):
                 it.setToolTip(full_name(c))
                 if k:
                     it.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                else:  # the class's colour on the points and masks: the table is the legend
+                    it.setData(Qt.DecorationRole, QColor(L.colour_of(c)))
                 self.table.setItem(r, k, it)
 
     def _fill_summary(self, s):
