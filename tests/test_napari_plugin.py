@@ -108,6 +108,17 @@ def _press(qtbot, viewer, key: str):
     qtbot.keyClick(native, getattr(Qt, f"Key_{key}"), mods)
 
 
+def _analysed_field(viewer, qtbot, path, classifier_path):
+    """Open a field, analyse it with the docked widget; the panel shows its cells."""
+    viewer.open(str(path), plugin=PLUGIN)
+    w, panel = _dock(viewer)
+    _configure(w, classifier_path)
+    w.run()
+    _wait_done(qtbot, w)
+    panel.set_layer(w.points_layer)
+    return w, panel
+
+
 def _open_progress():
     """napari progress bars still open (shown in the activity dock)."""
     from napari.utils import progress
@@ -709,12 +720,7 @@ def test_export_dialog_starts_beside_the_image_and_asks_before_replacing(viewer,
                                                                          classifier_path, tmp_path, monkeypatch):
     from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-    viewer.open(str(bccd_jpeg), plugin=PLUGIN)
-    w, panel = _dock(viewer)
-    _configure(w, classifier_path)
-    w.run()
-    _wait_done(qtbot, w)
-    panel.set_layer(w.points_layer)
+    w, panel = _analysed_field(viewer, qtbot, bccd_jpeg, classifier_path)
     asked = {}
     monkeypatch.setattr(QFileDialog, "getExistingDirectory",
                         staticmethod(lambda parent, title, start: asked.setdefault("start", start) and str(tmp_path)))
@@ -736,12 +742,7 @@ def test_panel_follows_a_theme_change(viewer, qtbot, bccd_jpeg, classifier_path)
 
     from napari.utils.theme import get_theme
 
-    viewer.open(str(bccd_jpeg), plugin=PLUGIN)
-    w, panel = _dock(viewer)
-    _configure(w, classifier_path)
-    w.run()
-    _wait_done(qtbot, w)
-    panel.set_layer(w.points_layer)
+    w, panel = _analysed_field(viewer, qtbot, bccd_jpeg, classifier_path)
     for theme in ("light", "dark"):
         viewer.theme = theme
         th = get_theme(theme)
@@ -767,8 +768,7 @@ def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, class
 def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, data_dir, classifier_path):
     """A timer probe on the GUI thread during a whole run (dock, detection, streaming cells,
     masks, area map): no gap near a second. The masks' coarse levels are painted during
-    the run, so adding the Labels layer reads a small array, not the slide's whole masks
-    (that alone froze napari for 6 s here)."""
+    the run, so adding the Labels layer reads a small array, not the slide's whole masks."""
     import time
 
     from qtpy.QtCore import QTimer
