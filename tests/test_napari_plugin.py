@@ -119,6 +119,19 @@ def _analysed_field(viewer, qtbot, path, classifier_path):
     return w, panel
 
 
+def _drawn_chart(qtbot, chart):
+    """The chart's figure once its drawing (in a worker thread) is shown."""
+    qtbot.waitUntil(lambda: not chart.busy and chart.pixmap() is not None and not chart.pixmap().isNull(),
+                    timeout=10_000)
+    return chart.figure
+
+
+def _bars(qtbot, panel) -> dict:
+    """Bar heights of the panel's histogram by tick label, as drawn."""
+    ax = _drawn_chart(qtbot, panel.chart).axes[0]
+    return {t.get_text(): p.get_height() for t, p in zip(ax.get_xticklabels(), ax.patches)}
+
+
 def _open_progress():
     """napari progress bars still open (shown in the activity dock)."""
     from napari.utils import progress
@@ -168,7 +181,7 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     panel.refresh()
     assert panel.summary["counts"] == differential(res.cells["label"], classes)["counts"]
     assert panel.summary["n_cells"] == len(res.cells)
-    heights = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
+    heights = _bars(qtbot, panel)
     assert heights == {c: k for c, k in panel.summary["counts"].items() if k}
     # the review queue walks cells in the documented order and centres the camera on each
     from napari_bm_cells.review import review_queue
@@ -182,7 +195,7 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     # the lineage view rolls the same counts up by lineage, and switches back
     panel.view_combo.setCurrentText("lineages")
     panel.refresh()
-    lin = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
+    lin = _bars(qtbot, panel)
     assert lin == panel.summary["lineage_counts"]
     panel.view_combo.setCurrentText("classes")
     panel.refresh()
@@ -203,7 +216,7 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     _press(qtbot, viewer, "2")
     assert pts.mode == "add" and pts.features.loc[0, "label"] == new
     pts.mode = "select"
-    bars = {t.get_text(): p.get_height() for t, p in zip(panel.ax.get_xticklabels(), panel.ax.patches)}
+    bars = _bars(qtbot, panel)
     assert bars.get(new) == panel.summary["counts"][new]
     np.testing.assert_allclose(pts.face_color[0], L.class_colours([new])[0], atol=1e-6)
 
@@ -377,7 +390,8 @@ def test_points_and_panel_update_incrementally(viewer, qtbot, data_dir, classifi
     w._on_event(Progress("done", n, n, payload=res))
     assert w.points_layer is pts  # the same layer, now in cell-id order
     assert list(pts.features["cell_id"]) == list(res.cells["cell_id"])
-    assert f"{image.name} masks" in viewer.layers
+    _wait_done(qtbot, w, timeout=10)  # masks and areas are added in later event-loop turns
+    assert f"{image.name} masks" in viewer.layers and w.result is res
     qtbot.waitUntil(lambda: panel.summary["counts"] == res.summary["counts"], timeout=5000)
 
 
@@ -746,8 +760,9 @@ def test_panel_follows_a_theme_change(viewer, qtbot, bccd_jpeg, classifier_path)
     for theme in ("light", "dark"):
         viewer.theme = theme
         th = get_theme(theme)
-        assert to_hex(panel.figure.get_facecolor()) == th.background.as_hex()
-        assert to_hex(panel.ax.title.get_color()) == th.text.as_hex()
+        fig = _drawn_chart(qtbot, panel.chart)
+        assert to_hex(fig.get_facecolor()) == th.background.as_hex()
+        assert to_hex(fig.axes[0].title.get_color()) == th.text.as_hex()
 
 
 def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, classifier_path):
@@ -767,8 +782,10 @@ def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, class
 
 def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, data_dir, classifier_path):
     """A timer probe on the GUI thread during a whole run (dock, detection, streaming cells,
-    masks, area map): no gap near a second. The masks' coarse levels are painted during
-    the run, so adding the Labels layer reads a small array, not the slide's whole masks."""
+    masks, area map). Our own work runs in workers (the pipeline, the histogram's drawing,
+    the masks layer's arrays and colours); what is left on the GUI thread is napari
+    adding each layer, one per turn of the event loop: no gap reaches 0.75 s (on the 2-core
+    CPU the longest is napari's add_labels, about 0.5 s)."""
     import time
 
     from qtpy.QtCore import QTimer
@@ -791,4 +808,4 @@ def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, 
     assert w.last_error is None and w.labels_layer is not None and w.labels_layer.multiscale
     gaps = np.diff(ticks)
     print(f"event-loop gaps: max {gaps.max():.3f} s, {int((gaps > 0.2).sum())} over 0.2 s")
-    assert gaps.max() < 1.0, gaps.max()
+    assert gaps.max() < 0.75, gaps.max()

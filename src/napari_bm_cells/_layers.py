@@ -102,7 +102,7 @@ def layer_slide(layer) -> Slide:
     return slide
 
 
-def _transform_kwargs(layer, ndim: int = 2) -> dict:
+def transform_kwargs(layer, ndim: int = 2) -> dict:
     """The data-to-world transform of ``layer`` (its last ``ndim`` axes)."""
     out = {"scale": tuple(layer.scale[-ndim:]), "translate": tuple(layer.translate[-ndim:])}
     units = getattr(layer, "units", None)  # napari >= 0.6: world units must agree across layers
@@ -220,7 +220,7 @@ def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
     feats = cell_features(cells)
     classes = list(classes) if classes is not None else classes_of(feats)
     if image_layer is not None:
-        tf = _transform_kwargs(image_layer)
+        tf = transform_kwargs(image_layer)
         image_name = image_layer.name
         if mpp is None:
             mpp = (image_layer.metadata or {}).get(META, {}).get("mpp")
@@ -407,7 +407,7 @@ def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: 
     import dask.array as da
 
     H, W = labels.shape
-    tf = _transform_kwargs(image_layer) if image_layer is not None else {}
+    tf = transform_kwargs(image_layer) if image_layer is not None else {}
     if H * W <= small:
         data, multiscale = np.asarray(labels[:]), False
     else:
@@ -442,7 +442,7 @@ def area_map_kwargs(areas, image_layer=None, *, name: str = "counting areas") ->
     rp = float(areas.region_px)
     # region (i, j) spans level-0 pixels [origin + i * rp, ...); napari centres data pixel k on k
     t = (areas.origin[0] + rp / 2 - 0.5, areas.origin[1] + rp / 2 - 0.5)
-    tf = _transform_kwargs(image_layer) if image_layer is not None else {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
+    tf = transform_kwargs(image_layer) if image_layer is not None else {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
     s, T = tf.pop("scale"), tf.pop("translate")
     tf.update(scale=(s[0] * rp, s[1] * rp), translate=(T[0] + s[0] * t[0], T[1] + s[1] * t[1]))
     return dict(data=np.asarray(areas.scores, np.float32), name=name, colormap="RdYlGn",
@@ -532,7 +532,7 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
               "metadata": {META: {"explained_cell": int(points_layer.features["cell_id"].iloc[index])
                                   if "cell_id" in points_layer.features else int(index),
                                   "method": method, "label": label}}}
-    units = _transform_kwargs(image_layer).get("units")
+    units = transform_kwargs(image_layer).get("units")
     if units is not None:  # the image's units, or napari stops using units for all layers
         kwargs["units"] = units
     return amap, kwargs

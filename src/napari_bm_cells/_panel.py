@@ -12,6 +12,7 @@ report.html), the histogram PNG, and crops of reviewed cells per class for retra
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox
                             QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from . import _layers as L
+from ._chart import ChartView
 from ._cells_combo import CellsLayerCombo, shrinkable
 from .errors import InputError
 from .taxonomy import CLASSES, full_name
@@ -45,25 +47,36 @@ def _theme_colours(viewer) -> tuple[str, str]:
         return "#ffffff", "#000000"
 
 
-def _make_canvas(viewer, figsize):
-    """A matplotlib figure in a Qt widget: napari-matplotlib's when installed, else
-    matplotlib's own Qt canvas. Returns ``(figure, widget)``."""
-    try:
-        from napari_matplotlib.base import BaseNapariMPLWidget
+def _draw_histogram_figure(fig, s: dict, classes, fg: str, bg: str, by: str) -> None:
+    """The panel's histogram on ``fig`` (drawn by :class:`ChartView` off the GUI thread)."""
+    ax = fig.axes[0] if fig.axes else fig.add_subplot(111)
+    fig.set_facecolor(bg)
+    if s is None:
+        ax.clear()
+        ax.set_facecolor(bg)
+        return
+    L.draw_histogram(ax, s, classes, text_colour=fg, by=by)
+    ax.set_facecolor(bg)
+    # fixed margins (room for the rotated class codes): a tight layout on every recount
+    # costs a fifth of the drawing
+    fig.subplots_adjust(left=0.14, right=0.98, top=0.9, bottom=0.3)
 
-        w = BaseNapariMPLWidget(viewer)
-        fig = w.figure
-        fig.set_size_inches(*figsize)
-        return fig, w
-    except Exception:  # noqa: BLE001 -- not installed or another API version
-        pass
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, dpi=90)
-    canvas = FigureCanvasQTAgg(fig)
-    canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-    return fig, canvas
+def _draw_probabilities_figure(fig, probs: dict, fg: str, bg: str) -> None:
+    """The selected cell's six most probable classes as horizontal bars on ``fig``."""
+    ax = fig.axes[0] if fig.axes else fig.add_subplot(111)
+    fig.set_facecolor(bg)
+    ax.clear()
+    ax.set_facecolor(bg)
+    if not probs:
+        return
+    top = sorted(probs.items(), key=lambda kv: -kv[1])[:6][::-1]
+    ax.barh([k for k, _ in top], [v for _, v in top], color=[L.colour_of(k) for k, _ in top])
+    ax.set_xlim(0, 1)
+    ax.tick_params(labelsize=7, colors=fg)
+    for sp in ax.spines.values():
+        sp.set_color(fg)
+    fig.subplots_adjust(left=0.22, right=0.96, top=0.96, bottom=0.14)
 
 
 def _fmt_pct(p, ci=None) -> str:
@@ -126,11 +139,9 @@ class DifferentialPanel(QWidget):
         row.addWidget(self.view_combo)
         row.addStretch(1)
         lay.addLayout(row)
-        self.figure, self.canvas = _make_canvas(napari_viewer, (4.2, 2.6))
-        self.figure.set_facecolor(bg)
-        self.ax = self.figure.add_subplot(111)
-        self.canvas.setMinimumHeight(220)
-        lay.addWidget(self.canvas)
+        self.chart = ChartView(_draw_histogram_figure, (4.2, 2.6))
+        self.chart.setMinimumHeight(220)
+        lay.addWidget(self.chart)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["class", "n", "%", "95% CI"])
         self.table.verticalHeader().setVisible(False)
@@ -151,11 +162,9 @@ class DifferentialPanel(QWidget):
         self.crop_label.setFixedSize(CROP_VIEW_PX, CROP_VIEW_PX)
         self.crop_label.setAlignment(Qt.AlignCenter)
         top.addWidget(self.crop_label)
-        self.prob_figure, self.prob_canvas = _make_canvas(napari_viewer, (2.4, 1.8))
-        self.prob_figure.set_facecolor(bg)
-        self.prob_ax = self.prob_figure.add_subplot(111)
-        self.prob_canvas.setFixedHeight(CROP_VIEW_PX)
-        top.addWidget(self.prob_canvas, 1)
+        self.prob_chart = ChartView(_draw_probabilities_figure, (2.4, 1.8))
+        self.prob_chart.setFixedHeight(CROP_VIEW_PX)
+        top.addWidget(self.prob_chart, 1)
         il.addLayout(top)
         self.cell_label = QLabel("")
         self.cell_label.setWordWrap(True)
@@ -255,8 +264,6 @@ class DifferentialPanel(QWidget):
     def _on_theme(self, *_):
         """Follow a light / dark theme change: figures and text redrawn in its colours."""
         self._bg, self._fg = _theme_colours(self._viewer)
-        self.figure.set_facecolor(self._bg)
-        self.prob_figure.set_facecolor(self._bg)
         self.refresh()
         self.update_inspector()
 
@@ -317,8 +324,7 @@ class DifferentialPanel(QWidget):
         if self.layer is None or self.layer not in self._viewer.layers:
             self.summary = None
             self.table.setRowCount(0)
-            self.ax.clear()
-            self.canvas.draw_idle()
+            self.chart.show_chart(None, [], self._fg, self._bg, "class")
             self.summary_label.setText("no cells layer: run 'Analyze smear' or open a cells.csv")
             return
         s = L.layer_differential(self.layer)
@@ -331,12 +337,7 @@ class DifferentialPanel(QWidget):
 
     def _draw_histogram(self, s):
         by = "lineage" if self.view_combo.currentText() == "lineages" else "class"
-        L.draw_histogram(self.ax, s, L.layer_classes(self.layer), text_colour=self._fg, by=by)
-        self.ax.set_facecolor(self._bg)
-        # fixed margins (room for the rotated class codes): a tight layout on every recount
-        # cost a fifth of the redraw while cells stream in
-        self.figure.subplots_adjust(left=0.14, right=0.98, top=0.9, bottom=0.3)
-        self.canvas.draw_idle()
+        self.chart.show_chart(copy.deepcopy(s), L.layer_classes(self.layer), self._fg, self._bg, by)
 
     def _fill_table(self, s):
         counts = s["counts"]
@@ -414,8 +415,7 @@ class DifferentialPanel(QWidget):
         if not sel:
             self._index = None
             self.crop_label.clear()
-            self.prob_ax.clear()
-            self.prob_canvas.draw_idle()
+            self.prob_chart.show_chart({}, self._fg, self._bg)
             self.cell_label.setText("")
             return
         i = self._index = sel[0]
@@ -428,21 +428,7 @@ class DifferentialPanel(QWidget):
             except Exception:  # noqa: BLE001 -- e.g. a non-RGB image layer
                 self.crop_label.setText("(no crop)")
         probs = {c[5:]: float(r[c]) for c in self.layer.features.columns if c.startswith("prob_")}
-        self.prob_ax.clear()
-        if probs:
-            top = sorted(probs.items(), key=lambda kv: -kv[1])[:6][::-1]
-            self.prob_ax.barh([k for k, _ in top], [v for _, v in top],
-                              color=[L.colour_of(k) for k, _ in top])
-            self.prob_ax.set_xlim(0, 1)
-            self.prob_ax.tick_params(labelsize=7, colors=self._fg)
-            self.prob_ax.set_facecolor(self._bg)
-            for sp in self.prob_ax.spines.values():
-                sp.set_color(self._fg)
-            try:
-                self.prob_figure.tight_layout()
-            except Exception:  # noqa: BLE001
-                pass
-        self.prob_canvas.draw_idle()
+        self.prob_chart.show_chart(probs, self._fg, self._bg)
         more = f" (+{len(sel) - 1} more selected)" if len(sel) > 1 else ""
         label = str(r["label"])
         conf = r.get("confidence", np.nan)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 #: minimum seconds between two Points-layer updates during a run
 FLUSH_S = 0.3
+STEP_MS = 10  # between the steps that add a finished run's layers: room for the event loop
 PANEL_NAME = "Differential count"
 PLUGIN = "napari-bm-cells"
 
@@ -85,25 +86,44 @@ def load_models(det_spec, cls_spec, device: str = "auto"):
     return det, cls
 
 
-def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Event):
+def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Event,
+                 prepared: dict | None = None):
     """Generator run by the worker: model loading, then the pipeline's events.
 
     Errors and cancellation are yielded as ``Progress("error" | "cancelled", ...)``
     events (payload: the exception), so they reach the GUI thread like any event.
+    Before the final event, the masks layer's arguments (lazy arrays, class colours) are
+    built here, in the worker, into ``prepared["labels"]``: the GUI thread only adds it.
     """
     from .pipeline import iter_analysis
 
     try:
         yield Progress("load", 0, 1)
         det, cls = load_models(det_spec, cls_spec, device)
+        _import_off_the_gui_thread()
         yield Progress("load", 1, 1)
         if stop.is_set():
             raise Cancelled("analysis cancelled")
-        yield from iter_analysis(slide, det, cls, options, device=cls.device, should_stop=stop.is_set)
+        for ev in iter_analysis(slide, det, cls, options, device=cls.device, should_stop=stop.is_set):
+            if ev.stage == "done" and prepared is not None and ev.payload.labels is not None:
+                r = ev.payload
+                prepared["labels"] = (r, L.labels_kwargs(r.labels, None, slide=r.slide, cells=r.cells,
+                                                         levels=r.label_levels))
+            yield ev
     except Cancelled as exc:
         yield Progress("cancelled", 0, 0, exc)
     except Exception as exc:  # noqa: BLE001 -- every failure becomes a notification
         yield Progress("error", 0, 0, exc)
+
+
+def _import_off_the_gui_thread() -> None:
+    """Import here, in the worker, what napari would otherwise import on the GUI thread
+    when the results are shown: dask looks for a distributed client (importing
+    ``distributed``, ~0.4 s) the first time a lazy masks array is read."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        pass
 
 
 def error_message(exc: BaseException) -> str:
@@ -148,6 +168,7 @@ class _JobHandle:
         self.stop = threading.Event()
         self.worker = None
         self.gen = None
+        self.prepared: dict = {}  # filled by the worker: layer arguments built off the GUI thread
 
     def cancel(self, *_):
         self.stop.set()
@@ -226,6 +247,8 @@ class AnalyzeWidget(Container):
 
         self.worker = None
         self.result = None  #: AnalysisResult of the last finished run
+        self._finishing: list = []  # steps still to run to show a finished run
+        self._done_args = None
         self.last_error: str | None = None
         self.points_layer = None
         self.labels_layer = None
@@ -265,7 +288,8 @@ class AnalyzeWidget(Container):
     # ---------------------------------------------------------------- run
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        """A run is under way, or its results are still being added to the viewer."""
+        return self.worker is not None or bool(self._finishing)
 
     def _specs(self):
         det = {"shipped": None, "contour": "contour"}.get(self.detector.value)
@@ -337,7 +361,7 @@ class AnalyzeWidget(Container):
         self._show_panel()
         self._cancel_when_dock_closes()
         job = _JobHandle()
-        job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop)
+        job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop, job.prepared)
         self._job = job
         try:
             worker = create_worker(_drive, job.gen, _start_thread=False)
@@ -511,10 +535,40 @@ class AnalyzeWidget(Container):
         self._last_flush = time.perf_counter()
 
     def _on_done(self, result):
+        """Show a finished run: the cells now, then the masks and the counting areas each
+        in a later turn of the event loop (adding a layer costs napari a few hundred ms;
+        one after another they would freeze the viewer for their sum)."""
         self._pending = []
         self._close_pbar()
-        cells = result.cells
-        summary = result.summary
+        self._finishing = [self._show_cells, self._show_masks, self._show_area_layer, self._finish]
+        prepared = self._job.prepared if self._job is not None else {}
+        self._done_args = (result, prepared.pop("labels", (None, None)))
+        self._next_step()
+
+    def _next_step(self):
+        from qtpy.QtCore import QTimer
+
+        if not self._finishing:
+            return
+        step = self._finishing.pop(0)
+        if self.points_layer is not None and self.points_layer not in self._viewer.layers \
+                and step != self._show_cells:  # the cells were removed meanwhile (or the viewer closed)
+            self._finishing = []
+            return
+        try:
+            step(self._done_args[0])
+        except Exception as exc:  # noqa: BLE001 -- never let a step crash napari
+            self._finishing = []
+            try:
+                self._fail(exc)
+            except RuntimeError:  # the widget itself is gone
+                pass
+            return
+        if self._finishing:
+            QTimer.singleShot(STEP_MS, self._next_step)
+
+    def _show_cells(self, result):
+        cells, summary = result.cells, result.summary
         if not self._ensure_points(cells, summary):
             meta = L.layer_meta(self.points_layer)
             meta["summary"] = summary
@@ -522,26 +576,38 @@ class AnalyzeWidget(Container):
             self.points_layer.size = L.point_size(cells)
             self.points_layer.current_size = L.point_size(cells)
             L.replace_cells(self.points_layer, cells)
-        if result.labels is not None:
-            if self._labels_name() in self._viewer.layers:
-                self._viewer.layers.remove(self._labels_name())
-            kw = L.labels_kwargs(result.labels, self._image_layer, name=self._labels_name(),
-                                 slide=result.slide, cells=cells, levels=result.label_levels)
-            self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
-            _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
-            # keep the points on top of the masks
-            i = self._viewer.layers.index(self.points_layer)
-            j = self._viewer.layers.index(self.labels_layer)
-            if j > i:
-                self._viewer.layers.move(j, i)
         meta = L.layer_meta(self.points_layer)
         meta["areas"], meta["outlines"] = result.areas, result.outlines  # for the export and report
+
+    def _show_masks(self, result):
+        if result.labels is None:
+            return
+        if self._labels_name() in self._viewer.layers:
+            self._viewer.layers.remove(self._labels_name())
+        owner, kw = self._done_args[1]
+        if owner is not result:  # not prepared by the worker (e.g. a result handed in)
+            kw = L.labels_kwargs(result.labels, None, slide=result.slide, cells=result.cells,
+                                 levels=result.label_levels)
+        kw = {**kw, **L.transform_kwargs(self._image_layer), "name": self._labels_name()}
+        self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
+        _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
+        # keep the points on top of the masks
+        i = self._viewer.layers.index(self.points_layer)
+        j = self._viewer.layers.index(self.labels_layer)
+        if j > i:
+            self._viewer.layers.move(j, i)
+
+    def _show_area_layer(self, result):
         if result.areas is not None:
             self._show_areas(result.areas)
+
+    def _finish(self, result):
         self._viewer.layers.selection.active = self.points_layer
         self.result = result
+        summary = result.summary
         n, k = summary["n_cells"], summary["n_counted"]
         self.status.value = f"done: {n} cells ({k} counted) in {time.perf_counter() - self._t0:.1f} s"
+        self._done_args = None
 
     def _show_areas(self, areas):
         """The counting-area map as an image layer just above the image, under the cells."""
@@ -570,7 +636,7 @@ class AnalyzeWidget(Container):
             except (RuntimeError, ValueError):
                 pass
         self._close_pbar()
-        if self.result is None and not self.status.value.startswith(("error", "done")):
+        if self.result is None and not self._finishing and not self.status.value.startswith(("error", "done")):
             self._flush()
             self.status.value = "cancelled"
         self.worker = None
