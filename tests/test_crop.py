@@ -114,3 +114,53 @@ def test_otsu_and_disk_match_scikit_image(data_dir):
         np.testing.assert_array_equal(_above_otsu(chan), chan > filters.threshold_otsu(chan), err_msg=str(f))
     for r in range(1, 8):
         np.testing.assert_array_equal(_disk(r), morphology.disk(r))
+
+
+def test_an_edge_cells_crop_is_the_same_everywhere(data_dir, classifier, detector, monkeypatch):
+    """The classifier's input, the inspector / gallery / exported-correction crop (through
+    the napari layers) and Explain's crop of a cell cut by the field's edge are the same
+    pixels; outside the field they hold the smear's background colour, not streaks."""
+    napari = pytest.importorskip("napari")
+    from napari_bm_cells import _layers as L
+    from napari_bm_cells import pipeline as P
+    from napari_bm_cells.crop import slide_square
+    from napari_bm_cells.detect import Detections
+    from napari_bm_cells.io import open_slide
+
+    seen = {}
+    cut = P.crop_cell
+
+    def recording(*args, **kwargs):
+        crop, centre, mask = cut(*args, **kwargs)
+        seen[centre] = crop
+        return crop, centre, mask
+
+    monkeypatch.setattr(P, "crop_cell", recording)
+    field = data_dir / "bccd" / "JPEGImages" / "BloodImage_00001.jpg"  # a white cell at the left edge
+    res = P.analyze(field, detector=detector, classifier=classifier, device="cpu")
+    side = res.summary["classifier"]["crop_px_level0"]
+    slide = open_slide(field)
+    H, W = slide.shape[:2]
+    cells = res.cells
+    edge = cells[(cells["x"] < side / 2) | (cells["y"] < side / 2) | (cells["x"] > W - side / 2)
+                 | (cells["y"] > H - side / 2)]
+    assert len(edge), "the field should have a white cell whose crop reaches past its edge"
+    image = napari.layers.Image(np.asarray(Image.open(field).convert("RGB")), rgb=True, name="field")
+    points = napari.layers.Points(**L.points_kwargs(cells, image, summary=res.summary))
+    n = classifier.input_size
+    for i in edge.index:
+        r = cells.loc[i]
+        # what the classifier was given (cells.csv stores the centre in float32)
+        fed = next(c for (y, x), c in seen.items() if abs(y - r["y"]) < 1e-2 and abs(x - r["x"]) < 1e-2)
+        direct = resize_square(slide_square(slide, r["y"], r["x"], side), n)
+        np.testing.assert_array_equal(direct, fed)
+        np.testing.assert_array_equal(resize_square(L.cell_crop(image, points, i), n), fed)
+        box = np.array([[r["bbox_x0"], r["bbox_y0"], r["bbox_x1"], r["bbox_y1"]]], np.float32)
+        explained = P.read_cell_crops(slide, Detections(box, np.ones(1, np.float32)), [0], side, n,
+                                      classifier.meta.crop_size_px)[0][0]
+        np.testing.assert_array_equal(explained, fed)
+        # past the edge: one flat background colour (no repeated edge pixels)
+        full = slide_square(slide, r["y"], r["x"], side)
+        outside = full[:, :max(0, int(np.ceil(side / 2 - r["x"])) - 1)]
+        if outside.size:
+            assert np.ptp(outside.reshape(-1, 3), axis=0).max() == 0

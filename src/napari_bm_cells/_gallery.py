@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout
 from . import _layers as L
 from ._cells_combo import CellsLayerCombo, shrinkable
 from ._panel import _notify_error, _pixmap, guarded, reassign_row
+from .crop import slide_square
 from .review import gallery
 from .taxonomy import CLASSES
 
@@ -218,7 +219,7 @@ class CellGallery(QWidget):
 
         def read():
             for k, cid, (y, x) in jobs:
-                yield k, cid, slide.read_square(y, x, side)
+                yield k, cid, slide_square(slide, y, x, side)
 
         def show(args):
             k, cid, crop = args

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .count import differential
+from .crop import slide_square
 from .errors import InputError
 from .plots import draw_histogram  # noqa: F401 -- the panel draws with it
 from .io import Slide, open_slide
@@ -466,7 +467,7 @@ def cell_crop(image_layer, points_layer, index: int, side: float | None = None,
     slide = slide or layer_slide(image_layer)
     y, x = cell_centre_level0(image_layer, points_layer, index)
     side = float(side or default_crop_side(points_layer, index))
-    return slide.read_square(y, x, side)
+    return slide_square(slide, y, x, side)
 
 
 def image_layer_for(viewer, points_layer):
@@ -518,7 +519,7 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
 
     side = default_crop_side(points_layer, index)
     y, x = cell_centre_level0(image_layer, points_layer, index)
-    crop = layer_slide(image_layer).read_square(y, x, side)
+    crop = slide_square(layer_slide(image_layer), y, x, side)
     amap, label, probs = explain_crop(classifier, resize_square(crop, classifier.input_size),
                                       method=method, target=target)
     n = amap.shape[0]

@@ -144,20 +144,27 @@ def _outlines(mask: np.ndarray) -> list[np.ndarray]:
     return [c - 1 for c in cs]  # undo the padding
 
 
-def square_crop(image, centre: tuple[float, float], side: int) -> np.ndarray:
-    """Cut a ``side`` × ``side`` square centred on ``centre`` (row, col), padding at edges.
+def square_crop(image, centre: tuple[float, float], side: float, valid=None) -> np.ndarray:
+    """Cut the ``side`` × ``side`` square centred on ``centre`` (row, col): the one crop
+    rule of the package (classifier input, inspector, gallery, Explain, exported
+    corrections all cut through it, so they see the same pixels).
 
     Works on numpy, dask or anything with ``shape`` and 2-D slicing (e.g. a
-    :class:`~napari_bm_cells.tile_cache.TiledWindow`): only the needed window is read.
-    Cells at the image border are padded with the window's median border colour (the
-    smear background; a mirrored pad would show the model copies of the cell), never
-    dropped.
+    :class:`~napari_bm_cells.tile_cache.TiledWindow`, or a slide through
+    :func:`slide_square`): only the needed window is read. The square's top-left pixel is
+    ``floor(centre - side / 2 + 0.5)`` (the same pixel for a window of the slide and for
+    the slide itself). Outside ``valid`` (row0, col0, row1, col1: the part of ``image``
+    that is real slide; default all of it) the square is filled with the median colour of
+    the real part's border, the smear background: cells at the slide edge are kept, with
+    neither mirrored copies of the cell nor streaks of repeated edge pixels.
     """
     H, W = image.shape[:2]
-    r0 = int(round(centre[0] - side / 2))
-    c0 = int(round(centre[1] - side / 2))
-    rr0, cc0 = max(r0, 0), max(c0, 0)
-    rr1, cc1 = min(r0 + side, H), min(c0 + side, W)
+    side = int(round(side))
+    vy0, vx0, vy1, vx1 = valid if valid is not None else (0, 0, H, W)
+    vy0, vx0, vy1, vx1 = max(vy0, 0), max(vx0, 0), min(vy1, H), min(vx1, W)
+    r0, c0 = square_origin(centre, side)
+    rr0, cc0 = max(r0, vy0), max(c0, vx0)
+    rr1, cc1 = min(r0 + side, vy1), min(c0 + side, vx1)
     out = np.empty((side, side, 3), np.uint8)
     if rr1 <= rr0 or cc1 <= cc0:
         out[:] = 0
@@ -168,6 +175,31 @@ def square_crop(image, centre: tuple[float, float], side: int) -> np.ndarray:
         out[:] = np.median(border, axis=0).astype(np.uint8)
     out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = window
     return out
+
+
+def square_origin(centre: tuple[float, float], side: float) -> tuple[int, int]:
+    """Top-left pixel (row, col) of the ``side``-px square centred on ``centre``:
+    ``floor(centre - round(side) / 2 + 0.5)``, which moves with the image (unlike Python's
+    half-to-even ``round``), so a window of the slide and the slide agree."""
+    n = int(round(side))
+    return math.floor(centre[0] - n / 2 + 0.5), math.floor(centre[1] - n / 2 + 0.5)
+
+
+class _Level0:
+    """Level 0 of a slide as a 2-D sliceable array (what :func:`square_crop` reads)."""
+
+    def __init__(self, slide):
+        self.slide, self.shape = slide, tuple(slide.shape[:2]) + (3,)
+
+    def __getitem__(self, key) -> np.ndarray:
+        ys, xs = key
+        return self.slide.read_region(ys.start, xs.start, ys.stop, xs.stop)
+
+
+def slide_square(slide, cy: float, cx: float, side: float) -> np.ndarray:
+    """:func:`square_crop` of a :class:`~napari_bm_cells.io.Slide` at level-0 (``cy``,
+    ``cx``): the crop the pipeline cut for a cell centred there."""
+    return square_crop(_Level0(slide), (cy, cx), side)
 
 
 def cell_diameter(patch: np.ndarray) -> float | None:
@@ -200,7 +232,7 @@ def level0_diameters(slide, boxes: np.ndarray) -> list[float]:
     out = []
     for box in np.asarray(boxes, float):
         cy, cx, side = box_square(box)
-        d = square_diameter(slide.read_square(cy, cx, side))  # padded: side x side
+        d = square_diameter(slide_square(slide, cy, cx, side))
         if d is not None:
             out.append(d)
     return out

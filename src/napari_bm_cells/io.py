@@ -71,10 +71,6 @@ class Slide:
         ok = [i for i, d in enumerate(self.downsamples) if d <= downsample * 1.01]
         return max(ok, key=lambda i: self.downsamples[i]) if ok else 0
 
-    def read_square(self, cy: float, cx: float, side: float) -> np.ndarray:
-        """Level-0 square of ``side`` px centred on (``cy``, ``cx``); see :meth:`read_region`."""
-        return self.read_region(cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
-
     def read_region(self, y0: float, x0: float, y1: float, x1: float,
                     downsample: float = 1.0) -> np.ndarray:
         """Read a region given in level-0 pixels, returned at ``downsample``.

@@ -20,7 +20,7 @@ import pandas as pd
 from .areas import AreaMap, score_areas
 from .classify import Classifier
 from .count import blast_atypical_scores, differential
-from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop
+from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop, square_origin
 from .detect import Detections, Progress, iter_detect, iter_detect_regions, load_detector
 from .scale import detection_scale
 from .errors import Cancelled, InputError
@@ -214,7 +214,7 @@ MAX_SHIFT = 0.25
 
 
 def cell_crops(img: np.ndarray | TiledWindow, origin, dets: Detections, idx, side: float, out_size: int,
-               fov_px: float):
+               fov_px: float, slide_shape=None):
     """Centre-contour crops and masks for cells ``idx``.
 
     Parameters
@@ -229,16 +229,20 @@ def cell_crops(img: np.ndarray | TiledWindow, origin, dets: Detections, idx, sid
     fov_px : float
         The checkpoint's field of view (``crop_size_px``): the literature's 100 px
         minimum contour length refers to it.
+    slide_shape : (int, int), optional
+        Level-0 (height, width) of the slide: crops reaching past its edge are filled
+        with the background colour there (default: ``img`` is all slide).
 
     Returns
     -------
     crops (n, out_size, out_size, 3), centres [(y, x) level 0], masks [(contour, centre) or None]
     """
-    cut = [crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px) for i in idx]
+    cut = [crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px, slide_shape) for i in idx]
     return np.stack([c[0] for c in cut]), [c[1] for c in cut], [c[2] for c in cut]
 
 
-def crop_cell(img: np.ndarray | TiledWindow, origin, box, side: float, out_size: int, fov_px: float):
+def crop_cell(img: np.ndarray | TiledWindow, origin, box, side: float, out_size: int, fov_px: float,
+              slide_shape=None):
     """One cell of :func:`cell_crops`, detected in level-0 ``box`` (x0, y0, x1, y1):
     its crop, its level-0 centre (y, x) and its mask (contour, centre in ``img``) or None."""
     W = CONTOUR_PX
@@ -247,7 +251,10 @@ def crop_cell(img: np.ndarray | TiledWindow, origin, box, side: float, out_size:
     side_i = int(round(side))
     x0, y0, x1, y1 = box
     c = ((y0 + y1) / 2 - origin[0], (x0 + x1) / 2 - origin[1])
-    full = square_crop(img, c, side_i)
+    valid = None if slide_shape is None else (-origin[0], -origin[1],
+                                              slide_shape[0] - origin[0], slide_shape[1] - origin[1])
+    full = square_crop(img, c, side_i, valid)
+    c_cut = c  # where the crop the contour was found in is centred
     cc = centre_contour(resize_square(full, W), min_length=min_length, work_size=None)
     if cc is not None and not cc.mask[W // 2, W // 2]:
         cc = None  # the contour is a neighbour: keep the detector's centre and box
@@ -258,9 +265,9 @@ def crop_cell(img: np.ndarray | TiledWindow, origin, box, side: float, out_size:
             dy, dx = dy * MAX_SHIFT * side / shift, dx * MAX_SHIFT * side / shift
         if shift > 0.03 * side:  # re-centre on the cell, not the box
             c = (c[0] + dy, c[1] + dx)
-            full = square_crop(img, c, side_i)
+            full = square_crop(img, c, side_i, valid)
     return resize_square(full, out_size), (c[0] + origin[0], c[1] + origin[1]), \
-        ((cc, c) if cc is not None else None)
+        ((cc, c_cut) if cc is not None else None)
 
 
 class _Cell(NamedTuple):
@@ -363,7 +370,8 @@ def cut_cells(slide: Slide, dets: Detections, side: float, out_size: int, fov_px
         img, origin = read_cells_window(slide, dets, group, side, tiles)
         block_labels = np.zeros(img.shape[:2], np.uint32) if labels is not None else None
         for i in group:
-            crop, centre, mask = crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px)
+            crop, centre, mask = crop_cell(img, origin, dets.boxes[i], side, out_size, fov_px,
+                                           slide.shape[:2])
             if block_labels is not None:
                 cid = offset + int(i) + 1
                 painted = _paint_mask(block_labels, origin, cid, mask, dets.boxes[i], side)
@@ -401,7 +409,7 @@ def read_cell_crops(slide: Slide, dets: Detections, idx, side: float, out_size: 
     (returns what :func:`cell_crops` returns)."""
     idx = np.atleast_1d(np.asarray(idx))
     img, origin = read_cells_window(slide, dets, idx, side)
-    return cell_crops(img, origin, dets, idx, side, out_size, fov_px)
+    return cell_crops(img, origin, dets, idx, side, out_size, fov_px, slide.shape[:2])
 
 
 def resize_nearest(mask: np.ndarray, n: int) -> np.ndarray:
@@ -422,7 +430,7 @@ def _paint_mask(labels_block: np.ndarray, block_origin, cell_id: int, mask_info,
         cc, c = mask_info
         n = int(round(side))
         m = resize_nearest(cc.mask, n)
-        oy, ox = int(round(c[0] - side / 2)) , int(round(c[1] - side / 2))
+        oy, ox = square_origin(c, n)
         # keep the mask to the detection box (dilated a little): contours may join neighbours
         pad = 0.1 * max(x1 - x0, y1 - y0)
         yy, xx = np.ogrid[oy:oy + n, ox:ox + n]
