@@ -42,6 +42,7 @@ from napari_bm_cells import _widget  # noqa: E402,F401 -- guards triton before a
 from napari_bm_cells._panel import DifferentialPanel  # noqa: E402
 from napari_bm_cells._widget import AnalyzeWidget  # noqa: E402
 from napari_bm_cells.count import differential  # noqa: E402
+from napari_bm_cells.taxonomy import colour_of  # noqa: E402
 
 PLUGIN = "napari-bm-cells"
 
@@ -714,7 +715,7 @@ def test_panel_fits_its_dock_with_the_caveat_beside_the_blast_number(viewer, qtb
     from qtpy.QtCore import Qt
     for r in range(t.rowCount()):
         code = t.item(r, 0).text()
-        assert t.item(r, 0).data(Qt.DecorationRole).name() == L.colour_of(code).lower()
+        assert t.item(r, 0).data(Qt.DecorationRole).name() == colour_of(code).lower()
     # the blast number with its caveat, first thing in view
     blast_line = next(line for line in panel.summary_label.text().split("<br>") if line.startswith("blast"))
     assert "no blast class" in blast_line and "0.0%" not in blast_line

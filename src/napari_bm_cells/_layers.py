@@ -23,7 +23,7 @@ from .crop import slide_square
 from .errors import InputError
 from .plots import draw_histogram  # noqa: F401 -- the panel draws with it
 from .io import Slide, open_slide
-from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNCLASSIFIED, UNKNOWN_COLOUR, colour_of, full_name
+from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNCLASSIFIED, UNKNOWN_COLOUR, full_name
 
 META = "bm_cells"  #: key of our entry in ``layer.metadata``
 #: preferred order of the number-key shortcuts (the commonest classes first)

@@ -20,14 +20,14 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
-                            QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QSizePolicy,
-                            QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+                            QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from . import _layers as L
+from . import runtime
 from ._chart import ChartView
 from ._cells_combo import CellsLayerCombo, shrinkable
 from .errors import InputError
-from .taxonomy import CLASSES, full_name
+from .taxonomy import CLASSES, colour_of, full_name
 
 if TYPE_CHECKING:
     import napari
@@ -71,7 +71,7 @@ def _draw_probabilities_figure(fig, probs: dict, fg: str, bg: str) -> None:
     if not probs:
         return
     top = sorted(probs.items(), key=lambda kv: -kv[1])[:6][::-1]
-    ax.barh([k for k, _ in top], [v for _, v in top], color=[L.colour_of(k) for k, _ in top])
+    ax.barh([k for k, _ in top], [v for _, v in top], color=[colour_of(k) for k, _ in top])
     ax.set_xlim(0, 1)
     ax.tick_params(labelsize=7, colors=fg)
     for sp in ax.spines.values():
@@ -216,7 +216,6 @@ class DifferentialPanel(QWidget):
         row.addWidget(self.method_combo, 1)
         row.addWidget(self.explain_button)
         il.addLayout(row)
-        self._classifiers: dict[str, object] = {}
         self._explain_worker = None
         self.attribution_layer = None
         self._queue: list[int] | None = None  # cell ids, snapshot taken at the first step
@@ -352,7 +351,7 @@ class DifferentialPanel(QWidget):
                 if k:
                     it.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 else:  # the class's colour on the points and masks: the table is the legend
-                    it.setData(Qt.DecorationRole, QColor(L.colour_of(c)))
+                    it.setData(Qt.DecorationRole, QColor(colour_of(c)))
                 self.table.setItem(r, k, it)
 
     def _fill_summary(self, s):
@@ -443,13 +442,8 @@ class DifferentialPanel(QWidget):
 
     # ---------------------------------------------------------------- explain
     def _classifier(self):
-        from .classify import Classifier
-
         path = ((L.layer_meta(self.layer).get("summary") or {}).get("classifier") or {}).get("weights")
-        key = str(path or "")
-        if key not in self._classifiers:
-            self._classifiers[key] = Classifier(path or None, device="cpu")
-        return self._classifiers[key]
+        return runtime.classifier(path or None, device="cpu")
 
     def explain_selected(self, method: str | None = None):
         """Attribution map of the selected cell, computed in a worker thread and shown as

@@ -19,6 +19,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               PushButton, SpinBox)
 
 from . import _layers as L
+from . import runtime
 from .detect import Progress
 from .errors import Cancelled, InputError, first_line
 
@@ -59,33 +60,6 @@ def guard_triton() -> bool:
 
 guard_triton()
 
-_MODEL_LOCK = threading.Lock()
-_MODELS: dict = {}  # (kind, path, mtime, device) -> loaded model (shared by all viewers)
-
-
-def _cached(kind: str, spec, device: str, load):
-    path = None if spec in (None, "contour") else Path(spec)
-    key = (kind, str(path) if path else spec, path.stat().st_mtime if path and path.is_file() else None, device)
-    with _MODEL_LOCK:
-        if key not in _MODELS:
-            if len(_MODELS) > 6:
-                _MODELS.clear()
-            _MODELS[key] = load()
-        return _MODELS[key]
-
-
-def load_models(det_spec, cls_spec, device: str = "auto"):
-    """Load (or reuse) the classifier and the detector of a run."""
-    from .classify import Classifier, resolve_device
-    from .detect import load_detector
-
-    device = resolve_device(device)
-    cls = _cached("classifier", cls_spec, device, lambda: Classifier(cls_spec, device=device))
-    det_dev = device if device != "mps" else "cpu"
-    det = _cached("detector", det_spec, det_dev, lambda: load_detector(det_spec, device=det_dev))
-    return det, cls
-
-
 def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Event,
                  prepared: dict | None = None):
     """Generator run by the worker: model loading, then the pipeline's events.
@@ -99,7 +73,7 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
 
     try:
         yield Progress("load", 0, 1)
-        det, cls = load_models(det_spec, cls_spec, device)
+        det, cls = runtime.models(det_spec, cls_spec, device)
         _import_off_the_gui_thread()
         yield Progress("load", 1, 1)
         if stop.is_set():

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from . import runtime
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -229,35 +229,16 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-#: models loaded by this process, keyed on (detector, classifier, device, thread)
-_MODELS: dict = {}
-_MODELS_LOCK = threading.Lock()
-#: how many times this process loaded a model pair (tests check it stays at one per worker)
-LOAD_COUNT = {"n": 0}
-
-
 def get_models(det_spec: str, cls_spec: str, device: str = "auto", torch_threads: int | None = None):
     """The (detector, classifier) pair for these specs, loaded once per process and thread.
 
     Dask workers call this for every slide; only the first call loads. Keyed on the
     thread too, because an ultralytics predictor must not be shared between threads.
     """
-    key = (det_spec, cls_spec, device, threading.get_ident())
-    with _MODELS_LOCK:
-        if key in _MODELS:
-            return _MODELS[key]
-    from .classify import Classifier
-    from .detect import load_detector
-
     if torch_threads:
         import torch
         torch.set_num_threads(int(torch_threads))
-    cls = Classifier(cls_spec, device=device)
-    det = load_detector(det_spec, device=cls.device if cls.device != "mps" else "cpu")
-    with _MODELS_LOCK:
-        _MODELS[key] = (det, cls)
-        LOAD_COUNT["n"] += 1
-    return det, cls
+    return runtime.models(det_spec, cls_spec, device, per_thread=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -660,12 +641,7 @@ def batch(folder, out, client=None, workers: int | None = None, options=None, de
 
 
 def _run_serial(todo, detector, classifier, options, device, finish):
-    from .classify import Classifier
-    from .detect import load_detector
-
-    cls = classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
-    det = detector if callable(detector) else load_detector(
-        detector, device=cls.device if cls.device != "mps" else "cpu")
+    det, cls = runtime.models(detector, classifier, device)
     for job in todo:
         finish(job, _analyse(job.path, det, cls, options, device))
 

@@ -6,63 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import file_sha256, load_model
-from .errors import InputError
+from .runtime import autocast, autocast_dtype, resolve_device
 
 DEFAULT_CLASSIFIER = Path(__file__).parent / "models" / "pbc_resnext26ts.safetensors"
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> cuda, then mps, then cpu; an unavailable explicit device is an error."""
-    import torch
-
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError("device 'mps' requested but not available; use --device cpu or auto")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
-    return device
-
-
-def autocast_dtype(device: str, precision: str = "auto", training: bool = False):
-    """The autocast dtype for ``precision`` on ``device`` (None = float32).
-
-    ``auto``: bfloat16 on CPUs with native bf16 (AVX512-BF16 / AMX; 1.7-1.9x faster for
-    both models here, accuracy unchanged, see docs/performance.md), float16 for GPU
-    inference, bfloat16 for GPU training where supported; float32 elsewhere.
-    """
-    import torch
-
-    if precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"precision {precision!r}: choose auto, fp32 or bf16")
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.startswith("cuda"):
-        return torch.bfloat16 if training and torch.cuda.is_bf16_supported() else torch.float16
-    if device == "mps":
-        return None if training else torch.float16
-    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: str, dtype):
-    """``torch.autocast`` for ``device`` with ``dtype``, or a no-op context for None."""
-    import contextlib
-
-    import torch
-
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda" if device.startswith("cuda") else device, dtype=dtype)
 
 
 class Classifier:

@@ -231,7 +231,7 @@ def cmd_explain(a):
 
 
 def _dev(d):
-    from .classify import resolve_device
+    from .runtime import resolve_device
     return resolve_device(d)
 
 

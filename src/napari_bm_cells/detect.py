@@ -93,7 +93,7 @@ class YoloDetector:
             raise InputError(f"{weights}: not loadable YOLO weights ({type(exc).__name__}: "
                              f"{first_line(exc)[:200]}); train one with "
                              "'bm-cells train-detector' or pass --detector contour") from None
-        from .classify import autocast_dtype
+        from .runtime import autocast_dtype
 
         self.weights = weights
         self.device = device
@@ -112,7 +112,7 @@ class YoloDetector:
         if not tiles:
             return []
         imgsz = int(math.ceil(max(max(t.shape[:2]) for t in tiles) / 32) * 32)
-        from .classify import autocast
+        from .runtime import autocast
 
         with autocast(self.device, self.autocast):
             res = self.model.predict([to_bgr(t) for t in tiles], imgsz=imgsz,

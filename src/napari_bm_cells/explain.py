@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import runtime
 from .errors import InputError
 
 METHODS = ("gradcam", "integrated-gradients", "occlusion")
@@ -43,9 +44,7 @@ BASELINES = ("blur", "black", "white")
 
 # --------------------------------------------------------------------------- helpers
 def _as_classifier(classifier, device: str = "auto"):
-    from .classify import Classifier
-
-    return classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
+    return runtime.classifier(classifier, device)
 
 
 def gradcam_layer(model):
@@ -318,7 +317,6 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     -------
     CellExplanation
     """
-    from .detect import load_detector
     from .io import Slide, open_slide
     from .pipeline import AnalysisOptions, crop_side, parse_level
 
@@ -328,9 +326,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     H, W = slide.shape
     if not (0 <= x < W and 0 <= y < H):
         raise InputError(f"point ({x:g}, {y:g}) is outside the image ({W} x {H} px)")
-    cls = _as_classifier(classifier, device)
-    det = detector if callable(detector) else load_detector(
-        detector, device=cls.device if cls.device != "mps" else "cpu")
+    det, cls = runtime.models(detector, classifier, device)
     opts = options or AnalysisOptions()
     _target_index(cls, target)  # fail before detection on a bad class code
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .areas import AreaMap, score_areas
-from .classify import Classifier
+from . import runtime
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop, square_origin
-from .detect import Detections, Progress, iter_detect, iter_detect_regions, load_detector
+from .detect import Detections, Progress, iter_detect, iter_detect_regions
 from .scale import detection_scale
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
@@ -499,9 +499,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     timings = {}
     slide = source if isinstance(source, Slide) else open_slide(source)
     t = time.perf_counter()
-    cls = classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
-    det = detector if callable(detector) else load_detector(
-        detector, device=cls.device if cls.device != "mps" else "cpu")
+    det, cls = runtime.models(detector, classifier, device)
     timings["load_models_s"] = time.perf_counter() - t
     min_conf = opts.min_confidence if opts.min_confidence is not None else cls.meta.min_confidence
     exclude = tuple(sorted(set(opts.exclude) | {UNCLASSIFIED}))  # UNK cells wait for review

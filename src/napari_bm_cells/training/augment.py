@@ -59,7 +59,7 @@ def random_stain(img: torch.Tensor, generator: torch.Generator | None = None) ->
     return x
 
 
-def random_stain_uint8(rgb, seed: int) -> "np.ndarray":
+def random_stain_uint8(rgb, seed: int):
     """:func:`random_stain` for a uint8 HWC numpy image (detector training fields)."""
     import numpy as np
 

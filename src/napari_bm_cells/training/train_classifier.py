@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
-from ..classify import autocast, autocast_dtype
+from ..runtime import autocast, autocast_dtype
 from ..errors import InputError
 from .cls_data import load_images, scan_class_folders, stratified_split
 
