@@ -13,6 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+# the real-data mosaics and pyramid writers the tests use (tests/helpers.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +106,7 @@ def write_mosaic_zarr(path, height: int, width: int, data_dir: Path, seed: int =
     import zarr
     from PIL import Image
 
-    from napari_bm_cells.testing import _half
+    from helpers import _half
 
     path = Path(path)
     stamp = path / ".complete"

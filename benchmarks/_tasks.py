@@ -34,7 +34,8 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=None):
     t = time.perf_counter()
     stages = {}  # peak RSS seen per stage, and RSS at the stage's last event
     with RssSampler() as s:
-        for ev in iter_analysis(path, det, cls, AnalysisOptions(level=level, **({"batch_size": batch_size} if batch_size else {}))):
+        opts = AnalysisOptions(level=level, **({"batch_size": batch_size} if batch_size else {}))
+        for ev in iter_analysis(path, det, cls, opts):
             st = stages.setdefault(ev.stage, {"events": 0})
             st["events"] += 1
             st["peak_rss_so_far_mb"] = mb(s.peak)

@@ -46,10 +46,10 @@ import numpy as np  # noqa: E402
 
 from _common import box_quality, mb, run_task, write_mosaic_zarr  # noqa: E402
 
-FULL = {"stage_grid": (24, 32), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32), "memory_sides": [5000, 10000, 20000, 30000],
-        "speedup_n": 352, "target_fields": 16, "target": 200}
-QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000], "speedup_n": 132,
-         "target_fields": 6, "target": 25}
+FULL = {"stage_grid": (24, 32), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32),
+        "memory_sides": [5000, 10000, 20000, 30000], "speedup_n": 352, "target_fields": 16, "target": 200}
+QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000],
+         "speedup_n": 132, "target_fields": 6, "target": 25}
 
 
 def log(msg):
@@ -74,7 +74,7 @@ def machine() -> dict:
 
 def classifier_path(args, workdir: Path) -> tuple[Path, str]:
     from napari_bm_cells.classify import DEFAULT_CLASSIFIER
-    from napari_bm_cells.testing import data_dir
+    from helpers import data_dir
 
     if args.classifier:
         return Path(args.classifier), "given"
@@ -92,7 +92,7 @@ def classifier_path(args, workdir: Path) -> tuple[Path, str]:
 
 def stage_mosaic(workdir: Path, grid, tag: str):
     """A mosaic of real BCCD fields as OME-Zarr + its level-1 image (npy) + WBC boxes."""
-    from napari_bm_cells.testing import _half, build_mosaic, write_ome_zarr
+    from helpers import _half, build_mosaic, write_ome_zarr
 
     z = workdir / f"stage_{tag}_{grid[0]}x{grid[1]}.ome.zarr"
     npy, gt = z.with_suffix(".level1.npy"), z.with_suffix(".gt.npy")
@@ -330,7 +330,7 @@ def bench_speedups(ckpt: Path, n: int) -> dict:
     import onnxruntime as ort
 
     from napari_bm_cells.classify import Classifier
-    from napari_bm_cells.testing import data_dir
+    from helpers import data_dir
     from napari_bm_cells.training.cls_data import load_images
     from napari_bm_cells.training.evaluate import _test_rows
     from napari_bm_cells.training.metrics import classification_metrics
@@ -496,7 +496,7 @@ def bench_target(fields: int, target: int, det, cls) -> dict:
     same process, the whole run first so neither pays a first-call cost the other does not)."""
     from napari_bm_cells import analyze
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.testing import build_area_mosaic
+    from helpers import build_area_mosaic
 
     img, _, quads = build_area_mosaic(fields, source="bccd", split=("train", "val", "test"))
     slide = open_slide(img)
@@ -513,7 +513,8 @@ def bench_target(fields: int, target: int, det, cls) -> dict:
     cf = full.cells
     good_full = float((cf["x"].between(x0, x1) & cf["y"].between(y0, y1)).mean()) if len(cf) else None
     return {"image_shape": list(img.shape[:2]), "fields_per_quadrant": fields ** 2, "target": target,
-            "whole_s": round(full_s, 2), "target_s": round(part_s, 2), "ratio_target_vs_whole": round(part_s / full_s, 3),
+            "whole_s": round(full_s, 2), "target_s": round(part_s, 2),
+            "ratio_target_vs_whole": round(part_s / full_s, 3),
             "whole_counted": full.summary["n_counted"], "target_counted": part.summary["n_counted"],
             "target_met": part.summary["target"]["met"],
             "fraction_analysed": part.summary["target"]["fraction_analysed"],
@@ -619,7 +620,7 @@ def main(argv=None):
 
     from napari_bm_cells.classify import Classifier
     from napari_bm_cells.detect import DEFAULT_DETECTOR, load_detector, read_sidecar
-    from napari_bm_cells.testing import data_dir
+    from helpers import data_dir
 
     data = data_dir()
     ckpt, ckpt_kind = classifier_path(a, workdir)

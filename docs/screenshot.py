@@ -21,12 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+# the real-data mosaics and pyramid writers the tests use (tests/helpers.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ensure_display() -> None:
     """Use ``$DISPLAY``, else start a private Xvfb that ends with this process."""
-    from napari_bm_cells.testing import ensure_display as _ensure
+    from helpers import ensure_display as _ensure
 
     if not _ensure(150):
         sys.exit("no display and no Xvfb: run on a desktop or install xvfb (apt-get install xvfb)")
@@ -70,7 +73,7 @@ def main(argv=None) -> Path:
         [(data, kw, _)] = bccd_field()
         image = viewer.add_image(data, **kw)
     else:
-        from napari_bm_cells.testing import build_mosaic
+        from helpers import build_mosaic
 
         rows, cols = (3, 4) if args.review else (2, 3)
         img, _ = build_mosaic(rows, cols, "bccd", split="test", seed=4)

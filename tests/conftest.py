@@ -1,18 +1,31 @@
-"""Shared fixtures: real data lives outside the repo (``BM_CELLS_DATA``, default ../shared/data)."""
+"""Shared fixtures: real data lives outside the repo (``BM_CELLS_DATA``, default ../shared/data).
+
+What a test needs and cannot find (the real data, an X display, Chromium) fails it
+under CI (``CI=true``) and skips it elsewhere, with the reason; ``BM_CELLS_ALLOW_SKIP=1``
+skips under CI too.
+"""
+import os
 from pathlib import Path
 
 import pytest
 
 
+def missing(what: str):
+    """Fail (under CI) or skip (elsewhere) a test that lacks ``what``."""
+    if os.environ.get("CI", "").lower() in ("1", "true") and os.environ.get("BM_CELLS_ALLOW_SKIP") != "1":
+        pytest.fail(f"{what} (CI needs it; BM_CELLS_ALLOW_SKIP=1 skips instead)", pytrace=False)
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Real-data folder; tests needing it are skipped when it is absent."""
-    from napari_bm_cells.testing import data_dir as _data_dir
+    from helpers import data_dir as _data_dir
 
     try:
         return _data_dir()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 @pytest.fixture(scope="session")

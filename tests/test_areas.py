@@ -5,7 +5,7 @@ import pytest
 from napari_bm_cells import analyze
 from napari_bm_cells.areas import monolayer_score, score_areas
 from napari_bm_cells.io import open_slide
-from napari_bm_cells.testing import build_area_mosaic
+from helpers import build_area_mosaic
 
 REGION = 640  # a third of a 4 x 4-field quadrant's height: most regions lie in one quadrant
 

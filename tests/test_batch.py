@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from napari_bm_cells.batch import MARKER, batch, read_cohort
-from napari_bm_cells.testing import build_mosaic, write_ome_zarr
+from helpers import build_mosaic, write_ome_zarr
 
 GOOD = ["a1.jpg", "a2.jpg", "sub/a3.jpg", "sub/mosaic.ome.zarr"]
 

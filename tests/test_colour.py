@@ -1,6 +1,5 @@
 """Run-time white balance: the slide's glass colour matched to the training crops'."""
 import numpy as np
-import pytest
 
 from napari_bm_cells.colour import background_rgb, images_background, white_balance_gain
 

@@ -69,7 +69,7 @@ def test_yolo_finds_annotated_white_cells_on_bccd_fields(data_dir, detector):
 
 @pytest.fixture(scope="module")
 def mosaic(data_dir, tmp_path_factory):
-    from napari_bm_cells.testing import build_mosaic, write_ome_zarr, write_pyramidal_tiff
+    from helpers import build_mosaic, write_ome_zarr, write_pyramidal_tiff
 
     img, boxes = build_mosaic(13, 10, source="bccd", split="test+val", seed=1)
     assert img.shape[0] >= 6000 and img.shape[1] >= 6000

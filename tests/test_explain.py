@@ -171,7 +171,7 @@ def test_explain_cells_by_id_from_an_analysis(classifier, classifier_path, detec
     from napari_bm_cells.explain import explain_cells
     from napari_bm_cells.export import write_results
     from napari_bm_cells.pipeline import analyze
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(2, 2, "bccd", seed=2)
     res = analyze(img, detector=detector, classifier=classifier, device="cpu")

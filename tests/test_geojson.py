@@ -11,7 +11,7 @@ from napari_bm_cells.export import read_cells, write_results
 
 @pytest.fixture(scope="module")
 def field_runs(data_dir, detector, classifier):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(1, 3, source="bccd", split="test", seed=2)
     return (analyze(img, detector=detector, classifier=classifier, masks=True),

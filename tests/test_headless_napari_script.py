@@ -9,16 +9,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from napari_bm_cells.testing import ensure_display
+from conftest import missing
+from helpers import ensure_display
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.gui, pytest.mark.skipif(
-    not ensure_display(97), reason="napari needs an X display for OpenGL: install xvfb")]
+HAVE_DISPLAY = ensure_display(97)  # before Qt starts: it reads $DISPLAY once
+pytestmark = [pytest.mark.gui]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _display():
+    if not HAVE_DISPLAY:
+        missing("napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")
 
 
 def test_script_analyses_a_folder_without_a_window(data_dir, tmp_path, detector, classifier):
     from napari_bm_cells.pipeline import analyze
-    from napari_bm_cells.testing import build_mosaic, write_ome_zarr
+    from helpers import build_mosaic, write_ome_zarr
 
     folder = tmp_path / "slides"
     folder.mkdir()

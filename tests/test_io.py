@@ -11,7 +11,7 @@ from skimage.transform import downscale_local_mean
 
 from napari_bm_cells.errors import InputError
 from napari_bm_cells.io import as_rgb_uint8, is_slide_path, open_slide
-from napari_bm_cells.testing import build_mosaic, write_ome_zarr, write_pyramidal_tiff
+from helpers import build_mosaic, write_ome_zarr, write_pyramidal_tiff
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from napari_bm_cells.taxonomy import PALETTE  # noqa: E402
 def mosaic_result(data_dir, classifier, detector):
     """A headless analysis of a 1x4 mosaic of real BCCD fields (masks on)."""
     from napari_bm_cells.pipeline import AnalysisOptions, analyze
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, boxes = build_mosaic(1, 4, "bccd", seed=3)
     res = analyze(img, detector=detector, classifier=classifier,
@@ -34,7 +34,7 @@ def mosaic_result(data_dir, classifier, detector):
 
 @pytest.fixture(scope="module")
 def ome_zarr(tmp_path_factory, data_dir):
-    from napari_bm_cells.testing import build_mosaic, write_ome_zarr
+    from helpers import build_mosaic, write_ome_zarr
 
     img, _ = build_mosaic(2, 2, "bccd", seed=1)
     path = write_ome_zarr(img, tmp_path_factory.mktemp("zarr") / "mosaic.ome.zarr", n_levels=3,

@@ -15,12 +15,18 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from napari_bm_cells.testing import ensure_display  # noqa: E402
+from conftest import missing  # noqa: E402
+from helpers import ensure_display  # noqa: E402
 
 
-HAVE_DISPLAY = ensure_display(97)
-pytestmark = [pytest.mark.gui, pytest.mark.skipif(
-    not HAVE_DISPLAY, reason="napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")]
+HAVE_DISPLAY = ensure_display(97)  # before Qt starts: it reads $DISPLAY once
+pytestmark = [pytest.mark.gui]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _display():
+    if not HAVE_DISPLAY:
+        missing("napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")
 
 napari = pytest.importorskip("napari")
 
@@ -239,7 +245,7 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
 
 
 def test_cancel_stops_a_long_run(viewer, qtbot, data_dir, classifier_path):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(8, 6, "bccd", split=("test", "val", "train"), seed=0)  # 3840 x 3840
     image = viewer.add_image(img, rgb=True, name="mosaic")
@@ -314,7 +320,7 @@ def test_wrong_weights_show_an_error(viewer, qtbot, bccd_jpeg, classifier_path, 
 
 
 def test_ome_zarr_current_field_of_view(viewer, qtbot, tmp_path, data_dir, classifier_path):
-    from napari_bm_cells.testing import build_mosaic, write_ome_zarr
+    from helpers import build_mosaic, write_ome_zarr
 
     img, boxes = build_mosaic(3, 4, "bccd", seed=2)  # 1440 x 2560, >= 12 white cells
     mpp = 0.055  # ~12 um white cells in BCCD's ~219 px boxes
@@ -367,7 +373,7 @@ def test_points_and_panel_update_incrementally(viewer, qtbot, data_dir, classifi
     from napari_bm_cells import _widget as W
     from napari_bm_cells.detect import Progress
     from napari_bm_cells.pipeline import AnalysisOptions, analyze
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(1, 4, "bccd", seed=3)
     res = analyze(img, detector=detector, classifier=classifier, options=AnalysisOptions(masks=True),
@@ -401,7 +407,7 @@ def test_points_and_panel_update_incrementally(viewer, qtbot, data_dir, classifi
 def many_cells(data_dir, classifier, detector):
     """A 4x6 mosaic of real BCCD fields (a few dozen white cells) and its analysis."""
     from napari_bm_cells.pipeline import analyze
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(4, 6, "bccd", split=("test", "val"), seed=1)
     res = analyze(img, detector=detector, classifier=classifier, device="cpu")
@@ -553,7 +559,7 @@ def test_widget_run_in_several_batches_adds_each_cell_once(viewer, qtbot, classi
     """Cells arrive in several classify events; napari's progress bar processes Qt events,
     so 'done' can be handled inside a classify event's handler: no cell may be added twice
     and the status must end at 'done'."""
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(3, 4, "bccd", split="test", seed=4)
     image = viewer.add_image(img, rgb=True, name="mosaic")
@@ -597,7 +603,7 @@ def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot,
     a class, and the export records who signed. The counting-area map sits under the cells."""
     import json
 
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=5)
     image = viewer.add_image(img, name="mosaic", rgb=True)
@@ -612,7 +618,8 @@ def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot,
     assert 0 < len(unk) < len(pts.data)
     qtbot.waitUntil(lambda: panel.summary is not None and panel.summary["n_cells"] == len(pts.data), timeout=5000)
     assert panel.summary["n_counted"] == len(pts.data) - len(unk) - sum(
-        panel.summary["counts"][c] for c in panel.summary["excluded_codes"] if c != "UNK" and c in panel.summary["counts"])
+        panel.summary["counts"][c] for c in panel.summary["excluded_codes"]
+        if c != "UNK" and c in panel.summary["counts"])
     # the area map: an image layer between the image and the cells
     areas = viewer.layers["mosaic counting areas"]
     assert viewer.layers.index(image) < viewer.layers.index(areas) < viewer.layers.index(pts)
@@ -640,7 +647,7 @@ def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot,
 
 
 def test_masks_take_their_class_colours_and_next_zooms_to_the_cell(viewer, qtbot, data_dir, classifier_path):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=5)
     viewer.add_image(img, name="mosaic", rgb=True)
@@ -767,7 +774,7 @@ def test_panel_follows_a_theme_change(viewer, qtbot, bccd_jpeg, classifier_path)
 
 
 def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, classifier_path):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(6, 6, "bccd", split=("test", "val", "train"), seed=0)
     viewer.add_image(img, rgb=True, name="mosaic")
@@ -791,7 +798,7 @@ def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, 
 
     from qtpy.QtCore import QTimer
 
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(12, 12, "bccd", split=("test", "val", "train"), seed=0)  # 5760 x 7680
     viewer.add_image(img, rgb=True, name="mosaic")

@@ -49,7 +49,7 @@ def test_every_annotated_white_cell_of_several_fields_is_classified(data_dir, de
 
 
 def test_region_limits_the_analysis(data_dir, detector, classifier):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, boxes = build_mosaic(2, 3, source="bccd", split="test", seed=3)
     full = analyze(img, detector=detector, classifier=classifier, level="2x")
@@ -64,7 +64,7 @@ def test_batches_spanning_blocks_give_the_same_cells_and_masks(data_dir, detecto
     first batch that starts the model early); the table and the mask labels do not
     depend on how cells fall into blocks and batches."""
     from napari_bm_cells.pipeline import FIRST_BATCH
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=3)
     runs = []
@@ -92,7 +92,7 @@ def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data
     from napari_bm_cells.detect import Detections
     from napari_bm_cells.io import open_slide
     from napari_bm_cells.pipeline import FIRST_BATCH, cut_cells
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(3, 4, source="bccd", split="test", seed=3)
     opts = AnalysisOptions(level="2x", batch_size=3)
@@ -117,7 +117,7 @@ def test_blank_image_yields_zero_cells(detector, classifier):
 
 
 def test_should_stop_cancels_between_batches(data_dir, detector, classifier):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(3, 3, source="bccd", split="test")
     events = []

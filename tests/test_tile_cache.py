@@ -5,7 +5,7 @@ import pytest
 from napari_bm_cells.detect import Detections
 from napari_bm_cells.io import open_slide
 from napari_bm_cells.pipeline import _blocks, cell_crops, read_cells_window
-from napari_bm_cells.testing import build_mosaic, write_ome_zarr, write_pyramidal_tiff
+from helpers import build_mosaic, write_ome_zarr, write_pyramidal_tiff
 from napari_bm_cells.tile_cache import TileCache, grid_rects
 
 

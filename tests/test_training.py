@@ -349,7 +349,8 @@ def test_pretrained_weights_from_a_local_file(data_dir, tmp_path):
     junk.write_bytes(b"not a weights file")
     with pytest.raises(InputError, match="junk.pth: cannot read pretrained weights"):
         train_classifier(data, tmp_path / "s.safetensors", epochs=1, max_steps=1, pretrained=junk, **kw)
-    with pytest.raises(InputError, match="resnext26ts_imagenet.safetensors: cannot load as pretrained weights of timm resnet18"):
+    with pytest.raises(InputError, match="resnext26ts_imagenet.safetensors: cannot load as pretrained "
+                                         "weights of timm resnet18"):
         train_classifier(data, tmp_path / "r.safetensors", epochs=1, max_steps=1, pretrained=weights,
                          **{**kw, "arch": "resnet18"})
 

@@ -11,7 +11,7 @@ from napari_bm_cells.training.calibrate import calibrate_checkpoint, choose_min_
 
 @pytest.fixture(scope="module")
 def mosaic_unk(data_dir, detector, classifier):
-    from napari_bm_cells.testing import build_mosaic
+    from helpers import build_mosaic
 
     img, _ = build_mosaic(2, 3, source="bccd", split="test", seed=5)
     ref = analyze(img, detector=detector, classifier=classifier, min_confidence=0)

@@ -20,7 +20,8 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
-                            QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+                            QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget,
+                            QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from . import _layers as L
 from . import runtime

@@ -262,7 +262,9 @@ def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tu
         # boxes cut by an inner tile edge are partial views: they lose ties to whole boxes
         edge = ((b[:, 0] <= t.x0 + 2) & (cx0 > t.x0)) | ((b[:, 1] <= t.y0 + 2) & (cy0 > t.y0)) | \
                ((b[:, 2] >= t.x1 - 2) & (cx1 < t.x1)) | ((b[:, 3] >= t.y1 - 2) & (cy1 < t.y1))
-        boxes.append(b[own]); scores.append(d.scores[own]); near.append(border[own])
+        boxes.append(b[own])
+        scores.append(d.scores[own])
+        near.append(border[own])
         rank.append(np.where(edge, 0.5, 1.0)[own] * d.scores[own])
     if not boxes:
         return Detections.empty(), 0

@@ -103,7 +103,8 @@ def classifier(spec=None, device: str = "auto", precision: str = "auto"):
     if isinstance(spec, Classifier):
         return spec
     device = resolve_device(device)
-    return _cached(f"classifier-{precision}", spec, device, lambda: Classifier(spec, device=device, precision=precision))
+    return _cached(f"classifier-{precision}", spec, device,
+                   lambda: Classifier(spec, device=device, precision=precision))
 
 
 def detector(spec=None, device: str = "cpu", per_thread: bool = False):

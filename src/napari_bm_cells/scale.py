@@ -99,8 +99,8 @@ def _nuclear_fraction(boxes: np.ndarray, region, dark: np.ndarray, td: float) ->
     integral = np.pad(dark.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     h, w = dark.shape
     b = (boxes - np.array([region[1], region[0], region[1], region[0]])) / td
-    x0 = np.clip(np.floor(b[:, 0]), 0, w).astype(int); x1 = np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
-    y0 = np.clip(np.floor(b[:, 1]), 0, h).astype(int); y1 = np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
+    x0, x1 = np.clip(np.floor(b[:, 0]), 0, w).astype(int), np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
+    y0, y1 = np.clip(np.floor(b[:, 1]), 0, h).astype(int), np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
     s = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     return s / np.maximum((y1 - y0) * (x1 - x0), 1)
 

@@ -89,8 +89,8 @@ def load_images(paths, size: int, fov: int | None = None) -> tuple[np.ndarray, n
             with Image.open(p) as im:
                 im = im.convert("RGB")
                 if fov and fov < max(im.size):
-                    l, t = (im.size[0] - fov) // 2, (im.size[1] - fov) // 2
-                    im = im.crop((l, t, l + fov, t + fov))
+                    left, top = (im.size[0] - fov) // 2, (im.size[1] - fov) // 2
+                    im = im.crop((left, top, left + fov, top + fov))
                 out[i] = np.asarray(im.resize((size, size), Image.BILINEAR))
             ok[i] = True
         except Exception as exc:  # PIL raises many types for broken files

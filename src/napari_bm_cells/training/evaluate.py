@@ -225,7 +225,9 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
                 log.warning("%s: %d repeated %s boxes counted once", s.image.name, len(gt) - len(uniq), cls)
                 gt = uniq
             tp = match_boxes(d.boxes, d.scores, gt)
-            tps.append(tp); scs.append(d.scores); n_gt += len(gt)
+            tps.append(tp)
+            scs.append(d.scores)
+            n_gt += len(gt)
             per_image.append({"image": str(s.image), "n_gt": len(gt), "downsample": round(down, 3),
                               "n_tp": int(tp[d.scores >= op_conf].sum()),
                               "n_pred": int((d.scores >= op_conf).sum())})

@@ -51,7 +51,8 @@ def classification_metrics(y_true, probs: np.ndarray, classes, tolerant_pairs=DE
                        "macro_f1": float(np.mean(precision_recall_fscore_support(
                            y_true, y_tol, labels=[labels[i] for i in present], zero_division=0)[2]))
                        if present else 0.0}
-    lt = np.array([lineage_of(c) for c in y_true]); lp = np.array([lineage_of(c) for c in y_pred])
+    lt = np.array([lineage_of(c) for c in y_true])
+    lp = np.array([lineage_of(c) for c in y_pred])
     out["lineage"] = {"accuracy": float(accuracy_score(lt, lp)),
                       "macro_f1": float(f1_score(lt, lp, average="macro", zero_division=0))}
     sm = score_map(classes)

@@ -77,8 +77,8 @@ def estimate_cell_px(paths, fov: int | None = None, n: int = 200, seed: int = 0)
         except Exception:
             continue
         if fov and fov < max(img.shape[:2]):
-            t, l = (img.shape[0] - fov) // 2, (img.shape[1] - fov) // 2
-            img = img[max(t, 0):max(t, 0) + fov, max(l, 0):max(l, 0) + fov]
+            top, left = max((img.shape[0] - fov) // 2, 0), max((img.shape[1] - fov) // 2, 0)
+            img = img[top:top + fov, left:left + fov]
         d = cell_diameter(img)
         if d is not None:
             diam.append(d)
@@ -307,7 +307,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     start, best_f1, history = 0, -1.0, []
     if resume and state_file.is_file():
         st = torch.load(state_file, weights_only=False)
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
         if ema is not None and st.get("ema"):
             ema.load_state_dict(st["ema"])
         sched.load_state_dict(st["sched"])

@@ -1,4 +1,5 @@
-"""Slide-sized test images built from real annotated fields (for tests and benchmarks).
+"""Test helpers: slide-sized images built from real annotated fields, pyramid writers and a
+private Xvfb display (for tests, benchmarks and the screenshot script).
 
 The real data (see ``../shared/data/README.md``) is never copied into the repository:
 it is found through the ``BM_CELLS_DATA`` environment variable.
@@ -25,7 +26,7 @@ def data_dir() -> Path:
         When the folder does not exist (the message says how to point to it).
     """
     env = os.environ.get("BM_CELLS_DATA")
-    d = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    d = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: real-data folder not found; set BM_CELLS_DATA to the "
                                 "folder holding bccd/, txl-pbc/, pbc/")
@@ -34,7 +35,7 @@ def data_dir() -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _read_set(path: str):
-    from .training.det_data import read_detection_set
+    from napari_bm_cells.training.det_data import read_detection_set
 
     return read_detection_set(path)
 
