@@ -53,7 +53,7 @@ def main(argv=None) -> Path:
 
     ensure_display()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    import napari_bm_cells._widget  # noqa: F401 -- keeps triton away from Mesa's LLVM
+    import napari_bm_cells.gui.widget  # noqa: F401 -- keeps triton away from Mesa's LLVM
 
     import napari
     from napari.settings import get_settings
@@ -68,7 +68,7 @@ def main(argv=None) -> Path:
     w, h = (int(v) for v in args.size.split("x"))
     viewer.window._qt_window.resize(w, h)
     if args.field:
-        from napari_bm_cells._sample_data import bccd_field
+        from napari_bm_cells.gui.sample_data import bccd_field
 
         [(data, kw, _)] = bccd_field()
         image = viewer.add_image(data, **kw)
@@ -110,7 +110,7 @@ def main(argv=None) -> Path:
     _process(app, 0.3)
     viewer.reset_view()
     if args.review and len(pts.data):  # close-up of the explained cell
-        from napari_bm_cells._layers import focus_cell
+        from napari_bm_cells.gui.layers import focus_cell
 
         focus_cell(viewer, pts, next(iter(pts.selected_data)))
         viewer.camera.zoom *= 4

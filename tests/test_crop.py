@@ -121,7 +121,7 @@ def test_an_edge_cells_crop_is_the_same_everywhere(data_dir, classifier, detecto
     the napari layers) and Explain's crop of a cell cut by the field's edge are the same
     pixels; outside the field they hold the smear's background colour, not streaks."""
     napari = pytest.importorskip("napari")
-    from napari_bm_cells import _layers as L
+    from napari_bm_cells.gui import layers as L
     from napari_bm_cells import pipeline as P
     from napari_bm_cells.crop import slide_square
     from napari_bm_cells.detect import Detections

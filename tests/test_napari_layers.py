@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_bm_cells import _layers as L  # noqa: E402
+from napari_bm_cells.gui import layers as L  # noqa: E402
 from napari_bm_cells.count import differential  # noqa: E402
 from napari_bm_cells.errors import InputError  # noqa: E402
 from napari_bm_cells.taxonomy import PALETTE  # noqa: E402
@@ -60,7 +60,7 @@ def test_npe2_validate():
 
 # --------------------------------------------------------------------------- readers
 def test_slide_reader_jpeg(bccd_jpeg):
-    from napari_bm_cells._reader import get_slide_reader
+    from napari_bm_cells.gui.reader import get_slide_reader
 
     reader = get_slide_reader(str(bccd_jpeg))
     assert callable(reader)
@@ -74,7 +74,7 @@ def test_slide_reader_jpeg(bccd_jpeg):
 def test_slide_reader_ome_zarr_multiscale(ome_zarr):
     from napari.layers import Image
 
-    from napari_bm_cells._reader import get_slide_reader
+    from napari_bm_cells.gui.reader import get_slide_reader
 
     img, path = ome_zarr
     [(data, kw, kind)] = get_slide_reader(str(path))(str(path))
@@ -91,7 +91,7 @@ def test_slide_reader_ome_zarr_multiscale(ome_zarr):
 
 
 def test_results_reader_ignores_other_csv(tmp_path):
-    from napari_bm_cells._reader import get_results_reader
+    from napari_bm_cells.gui.reader import get_results_reader
 
     p = tmp_path / "other.csv"
     p.write_text("a,b\n1,2\n")
@@ -102,19 +102,19 @@ def test_results_reader_ignores_other_csv(tmp_path):
 def test_sample_data_offline_fallback(monkeypatch, data_dir):
     import pooch
 
-    from napari_bm_cells import _sample_data
+    from napari_bm_cells.gui import sample_data
 
     def offline(*a, **k):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(pooch, "retrieve", offline)
-    [(data, kw, kind)] = _sample_data.bccd_field()
+    [(data, kw, kind)] = sample_data.bccd_field()
     assert kind == "image" and data.shape == (480, 640, 3)
     # compare canonical paths: the data folder may be reached through a symlink
     assert Path(kw["metadata"]["bm_cells"]["path"]).resolve().is_relative_to(data_dir.resolve())
     monkeypatch.setenv("BM_CELLS_DATA", str(data_dir / "no-such-folder"))
     with pytest.raises(InputError, match="download failed.*internet"):
-        _sample_data.bccd_field()
+        sample_data.bccd_field()
 
 
 # --------------------------------------------------------------------------- layers
@@ -234,7 +234,7 @@ def test_visible_and_shapes_region():
 def test_export_and_read_back(mosaic_result, tmp_path):
     from napari.layers import Points
 
-    from napari_bm_cells._reader import get_results_reader
+    from napari_bm_cells.gui.reader import get_results_reader
 
     _, res = mosaic_result
     layer = Points(**L.points_kwargs(res.cells, summary=res.summary, mpp=0.1))
@@ -258,7 +258,7 @@ def test_export_and_read_back(mosaic_result, tmp_path):
 def test_histogram_lineage_view_rolls_up_the_differential():
     from matplotlib.figure import Figure
 
-    from napari_bm_cells._layers import draw_histogram
+    from napari_bm_cells.gui.layers import draw_histogram
     from napari_bm_cells.count import differential
 
     s = differential(["NGS", "NGS", "NGB", "LYT", "EBO", "MON", "PLT"])
@@ -282,7 +282,7 @@ def test_histogram_lineage_view_rolls_up_the_differential():
 
 
 def test_reopened_results_are_named_after_their_image(bccd_jpeg, classifier, detector, tmp_path):
-    from napari_bm_cells._reader import results_layer_data
+    from napari_bm_cells.gui.reader import results_layer_data
     from napari_bm_cells.export import write_results
     from napari_bm_cells.pipeline import analyze
 

@@ -43,10 +43,10 @@ def _qt_gl_attributes():
 
 _qt_gl_attributes()
 
-from napari_bm_cells import _layers as L  # noqa: E402
-from napari_bm_cells import _widget  # noqa: E402,F401 -- guards triton before any GL context
-from napari_bm_cells._panel import DifferentialPanel  # noqa: E402
-from napari_bm_cells._widget import AnalyzeWidget  # noqa: E402
+from napari_bm_cells.gui import layers as L  # noqa: E402
+from napari_bm_cells.gui import widget as _widget  # noqa: E402,F401 -- guards triton before any GL context
+from napari_bm_cells.gui.panel import DifferentialPanel  # noqa: E402
+from napari_bm_cells.gui.widget import AnalyzeWidget  # noqa: E402
 from napari_bm_cells.count import differential  # noqa: E402
 from napari_bm_cells.taxonomy import colour_of  # noqa: E402
 
@@ -370,7 +370,7 @@ def test_points_and_panel_update_incrementally(viewer, qtbot, data_dir, classifi
                                                monkeypatch):
     """Classify events append their cells to one Points layer as they come; the panel
     recounts after each update; ``done`` puts the final table in place."""
-    from napari_bm_cells import _widget as W
+    from napari_bm_cells.gui import widget as W
     from napari_bm_cells.detect import Progress
     from napari_bm_cells.pipeline import AnalysisOptions, analyze
     from helpers import build_mosaic
@@ -462,7 +462,7 @@ def test_review_queue_walks_a_many_cell_slide(viewer, qtbot, many_cells):
 
 
 def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells):
-    from napari_bm_cells._gallery import CellGallery
+    from napari_bm_cells.gui.gallery import CellGallery
     from napari_bm_cells.review import gallery
 
     img, res = many_cells
@@ -473,7 +473,7 @@ def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells
     counts = res.cells["label"].value_counts()
     code = counts.index[0]  # the commonest class
     gal.set_class(code)
-    from napari_bm_cells._gallery import THUMB_PX
+    from napari_bm_cells.gui.gallery import THUMB_PX
     r0 = gal.grid.visualItemRect(gal.grid.item(0))  # before its crop has arrived
     assert r0.width() >= THUMB_PX and r0.height() >= THUMB_PX, r0
     ids = gal.cell_ids()

@@ -38,7 +38,7 @@ def test_every_sample_hash_matches_the_real_data(data_dir):
 
 
 def test_napari_samples_load_a_real_field(data_dir, monkeypatch):
-    from napari_bm_cells._sample_data import bccd_field, bccd_field_2
+    from napari_bm_cells.gui.sample_data import bccd_field, bccd_field_2
 
     monkeypatch.setenv("BM_CELLS_DATA", str(data_dir))
     for fn, stem in ((bccd_field, "BloodImage_00000"), (bccd_field_2, "BloodImage_00022")):

@@ -102,7 +102,7 @@ class ChartView(QLabel):
         self.setPixmap(QPixmap.fromImage(img))
 
     def _failed(self, exc: BaseException) -> None:
-        from ._panel import _notify_error
+        from .panel import _notify_error
 
         _notify_error("chart", exc)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 
 def _field(name: str) -> list[tuple]:
-    from ._reader import slide_layer_data
-    from .samples import sample_path
+    from .reader import slide_layer_data
+    from ..samples import sample_path
 
     path = sample_path(name)
     data, kwargs, kind = slide_layer_data(path)

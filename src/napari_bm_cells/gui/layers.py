@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .count import differential
-from .crop import slide_square
-from .errors import InputError
-from .plots import draw_histogram  # noqa: F401 -- the panel draws with it
-from .io import Slide, open_slide
-from .taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNCLASSIFIED, UNKNOWN_COLOUR, full_name
+from ..count import differential
+from ..crop import slide_square
+from ..errors import InputError
+from ..plots import draw_histogram  # noqa: F401 -- the panel draws with it
+from ..io import Slide, open_slide
+from ..taxonomy import CLASSES, NON_LEUKOCYTE_CODES, PALETTE, UNCLASSIFIED, UNKNOWN_COLOUR, full_name
 
 META = "bm_cells"  #: key of our entry in ``layer.metadata``
 #: preferred order of the number-key shortcuts (the commonest classes first)
@@ -245,7 +245,7 @@ def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
 
 def empty_cells(classes) -> pd.DataFrame:
     """A cell table without rows, with the pipeline's columns."""
-    from .pipeline import CELL_COLUMNS
+    from ..pipeline import CELL_COLUMNS
 
     cols = CELL_COLUMNS + [f"prob_{c}" for c in classes]
     df = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
@@ -514,8 +514,8 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
     run's field of view) and explained with :func:`explain.explain_crop`; the kwargs place
     the map exactly over that square of the image (``viewer.add_image(map, **kwargs)``).
     """
-    from .crop import resize_square
-    from .explain import explain_crop
+    from ..crop import resize_square
+    from ..explain import explain_crop
 
     side = default_crop_side(points_layer, index)
     y, x = cell_centre_level0(image_layer, points_layer, index)
@@ -559,7 +559,7 @@ def default_crop_side(points_layer, index: int | None = None) -> float:
 def histogram_png(summary: dict, path, classes=None) -> Path:
     """Save the differential's histogram as a PNG (matplotlib, no Qt), titled with the
     sample's name and the blast %."""
-    from .plots import histogram_png_bytes
+    from ..plots import histogram_png_bytes
 
     sample = Path(str(summary.get("input") or "")).name
     title = f"{sample}: " if sample else ""
@@ -586,8 +586,8 @@ def export_results(layer, folder, figure=None, stem: str = "cells", image_layer=
     (:func:`~napari_bm_cells.export.write_results`: ``cells.csv``, ``summary.json``,
     ``cells.geojson``, ``report.html``; the report's thumbnails come from
     ``image_layer``), plus ``differential.png`` (``figure``, else a new histogram)."""
-    from .export import write_results
-    from .pipeline import AnalysisResult
+    from ..export import write_results
+    from ..pipeline import AnalysisResult
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -620,7 +620,7 @@ def export_corrections(points_layer, image_layer, folder, side: float | None = N
     ``corrections.csv`` listing them with the model's original prediction."""
     from PIL import Image
 
-    from .export import atomic_write
+    from ..export import atomic_write
 
     folder = Path(folder)
     f = points_layer.features

@@ -23,12 +23,12 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox
                             QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget,
                             QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
-from . import _layers as L
-from . import runtime
-from ._chart import ChartView
-from ._cells_combo import CellsLayerCombo, shrinkable
-from .errors import InputError
-from .taxonomy import CLASSES, colour_of, full_name
+from . import layers as L
+from .. import runtime
+from .chart import ChartView
+from .cells_combo import CellsLayerCombo, shrinkable
+from ..errors import InputError
+from ..taxonomy import CLASSES, colour_of, full_name
 
 if TYPE_CHECKING:
     import napari
@@ -193,7 +193,7 @@ class DifferentialPanel(QWidget):
         self.next_button.setToolTip("select the next cell of the review queue and centre the view on it")
         self.next_button.clicked.connect(lambda: self.review_step(+1))
         self.queue_label = QLabel("")
-        from .review import SCORES
+        from ..review import SCORES
         self.queue_order = shrinkable(QComboBox(), 6)  # which uncertainty score orders the queue
         self.queue_order.addItems(list(SCORES))
         self.queue_order.setToolTip("margin: 1 - (p1 - p2); confidence: 1 - p1; entropy; "
@@ -207,7 +207,7 @@ class DifferentialPanel(QWidget):
         il.insertWidget(2, self.queue_label)
         row = QHBoxLayout()  # attribution map of the selected cell, as an image layer over it
         self.method_combo = shrinkable(QComboBox(), 8)
-        from .explain import METHODS
+        from ..explain import METHODS
         self.method_combo.addItems(list(METHODS))
         self.method_combo.setToolTip("Grad-CAM ~0.1 s, integrated gradients ~2 s, occlusion ~4 s on CPU")
         self.explain_button = QPushButton("Explain")
@@ -365,7 +365,7 @@ class DifferentialPanel(QWidget):
                         for k, v in s["lineage_counts"].items() if v)
         f = self.layer.features
         reviewed = int(f["reviewed"].sum()) if "reviewed" in f else 0
-        from .count import cutoff_flags, has_blast_class
+        from ..count import cutoff_flags, has_blast_class
 
         def pct(key):
             if not n:
@@ -501,7 +501,7 @@ class DifferentialPanel(QWidget):
         chosen score, default the smallest margin between the two most likely classes;
         reviewed cells last), select that cell and centre the camera on it. Returns its
         cell id."""
-        from .review import review_queue
+        from ..review import review_queue
 
         if self.layer is None or len(self.layer.data) == 0:
             return None
@@ -549,7 +549,7 @@ class DifferentialPanel(QWidget):
         record goes into the layer's summary, so exports carry it."""
         from napari.utils.notifications import show_error, show_info
 
-        from .review import sign_off
+        from ..review import sign_off
 
         if self.layer is None:
             show_error("napari-bm-cells: no cells layer to sign off")

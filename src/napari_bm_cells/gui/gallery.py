@@ -17,12 +17,12 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout
                             QListView, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout,
                             QWidget)
 
-from . import _layers as L
-from ._cells_combo import CellsLayerCombo, shrinkable
-from ._panel import _notify_error, _pixmap, guarded, reassign_row
-from .crop import slide_square
-from .review import gallery
-from .taxonomy import CLASSES
+from . import layers as L
+from .cells_combo import CellsLayerCombo, shrinkable
+from .panel import _notify_error, _pixmap, guarded, reassign_row
+from ..crop import slide_square
+from ..review import gallery
+from ..taxonomy import CLASSES
 
 THUMB_PX = 96
 PAGE = 120  #: crops added per "show more"

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
                               PushButton, SpinBox)
 
-from . import _layers as L
-from . import runtime
-from .detect import Progress
-from .errors import Cancelled, InputError, first_line
+from . import layers as L
+from .. import runtime
+from ..detect import Progress
+from ..errors import Cancelled, InputError, first_line
 
 if TYPE_CHECKING:
     import napari
@@ -69,7 +69,7 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
     Before the final event, the masks layer's arguments (lazy arrays, class colours) are
     built here, in the worker, into ``prepared["labels"]``: the GUI thread only adds it.
     """
-    from .pipeline import iter_analysis
+    from ..pipeline import iter_analysis
 
     try:
         yield Progress("load", 0, 1)
@@ -275,7 +275,7 @@ class AnalyzeWidget(Container):
             cls = _picked_file(self.classifier_file.value, "classifier checkpoint",
                                "pick a .safetensors checkpoint or use the shipped one")
         else:
-            from .classify import DEFAULT_CLASSIFIER
+            from ..classify import DEFAULT_CLASSIFIER
             if not DEFAULT_CLASSIFIER.is_file():
                 raise InputError(f"the shipped classifier {DEFAULT_CLASSIFIER.name} is not installed; "
                                  "choose 'checkpoint file...' and pick a .safetensors checkpoint")
@@ -290,7 +290,7 @@ class AnalyzeWidget(Container):
 
     def options(self, layer=None):
         """The :class:`AnalysisOptions` of the current settings (region for ``layer``)."""
-        from .pipeline import AnalysisOptions
+        from ..pipeline import AnalysisOptions
 
         return AnalysisOptions(tile_size=int(self.tile_size.value), overlap=int(self.overlap.value),
                                level=parse_level_text(self.level.value),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import META, points_kwargs
-from .io import is_slide_path, open_slide
+from .layers import META, points_kwargs
+from ..io import is_slide_path, open_slide
 
 #: single-level images larger than this (pixels per side) get a display pyramid
 PYRAMID_ABOVE = 8192
@@ -117,7 +117,7 @@ def _sibling_summary(p: Path) -> dict:
 
 def results_layer_data(path) -> tuple:
     """``(coords, kwargs, "points")`` of one cells table (CSV or GeoJSON)."""
-    from .export import read_cells
+    from ..export import read_cells
 
     p = Path(path)
     cells = read_cells(p)

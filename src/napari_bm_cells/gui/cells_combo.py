@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox
 
-from . import _layers as L
+from . import layers as L
 
 
 def shrinkable(combo: QComboBox, chars: int = 8) -> QComboBox:
