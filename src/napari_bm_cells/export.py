@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cells_table import prob_columns
 from .taxonomy import colour_of
 
 
@@ -127,7 +128,7 @@ def to_geojson(cells: pd.DataFrame, outlines: dict[int, np.ndarray] | None = Non
     from shapely.geometry import mapping
 
     feats = []
-    prob_cols = [c for c in cells.columns if c.startswith("prob_")]
+    prob_cols = prob_columns(cells)
     for r in cells.to_dict("records"):
         cid = int(r["cell_id"]) if "cell_id" in r and pd.notna(r["cell_id"]) else len(feats) + 1
         poly = cell_polygon(r, (outlines or {}).get(cid))

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .areas import AreaMap, score_areas
 from . import runtime
+from .cells_table import prob_column
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop, square_origin
 from .detect import Detections, Progress, iter_detect, iter_detect_regions
@@ -28,8 +29,6 @@ from .io import Slide, open_slide
 from .taxonomy import NON_LEUKOCYTE_CODES, UNCLASSIFIED
 from .tile_cache import TileCache, TiledWindow
 
-CELL_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
-                "label", "model_label", "confidence", "p_blast", "p_atypical", "area_score"]
 
 
 @dataclass
@@ -729,7 +728,7 @@ def _rows(dets: Detections, idx, centres, probs, classes, min_confidence: float 
         "det_score": dets.scores[idx],
         "label": label, "model_label": model, "confidence": conf,
         "p_blast": pb, "p_atypical": pa,
-        **{f"prob_{c}": p[:, k] for k, c in enumerate(classes)},
+        **{prob_column(c): p[:, k] for k, c in enumerate(classes)},
     })
 
 

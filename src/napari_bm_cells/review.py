@@ -22,21 +22,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .cells_table import classes_of, prob_column, probability_matrix
 from .errors import InputError
 from .taxonomy import NON_LEUKOCYTE_CODES, UNCLASSIFIED, is_known
 
 SCORES = ("margin", "confidence", "entropy", "p_blast", "p_atypical")
-PROB_PREFIX = "prob_"
-
-
-def prob_columns(cells: pd.DataFrame) -> list[str]:
-    """The ``prob_<CODE>`` columns of a cell table, in table order."""
-    return [c for c in cells.columns if str(c).startswith(PROB_PREFIX)]
-
-
-def _probs(cells: pd.DataFrame) -> np.ndarray | None:
-    cols = prob_columns(cells)
-    return cells[cols].to_numpy(np.float64) if cols else None
+_probs = probability_matrix
 
 
 def uncertainty_scores(cells: pd.DataFrame, method: str = "margin") -> pd.Series:
@@ -136,7 +127,7 @@ def gallery(cells: pd.DataFrame, label: str, lowest_first: bool = False) -> list
     df = cells[cells["label"].astype(str) == str(label)]
     if not len(df):
         return []
-    col = f"{PROB_PREFIX}{label}"
+    col = prob_column(label)
     conf = df[col] if col in df.columns else df["confidence"]
     key = pd.DataFrame({"cell_id": df["cell_id"].to_numpy(), "conf": conf.to_numpy(np.float64)})
     key = key.sort_values(["conf", "cell_id"], ascending=[lowest_first, True], kind="mergesort")
@@ -154,7 +145,7 @@ def lineage_rollup(cells: pd.DataFrame, exclude=NON_LEUKOCYTE_CODES, classes=Non
     from .count import differential
 
     if classes is None:
-        classes = [c[len(PROB_PREFIX):] for c in prob_columns(cells)] or None
+        classes = classes_of(cells) or None
     d = differential(cells["label"].astype(str).tolist() if len(cells) else [], classes,
                      exclude=exclude)
     out = pd.DataFrame({"count": pd.Series(d["lineage_counts"]),
@@ -199,7 +190,7 @@ def mark_reviewed(cells: pd.DataFrame, cell_id: int, new_label: str | None = Non
     df.loc[ix, "reviewed"] = True
     if new_label is not None:
         code = str(new_label).strip()
-        known = {c[len(PROB_PREFIX):] for c in prob_columns(df)}
+        known = set(classes_of(df))
         if not (is_known(code) or code in known):
             raise InputError(f"{new_label!r} is not a known class code")
         df.loc[ix, "label"] = code

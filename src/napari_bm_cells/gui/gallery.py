@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout
 from . import layers as L
 from .cells_combo import CellsLayerCombo, shrinkable
 from .panel import _notify_error, _pixmap, guarded, reassign_row
+from ..cells_table import prob_column
 from ..crop import slide_square
 from ..review import gallery
 from ..taxonomy import CLASSES
@@ -185,7 +186,7 @@ class CellGallery(QWidget):
         self._ids = gallery(feats, code, lowest_first=self.lowest_first.isChecked())
         shown = self._ids[:self._limit]
         row_of = {int(c): i for i, c in enumerate(feats["cell_id"].to_numpy())}
-        conf_col = f"prob_{code}" if f"prob_{code}" in feats.columns else "confidence"
+        conf_col = prob_column(code) if prob_column(code) in feats.columns else "confidence"
         todo = []
         key = id(self.layer)
         for cid in shown:

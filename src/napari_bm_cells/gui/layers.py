@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..cells_table import CELL_COLUMNS, classes_of, prob_column, prob_columns
 from ..count import differential
 from ..crop import slide_square
 from ..errors import InputError
@@ -194,9 +195,6 @@ def cell_coords(cells: pd.DataFrame) -> np.ndarray:
     return np.column_stack([cells["y"].to_numpy(float), cells["x"].to_numpy(float)]).reshape(-1, 2) - 0.5
 
 
-def classes_of(cells_or_features: pd.DataFrame) -> list[str]:
-    """The model's classes, from the ``prob_<CODE>`` columns (in column order)."""
-    return [c[5:] for c in cells_or_features.columns if c.startswith("prob_")]
 
 
 def point_size(cells: pd.DataFrame, default: float = 40.0) -> float:
@@ -245,9 +243,8 @@ def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
 
 def empty_cells(classes) -> pd.DataFrame:
     """A cell table without rows, with the pipeline's columns."""
-    from ..pipeline import CELL_COLUMNS
 
-    cols = CELL_COLUMNS + [f"prob_{c}" for c in classes]
+    cols = CELL_COLUMNS + [prob_column(c) for c in classes]
     df = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
     df["label"] = df["label"].astype(object)
     return df
@@ -628,7 +625,7 @@ def export_corrections(points_layer, image_layer, folder, side: float | None = N
         raise InputError("no reviewed cells yet: reassign cells (number keys or the "
                          "inspector) before exporting corrections")
     slide = layer_slide(image_layer)
-    probs = [c for c in f.columns if c.startswith("prob_")]
+    probs = prob_columns(f)
     stem = Path(str(image_layer.name)).stem.replace(" ", "_")
     rows, paths = [], []
     for i in np.flatnonzero(f["reviewed"].to_numpy(bool)):
@@ -639,7 +636,7 @@ def export_corrections(points_layer, image_layer, folder, side: float | None = N
         p.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(crop).save(p)
         paths.append(p)
-        pred = probs[int(np.argmax(r[probs].to_numpy(float)))][5:] if probs else ""
+        pred = classes_of(f)[int(np.argmax(r[probs].to_numpy(float)))] if probs else ""
         y, x = np.asarray(points_layer.data[i])[-2:] + 0.5
         rows.append({"file": str(p.relative_to(folder)), "cell_id": int(r["cell_id"]), "label": code,
                      "predicted": pred, "x": x, "y": y, "image": str(image_layer.name)})

@@ -27,6 +27,7 @@ from . import layers as L
 from .. import runtime
 from .chart import ChartView
 from .cells_combo import CellsLayerCombo, shrinkable
+from ..cells_table import probabilities
 from ..errors import InputError
 from ..taxonomy import CLASSES, colour_of, full_name
 
@@ -427,7 +428,7 @@ class DifferentialPanel(QWidget):
                 self.crop_label.setPixmap(_pixmap(crop, CROP_VIEW_PX))
             except Exception:  # noqa: BLE001 -- e.g. a non-RGB image layer
                 self.crop_label.setText("(no crop)")
-        probs = {c[5:]: float(r[c]) for c in self.layer.features.columns if c.startswith("prob_")}
+        probs = probabilities(r)
         self.prob_chart.show_chart(probs, self._fg, self._bg)
         more = f" (+{len(sel) - 1} more selected)" if len(sel) > 1 else ""
         label = str(r["label"])
