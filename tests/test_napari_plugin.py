@@ -817,3 +817,21 @@ def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, 
     gaps = np.diff(ticks)
     print(f"event-loop gaps: max {gaps.max():.3f} s, {int((gaps > 0.2).sum())} over 0.2 s")
     assert gaps.max() < 0.75, gaps.max()
+
+
+def test_widget_fields_come_from_the_analysis_options(viewer):
+    """Untouched, the widget's settings are the command line's defaults (one declaration)."""
+    import argparse
+
+    from napari_bm_cells.options import add_flags, from_flags, user_options
+
+    w, _ = _dock(viewer)
+    p = argparse.ArgumentParser()
+    add_flags(p)
+    assert w.options() == from_flags(p.parse_args([]))
+    for name, _, o in user_options():
+        if o.in_widget:
+            assert getattr(w, name).tooltip.startswith(o.help)
+    w.target.value, w.cell_px.value, w.level.value = 300, 90.0, "1"
+    opts = w.options()
+    assert (opts.target, opts.cell_px, opts.level) == (300, 90.0, 1)

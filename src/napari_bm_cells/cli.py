@@ -11,6 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .options import add_flags, from_flags
+
 
 def _analysis_args(p: argparse.ArgumentParser):
     p.add_argument("--detector", default=None,
@@ -18,37 +20,11 @@ def _analysis_args(p: argparse.ArgumentParser):
     p.add_argument("--classifier", default=None,
                    help="classifier checkpoint (.safetensors); default: the shipped classifier")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--tile-size", type=int, default=640, help="detection tile side (detection-level px)")
-    p.add_argument("--overlap", type=int, default=160, help="tile overlap (detection-level px); > a cell")
-    p.add_argument("--level", default="auto",
-                   help="detection scale: auto, a pyramid level (0, 1, ...) or a downsample like 2x")
-    p.add_argument("--cell-size", type=float, default=None,
-                   help="typical white-cell diameter at full resolution in px, if known")
-    p.add_argument("--batch-size", type=int, default=16, help="crops per classifier batch")
-    p.add_argument("--white-balance", action="store_true",
-                   help="match the slide's glass colour to the classifier's training images before "
-                        "classifying (off by default: it did not help on the cross-lab check, docs/models.md)")
-    p.add_argument("--target", type=int, default=None, metavar="N",
-                   help="count N leukocytes (e.g. 200-500), visiting the best counting areas first, then "
-                        "stop; default: every cell")
-    p.add_argument("--min-area-score", type=float, default=0.0, metavar="S",
-                   help="analyse only regions whose counting-area score (0-1: in focus, a monolayer) is "
-                        "at least S (default 0: all)")
-    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
-                   help="cells whose top class probability is below P are unclassified (UNK) until "
-                        "reviewed (default: the classifier's threshold, chosen on its validation split; 0: none)")
-    p.add_argument("--no-masks", action="store_true",
-                   help="no cell masks: cells.geojson then holds detection boxes, not cell outlines")
+    add_flags(p)
 
 
 def _options(a):
-    from .pipeline import AnalysisOptions
-
-    return AnalysisOptions(tile_size=a.tile_size, overlap=a.overlap, level=a.level,
-                           cell_px=a.cell_size, batch_size=a.batch_size,
-                           white_balance=a.white_balance, target=a.target,
-                           min_area_score=a.min_area_score, min_confidence=a.min_confidence,
-                           masks=not a.no_masks).check()
+    return from_flags(a)
 
 
 def _out_folder(out) -> Path:

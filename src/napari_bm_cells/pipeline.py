@@ -26,95 +26,10 @@ from .detect import Detections, Progress, iter_detect, iter_detect_regions
 from .scale import detection_scale
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
-from .taxonomy import NON_LEUKOCYTE_CODES, UNCLASSIFIED
+from .taxonomy import UNCLASSIFIED
+from .options import AnalysisOptions  # noqa: F401 -- part of the pipeline's API
 from .tile_cache import TileCache, TiledWindow
 
-
-
-@dataclass
-class AnalysisOptions:
-    """Settings of one analysis (the CLI flags of ``bm-cells analyze``).
-
-    Attributes
-    ----------
-    tile_size, overlap : int
-        Detection tiles and their overlap, in detection-level pixels.
-    level : str, int or float
-        ``"auto"`` (cells reach the detector at its trained size), a pyramid level
-        index (int), or a downsample factor (``"2x"`` or a float).
-    cell_px : float, optional
-        Typical white-cell diameter at level 0 in pixels, when known (overrides the
-        slide's pixel size for the detection scale).
-    crop_px : float, optional
-        Side of the crop cut around each cell at level 0; default from the
-        checkpoint's field of view and the slide's pixel size or measured cell size.
-    batch_size : int
-        Crops per classifier batch (batches span blocks, so all but the first, of
-        :data:`FIRST_BATCH` crops to start the model early, and the last have this size;
-        16 is as fast per crop as 32 on CPU and starts the model sooner).
-    det_batch : int, optional
-        Detection tiles per detector call (default: 1 on CPU, 4 on GPU; see
-        :func:`~napari_bm_cells.detect.default_det_batch`).
-    region : (y0, x0, y1, x1), optional
-        Level-0 region to analyse; default the whole slide.
-    masks : bool
-        Build the cell-mask labels (for napari's Labels layer).
-    white_balance : bool
-        Match the slide's glass colour to the classifier's training images before
-        classifying (:mod:`~napari_bm_cells.colour`; needs a checkpoint that stores its
-        ``background``).
-    exclude : tuple of str
-        Codes left out of the differential's denominator.
-    target : int, optional
-        Count to this many leukocytes: regions are visited best counting area first
-        (:mod:`~napari_bm_cells.areas`) and the run stops once the differential has
-        this many cells.
-    min_area_score : float
-        Analyse only regions whose counting-area score is at least this (0-1; 0: all).
-    min_confidence : float, optional
-        Cells whose top class probability is below this get the label ``UNK`` (their
-        model class stays in ``model_label``) and stay out of the differential until
-        reviewed; default the checkpoint's threshold (chosen on its validation split),
-        0 for none.
-    """
-
-    tile_size: int = 640
-    overlap: int = 160
-    level: str | int | float = "auto"
-    cell_px: float | None = None
-    crop_px: float | None = None
-    batch_size: int = 16
-    det_batch: int | None = None
-    region: tuple[int, int, int, int] | None = None
-    masks: bool = False
-    white_balance: bool = False
-    exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
-    target: int | None = None
-    min_area_score: float = 0.0
-    min_confidence: float | None = None
-    block: int = 2048
-
-    def check(self) -> "AnalysisOptions":
-        """Raise :class:`InputError` (one line naming the option and its fix) for values
-        out of range; return ``self``."""
-        bad = [
-            (self.tile_size >= 64, "--tile-size", self.tile_size, "a tile side of at least 64 px (default 640)"),
-            (0 <= self.overlap < self.tile_size, "--overlap", self.overlap,
-             f"0 or more px, less than the tile size {self.tile_size} (default 160)"),
-            (self.batch_size >= 1, "--batch-size", self.batch_size, "1 or more crops per batch (default 16)"),
-            (self.cell_px is None or self.cell_px > 0, "--cell-size", self.cell_px,
-             "a positive white-cell diameter in px, or leave it out"),
-            (self.target is None or self.target >= 1, "--target", self.target,
-             "a number of leukocytes to count, 1 or more (200-500 for a marrow differential)"),
-            (0.0 <= self.min_area_score <= 1.0, "--min-area-score", self.min_area_score,
-             "a counting-area score between 0 and 1 (0: every area)"),
-            (self.min_confidence is None or 0.0 <= self.min_confidence <= 1.0, "--min-confidence",
-             self.min_confidence, "a class probability between 0 and 1 (0: no cell unclassified)"),
-        ]
-        for ok, flag, value, fix in bad:
-            if not ok:
-                raise InputError(f"{flag} {value}: give {fix}")
-        return self
 
 
 @dataclass

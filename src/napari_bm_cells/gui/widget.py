@@ -22,6 +22,7 @@ from . import layers as L
 from .. import runtime
 from ..detect import Progress
 from ..errors import Cancelled, InputError, first_line
+from ..options import user_options
 
 if TYPE_CHECKING:
     import napari
@@ -108,31 +109,27 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def parse_level_text(text: str):
-    """``"auto"``, a pyramid level (``"1"``), a downsample (``"2x"``) or a float."""
-    t = (text or "auto").strip().lower()
-    if t in ("", "auto"):
-        return "auto"
-    if t.isdigit():
-        return int(t)
-    if t.endswith("x"):
-        return t
-    try:
-        return float(t)
-    except ValueError:
-        raise InputError(f"detection level {text!r}: use auto, a pyramid level (0, 1, ...) "
-                         "or a downsample such as 2x") from None
+def option_widget(name: str, default, o):
+    """The magicgui field of one :class:`~napari_bm_cells.options.Option`."""
+    value = o.widget_value if o.widget_value is not None else (o.none if default is None else default)
+    tip = o.help + (f" ({o.none}: not set)" if o.none is not None else "")
+    if o.kind == "switch":
+        return CheckBox(text=o.label, value=bool(value), tooltip=tip)
+    if o.kind == "text":
+        return LineEdit(label=o.label, value=str(value), tooltip=tip)
+    lo, hi, step = o.limits
+    cls = SpinBox if o.kind == "int" else FloatSpinBox
+    return cls(label=o.label, value=value, min=lo, max=hi, step=step, tooltip=tip)
 
 
-def parse_confidence_text(text: str) -> float | None:
-    """``"checkpoint"`` (or empty): the checkpoint's threshold (None); else a number 0-1."""
-    t = (text or "").strip().lower()
-    if t in ("", "checkpoint", "auto"):
+def option_value(widget, o):
+    """A field's value as :class:`~napari_bm_cells.options.AnalysisOptions` takes it."""
+    v = widget.value
+    if o.kind == "text":
+        return o.parse(v) if o.parse else v
+    if o.none is not None and v == o.none:
         return None
-    try:
-        return float(t)
-    except ValueError:
-        raise InputError(f"min confidence {text!r}: give 'checkpoint' or a probability between 0 and 1") from None
+    return {"int": int, "float": float, "switch": bool}[o.kind](v)
 
 
 class _JobHandle:
@@ -176,40 +173,26 @@ class AnalyzeWidget(Container):
         self.classifier_file = FileEdit(label="checkpoint", mode="r", filter="*.safetensors",
                                         visible=False)
         self.device = ComboBox(label="device", value="auto", choices=["auto", "cpu", "cuda", "mps"])
-        self.tile_size = SpinBox(label="tile size", value=640, min=128, max=8192, step=32,
-                                 tooltip="detection tile side, in detection-level pixels")
-        self.overlap = SpinBox(label="overlap", value=160, min=0, max=4096, step=16,
-                               tooltip="tile overlap; keep it above a cell's diameter")
-        self.level = LineEdit(label="detection level", value="auto",
-                              tooltip="auto, a pyramid level (0, 1, ...) or a downsample (2x)")
+        # one field per user option, declared in options.AnalysisOptions
+        self._options = {name: (option_widget(name, default, o), o) for name, default, o in user_options()
+                         if o.in_widget}
+        for name, (field, _) in self._options.items():
+            setattr(self, name, field)
         self.region = ComboBox(label="region", value="whole", choices=[
             ("whole image", "whole"), ("current field of view", "view"),
             ("rectangle from Shapes layer", "shapes")])
         self.shapes = ComboBox(label="shapes layer", choices=self._shapes_choices, nullable=True,
                                visible=False)
-        self.masks = CheckBox(text="cell masks (Labels layer)", value=True)
-        self.white_balance = CheckBox(text="match the glass colour to the classifier's training",
-                                      value=False, tooltip="white balance of the crops before classifying "
-                                      "(another lab's camera and lamp)")
-        self.target = SpinBox(label="count to", value=0, min=0, max=100000, step=100,
-                              tooltip="stop once this many leukocytes are counted, best counting areas "
-                                      "first (200-500 for a marrow differential); 0: every cell")
-        self.min_area_score = FloatSpinBox(label="min area score", value=0.0, min=0.0, max=1.0, step=0.05,
-                                           tooltip="analyse only regions fit for counting at least this "
-                                                   "much (0-1: in focus, a monolayer); 0: all")
-        self.min_confidence = LineEdit(label="min confidence", value="checkpoint",
-                                       tooltip="cells below this top-class probability are UNK until "
-                                               "reviewed: 'checkpoint' (its validation-chosen threshold), "
-                                               "a value 0-1, or 0 for none")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                             labels=False)
+        switches = [f for f, o in self._options.values() if o.kind == "switch"]
+        fields = [f for f, o in self._options.values() if o.kind != "switch"]
         self.extend([self.image, self.detector, self.detector_file, self.classifier,
-                     self.classifier_file, self.device, self.tile_size, self.overlap, self.level,
-                     self.region, self.shapes, self.target, self.min_area_score, self.min_confidence,
-                     self.masks, self.white_balance, buttons, self.status])
+                     self.classifier_file, self.device, self.region, self.shapes, *fields,
+                     *switches, buttons, self.status])
 
         self.detector.changed.connect(lambda v: setattr(self.detector_file, "visible", v == "file"))
         self.classifier.changed.connect(lambda v: setattr(self.classifier_file, "visible", v == "file"))
@@ -292,13 +275,8 @@ class AnalyzeWidget(Container):
         """The :class:`AnalysisOptions` of the current settings (region for ``layer``)."""
         from ..pipeline import AnalysisOptions
 
-        return AnalysisOptions(tile_size=int(self.tile_size.value), overlap=int(self.overlap.value),
-                               level=parse_level_text(self.level.value),
-                               region=self._region(layer) if layer is not None else None,
-                               masks=bool(self.masks.value), white_balance=bool(self.white_balance.value),
-                               target=int(self.target.value) or None,
-                               min_area_score=float(self.min_area_score.value),
-                               min_confidence=parse_confidence_text(self.min_confidence.value)).check()
+        values = {name: option_value(field, o) for name, (field, o) in self._options.items()}
+        return AnalysisOptions(**values, region=self._region(layer) if layer is not None else None).check()
 
     def run(self, *_) -> bool:
         """Start an analysis of the chosen image layer; False (and a notification) when
@@ -314,9 +292,6 @@ class AnalyzeWidget(Container):
             if layer is None:
                 raise InputError("no image layer: open a slide or a field first (File > Open, "
                                  "or File > Open Sample > napari-bm-cells)")
-            if self.overlap.value >= self.tile_size.value:
-                raise InputError(f"overlap ({self.overlap.value}) must be smaller than the tile "
-                                 f"size ({self.tile_size.value})")
             slide = L.layer_slide(layer)
             opts = self.options(layer)
             det_spec, cls_spec = self._specs()
