@@ -205,3 +205,17 @@ def test_headless_napari(slides, detector, classifier, tmp_path):
         assert len(points.data) == len(res.cells) >= 1
     assert [ly._type_string for ly in viewer.layers] == ["image", "points"] * 2
     assert viewer.layers[2].multiscale
+
+
+def test_a_second_batch_into_the_same_folder_is_refused(slides, tmp_path):
+    """One batch per output folder at a time: a held lock gives one line naming the folder."""
+    from filelock import FileLock
+
+    from napari_bm_cells.batch import LOCK
+    from napari_bm_cells.errors import InputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(out / LOCK):
+        with pytest.raises(InputError, match="another 'bm-cells batch' is writing into this folder"):
+            batch(slides, out, progress=False)

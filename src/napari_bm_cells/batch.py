@@ -452,22 +452,20 @@ class _Tables:
 
 @contextmanager
 def _out_lock(out: Path):
-    """One batch at a time per output folder (an OS lock: released even on SIGKILL)."""
+    """One batch at a time per output folder (an OS lock, on every platform: released even
+    when the process is killed)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / LOCK, timeout=0)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover -- Windows: no lock
-        yield
-        return
-    f = open(out / LOCK, "a+")
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"{out}: another 'bm-cells batch' is writing into this folder; "
+                         "wait for it or choose another --out") from None
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"{out}: another 'bm-cells batch' is writing into this folder; "
-                             "wait for it or choose another --out") from None
         yield
     finally:
-        f.close()
+        lock.release()
 
 
 def _note(msg: str, progress: bool):

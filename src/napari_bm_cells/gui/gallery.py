@@ -11,8 +11,9 @@ never blocks the viewer; the grid shows a page of cells and grows on request.
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon
+from superqt.utils import qdebounced
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QLabel,
                             QListView, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout,
                             QWidget)
@@ -61,10 +62,7 @@ class CellGallery(QWidget):
         self._ids: list[int] = []  # cell ids of the class, in gallery order
         self._cache: dict[tuple[int, int], np.ndarray] = {}  # (layer id, cell id) -> crop
         self._worker = None
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(150)
-        self._timer.timeout.connect(self.refresh)
+        self._schedule = qdebounced(self.refresh, timeout=150, parent=self)  # after a burst of events
 
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -146,9 +144,6 @@ class CellGallery(QWidget):
         self.class_combo.setCurrentIndex(k)
         self._restart()
 
-    def _schedule(self, *_):
-        self._timer.start()
-
     def _restart(self):
         self._limit = PAGE
         self.refresh()
@@ -167,9 +162,9 @@ class CellGallery(QWidget):
         return self._worker is None and all(
             not self.grid.item(k).icon().isNull() for k in range(self.grid.count()))
 
-    def refresh(self):
+    def refresh(self, *_):
         """Rebuild the grid from the layer's current features."""
-        self._timer.stop()
+        self._schedule.cancel()
         guarded("gallery", self._refresh)
 
     def _refresh(self):

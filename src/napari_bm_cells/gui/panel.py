@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
+from superqt.utils import qdebounced
 from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
                             QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget,
@@ -105,14 +106,9 @@ class DifferentialPanel(QWidget):
         bg, fg = _theme_colours(napari_viewer)
         self._bg, self._fg = bg, fg
 
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.refresh)
-        self._sel_timer = QTimer(self)
-        self._sel_timer.setSingleShot(True)
-        self._sel_timer.setInterval(50)
-        self._sel_timer.timeout.connect(self.update_inspector)
+        # recount once a burst of layer events is over; follow the selection at most every 50 ms
+        self._schedule = qdebounced(self.refresh, timeout=DEBOUNCE_MS, parent=self)
+        self._schedule_inspector = qdebounced(self.update_inspector, timeout=50, parent=self)
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(2, 2, 2, 2)
@@ -313,12 +309,9 @@ class DifferentialPanel(QWidget):
             + "; Delete removes; napari's own keys (1-5, P/S/Z) work as usual" if self.keys else "")
 
     # ---------------------------------------------------------------- differential
-    def _schedule(self, *_):
-        self._timer.start()
-
-    def refresh(self):
+    def refresh(self, *_):
         """Recount the differential of the layer's current features and redraw."""
-        self._timer.stop()
+        self._schedule.cancel()
         guarded("panel", self._refresh)
 
     def _refresh(self):
@@ -390,9 +383,6 @@ class DifferentialPanel(QWidget):
         self.summary_label.setText("<br>".join(lines))
 
     # ---------------------------------------------------------------- inspector
-    def _schedule_inspector(self, *_):
-        self._sel_timer.start()
-
     def _set_inspector_enabled(self, on: bool):
         for w in (self.reassign_button, self.confirm_button, self.delete_button, self.class_combo,
                   self.explain_button):
@@ -401,9 +391,9 @@ class DifferentialPanel(QWidget):
     def _image_layer(self):
         return L.image_layer_for(self._viewer, self.layer)
 
-    def update_inspector(self):
+    def update_inspector(self, *_):
         """Show the (first) selected cell: crop, probabilities, scores."""
-        self._sel_timer.stop()
+        self._schedule_inspector.cancel()
         try:
             self._update_inspector()
         except Exception as exc:  # noqa: BLE001
