@@ -17,6 +17,15 @@ def missing(what: str):
     pytest.skip(what)
 
 
+@pytest.fixture(scope="module")
+def display():
+    """An X display for napari's OpenGL canvas (a private Xvfb when none is set)."""
+    from helpers import ensure_display
+
+    if not ensure_display(97):
+        missing("napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Real-data folder; tests needing it are skipped when it is absent."""

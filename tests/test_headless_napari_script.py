@@ -9,18 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import missing
 from helpers import ensure_display
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_DISPLAY = ensure_display(97)  # before Qt starts: it reads $DISPLAY once
-pytestmark = [pytest.mark.gui]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _display():
-    if not HAVE_DISPLAY:
-        missing("napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")
+ensure_display(97)  # before Qt starts: it reads $DISPLAY once
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("display")]
 
 
 def test_script_analyses_a_folder_without_a_window(data_dir, tmp_path, detector, classifier):

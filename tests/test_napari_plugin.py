@@ -15,18 +15,11 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from conftest import missing  # noqa: E402
 from helpers import ensure_display  # noqa: E402
 
 
-HAVE_DISPLAY = ensure_display(97)  # before Qt starts: it reads $DISPLAY once
-pytestmark = [pytest.mark.gui]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _display():
-    if not HAVE_DISPLAY:
-        missing("napari needs an X display for OpenGL: install xvfb (apt-get install xvfb)")
+ensure_display(97)  # before Qt starts: it reads $DISPLAY once
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("display")]
 
 napari = pytest.importorskip("napari")
 
