@@ -23,10 +23,6 @@ def _analysis_args(p: argparse.ArgumentParser):
     add_flags(p)
 
 
-def _options(a):
-    return from_flags(a)
-
-
 def _out_folder(out) -> Path:
     """``--out`` as a folder to write into: one line when it is an existing file."""
     from .errors import InputError
@@ -43,7 +39,7 @@ def cmd_analyze(a):
     from .pipeline import analyze
 
     _out_folder(a.out)
-    res = analyze(a.image, detector=a.detector, classifier=a.classifier, options=_options(a),
+    res = analyze(a.image, detector=a.detector, classifier=a.classifier, options=from_flags(a),
                   device=a.device, progress=not a.quiet)
     paths = write_results(res, a.out, report=not a.no_report)
     print(format_differential(res.summary))
@@ -58,7 +54,7 @@ def cmd_batch(a):
     from .batch import batch
 
     _out_folder(a.out)
-    df = batch(a.folder, a.out, workers=a.workers, scheduler=a.scheduler, options=_options(a),
+    df = batch(a.folder, a.out, workers=a.workers, scheduler=a.scheduler, options=from_flags(a),
                detector=a.detector, classifier=a.classifier, glob=a.glob, device=a.device,
                progress=not a.quiet, retry_errors=a.retry_errors, rehash=a.rehash,
                report=not a.no_report)

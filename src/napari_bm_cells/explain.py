@@ -43,10 +43,6 @@ BASELINES = ("blur", "black", "white")
 
 
 # --------------------------------------------------------------------------- helpers
-def _as_classifier(classifier, device: str = "auto"):
-    return runtime.classifier(classifier, device)
-
-
 def gradcam_layer(model):
     """The module whose activations Grad-CAM weighs: the backbone's last stage.
 
@@ -165,7 +161,7 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-    cls = _as_classifier(classifier)
+    cls = runtime.classifier(classifier)
     crop = np.asarray(crop_uint8)
     S = cls.input_size
     img = _to_input(crop, S)
@@ -413,7 +409,7 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
         if crop_px is None and summ.is_file():
             crop_px = (json.loads(summ.read_text()).get("classifier") or {}).get("crop_px_level0")
     slide = image_path_or_slide if isinstance(image_path_or_slide, Slide) else open_slide(image_path_or_slide)
-    cls = _as_classifier(classifier, device)
+    cls = runtime.classifier(classifier, device)
     _target_index(cls, target)
     dets = Detections.from_table(cells)
     side = float(crop_px) if crop_px else crop_side(cls.meta, slide, dets, AnalysisOptions())

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon
-from superqt.utils import qdebounced
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QLabel,
                             QListView, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout,
                             QWidget)
+from superqt.utils import qdebounced
 
 from . import layers as L
 from .cells_combo import CellsLayerCombo, shrinkable

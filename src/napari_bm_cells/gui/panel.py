@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
-from superqt.utils import qdebounced
 from qtpy.QtGui import QColor, QImage, QPixmap
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
                             QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget,
                             QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+from superqt.utils import qdebounced
 
 from . import layers as L
 from .. import runtime

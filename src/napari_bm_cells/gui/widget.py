@@ -34,7 +34,6 @@ PANEL_NAME = "Differential count"
 PLUGIN = "napari-bm-cells"
 
 
-
 def guard_triton() -> bool:
     """Keep ``triton`` from being imported on machines without CUDA.
 
@@ -61,6 +60,7 @@ def guard_triton() -> bool:
 
 guard_triton()
 
+
 def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Event,
                  prepared: dict | None = None):
     """Generator run by the worker: model loading, then the pipeline's events.
@@ -81,14 +81,18 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
             raise Cancelled("analysis cancelled")
         for ev in iter_analysis(slide, det, cls, options, device=cls.device, should_stop=stop.is_set):
             if ev.stage == "done" and prepared is not None and ev.payload.labels is not None:
-                r = ev.payload
-                prepared["labels"] = (r, L.labels_kwargs(r.labels, None, slide=r.slide, cells=r.cells,
-                                                         levels=r.label_levels))
+                prepared["labels"] = (ev.payload, _masks_kwargs(ev.payload))
             yield ev
     except Cancelled as exc:
         yield Progress("cancelled", 0, 0, exc)
     except Exception as exc:  # noqa: BLE001 -- every failure becomes a notification
         yield Progress("error", 0, 0, exc)
+
+
+def _masks_kwargs(result) -> dict:
+    """``add_labels`` arguments of a result's masks, less the image layer's transform."""
+    return L.labels_kwargs(result.labels, None, slide=result.slide, cells=result.cells,
+                           levels=result.label_levels)
 
 
 def _import_off_the_gui_thread() -> None:
@@ -109,7 +113,7 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def option_widget(name: str, default, o):
+def option_widget(default, o):
     """The magicgui field of one :class:`~napari_bm_cells.options.Option`."""
     value = o.widget_value if o.widget_value is not None else (o.none if default is None else default)
     tip = o.help + (f" ({o.none}: not set)" if o.none is not None else "")
@@ -174,7 +178,7 @@ class AnalyzeWidget(Container):
                                         visible=False)
         self.device = ComboBox(label="device", value="auto", choices=["auto", "cpu", "cuda", "mps"])
         # one field per user option, declared in options.AnalysisOptions
-        self._options = {name: (option_widget(name, default, o), o) for name, default, o in user_options()
+        self._options = {name: (option_widget(default, o), o) for name, default, o in user_options()
                          if o.in_widget}
         for name, (field, _) in self._options.items():
             setattr(self, name, field)
@@ -489,7 +493,7 @@ class AnalyzeWidget(Container):
         one after another they would freeze the viewer for their sum)."""
         self._pending = []
         self._close_pbar()
-        self._finishing = [self._show_cells, self._show_masks, self._show_area_layer, self._finish]
+        self._finishing = [self._show_cells, self._show_masks, self._show_areas, self._finish]
         prepared = self._job.prepared if self._job is not None else {}
         self._done_args = (result, prepared.pop("labels", (None, None)))
         self._next_step()
@@ -535,8 +539,7 @@ class AnalyzeWidget(Container):
             self._viewer.layers.remove(self._labels_name())
         owner, kw = self._done_args[1]
         if owner is not result:  # not prepared by the worker (e.g. a result handed in)
-            kw = L.labels_kwargs(result.labels, None, slide=result.slide, cells=result.cells,
-                                 levels=result.label_levels)
+            kw = _masks_kwargs(result)
         kw = {**kw, **L.transform_kwargs(self._image_layer), "name": self._labels_name()}
         self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
         _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
@@ -546,10 +549,6 @@ class AnalyzeWidget(Container):
         if j > i:
             self._viewer.layers.move(j, i)
 
-    def _show_area_layer(self, result):
-        if result.areas is not None:
-            self._show_areas(result.areas)
-
     def _finish(self, result):
         self._viewer.layers.selection.active = self.points_layer
         self.result = result
@@ -558,11 +557,13 @@ class AnalyzeWidget(Container):
         self.status.value = f"done: {n} cells ({k} counted) in {time.perf_counter() - self._t0:.1f} s"
         self._done_args = None
 
-    def _show_areas(self, areas):
+    def _show_areas(self, result):
         """The counting-area map as an image layer just above the image, under the cells."""
+        if result.areas is None:
+            return
         if self._areas_name() in self._viewer.layers:
             self._viewer.layers.remove(self._areas_name())
-        kw = L.area_map_kwargs(areas, self._image_layer, name=self._areas_name())
+        kw = L.area_map_kwargs(result.areas, self._image_layer, name=self._areas_name())
         self.areas_layer = L.unwrap(self._viewer.add_image(**kw))
         layers = self._viewer.layers
         j, i = layers.index(self.areas_layer), layers.index(self._image_layer)
