@@ -1,12 +1,19 @@
-"""Run-time colour adaptation: the slide's white balance matched to the training crops'.
+"""Run-time colour adaptation of a slide's cell crops to the classifier's training crops.
 
-Another lab's camera and lamp tint the glass: blue-grey, yellow, pink. The classifier
-learned cells on the background of its training crops, so before classification every
-crop is multiplied per channel by ``reference / slide`` background colour
-(:func:`white_balance_gain`), the background being the brightest, least saturated
-pixels (:func:`background_rgb`). Stain differences inside the cells are left to the
-training's stain augmentation. The reference is stored in the checkpoint
-(``ClassifierMeta.background``); a checkpoint without one is used as it is.
+Another lab's stain, camera and lamp change every colour: the glass is blue-grey,
+yellow or pink, the stain weak or strong. Two adaptations, chosen per run
+(``AnalysisOptions.colour``):
+
+- ``standardise`` (the default): Reinhard standardisation in CIELAB. The mean and
+  standard deviation of L*, a* and b* over the slide's crops (:func:`lab_stats` of a
+  sample of its cells) are mapped onto those of the training crops
+  (``ClassifierMeta.lab_reference``), so contrast and stain colour are matched, not
+  only the glass (:class:`LabStandard`).
+- ``white-balance``: every crop multiplied per channel by ``reference / slide``
+  background colour (:func:`white_balance_gain`), the background being the brightest,
+  least saturated pixels (:func:`background_rgb`; reference ``ClassifierMeta.background``).
+
+A checkpoint without the reference is used as it is.
 """
 from __future__ import annotations
 
@@ -65,3 +72,66 @@ def white_balance_gain(slide_bg, reference) -> np.ndarray | None:
         return None
     g = np.asarray(reference, np.float32) / np.maximum(np.asarray(slide_bg, np.float32), 1.0)
     return np.clip(g, 1 / MAX_GAIN, MAX_GAIN)
+
+
+def _to_lab(crops: np.ndarray) -> np.ndarray:
+    """uint8 RGB image(s) (..., H, W, 3) -> float32 CIELAB (L* 0-100, a*, b*)."""
+    import cv2
+
+    f = np.ascontiguousarray(crops, np.float32).reshape(-1, *crops.shape[-3:]) / 255
+    return np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2LAB) for x in f]).reshape(crops.shape)
+
+
+def _from_lab(lab: np.ndarray) -> np.ndarray:
+    import cv2
+
+    f = lab.reshape(-1, *lab.shape[-3:])
+    rgb = np.stack([cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_LAB2RGB) for x in f])
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(lab.shape)
+
+
+def lab_stats(crops: np.ndarray) -> dict:
+    """Mean and standard deviation of L*, a*, b* over every pixel of uint8 RGB crops
+    (N, H, W, 3) or one image: ``{"mean": [3], "std": [3]}``."""
+    lab = _to_lab(np.asarray(crops)).reshape(-1, 3).astype(np.float64)
+    return {"mean": [round(float(v), 3) for v in lab.mean(0)],
+            "std": [round(float(v), 3) for v in lab.std(0)]}
+
+
+#: the slide's channel spread is taken as at least this (L*/a*/b* units), so a
+#: nearly flat sample (one channel without stain) is not stretched into noise
+MIN_STD = 1.0
+
+#: the gain on each channel's spread is clipped to this range
+MAX_STRETCH = 4.0
+
+
+class LabStandard:
+    """Reinhard colour standardisation in CIELAB: each channel's slide mean and spread
+    mapped onto the reference's.
+
+    Parameters
+    ----------
+    slide : dict
+        :func:`lab_stats` of a sample of the slide's crops.
+    reference : dict
+        :func:`lab_stats` of the classifier's training crops (``ClassifierMeta.lab_reference``).
+    """
+
+    def __init__(self, slide: dict, reference: dict):
+        self.slide, self.reference = slide, reference
+        mu_s, sd_s = np.asarray(slide["mean"], np.float32), np.asarray(slide["std"], np.float32)
+        mu_r, sd_r = np.asarray(reference["mean"], np.float32), np.asarray(reference["std"], np.float32)
+        self.gain = np.clip(sd_r / np.maximum(sd_s, MIN_STD), 1 / MAX_STRETCH, MAX_STRETCH)
+        self.shift = mu_r - mu_s * self.gain
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 RGB crops (N, H, W, 3) -> standardised uint8 RGB crops."""
+        if len(crops) == 0:
+            return crops
+        return _from_lab(_to_lab(crops) * self.gain + self.shift)
+
+    def info(self) -> dict:
+        """What summary.json records."""
+        return {"slide_lab": self.slide, "reference_lab": self.reference,
+                "gain": [round(float(v), 3) for v in self.gain], "shift": [round(float(v), 3) for v in self.shift]}

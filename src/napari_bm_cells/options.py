@@ -58,9 +58,9 @@ class Option:
         Command-line flag (``--no-x`` for a switch that turns a True default off).
     help : str
         Help text of the flag and tooltip of the widget field.
-    kind : {"int", "float", "text", "switch"}
-        Spin box, float spin box, text field or check box; ``text`` values go through
-        ``parse``.
+    kind : {"int", "float", "text", "switch", "choice"}
+        Spin box, float spin box, text field, check box or drop-down of ``choices``;
+        ``text`` values go through ``parse``.
     parse : callable, optional
         Text -> value (command line and text fields).
     label : str
@@ -72,6 +72,8 @@ class Option:
     widget_value : object, optional
         The widget's initial value when it differs from the field's default.
     metavar : str, optional
+    choices : tuple of str, optional
+        The values a ``choice`` takes.
     in_widget : bool
         Whether the *Analyze smear* widget has a field for it.
     """
@@ -85,7 +87,12 @@ class Option:
     none: object = None
     widget_value: object = None
     metavar: str | None = None
+    choices: tuple[str, ...] | None = None
     in_widget: bool = True
+
+
+#: run-time colour adaptations (:mod:`~napari_bm_cells.colour`)
+COLOUR_CHOICES = ("standardise", "white-balance", "off")
 
 
 def _opt(default, **kw):
@@ -122,10 +129,11 @@ class AnalysisOptions:
     masks : bool
         Build the cell-mask labels (for napari's Labels layer and GeoJSON outlines);
         the command line and the widget build them unless told not to.
-    white_balance : bool
-        Match the slide's glass colour to the classifier's training images before
-        classifying (:mod:`~napari_bm_cells.colour`; needs a checkpoint that stores its
-        ``background``).
+    colour : {"standardise", "white-balance", "off"}
+        Adapt the slide's crops to the colours of the classifier's training crops before
+        classifying (:mod:`~napari_bm_cells.colour`): CIELAB standardisation (default),
+        a white balance of the glass colour, or none. Needs a checkpoint that stores its
+        reference (``lab_reference`` / ``background``).
     exclude : tuple of str
         Codes left out of the differential's denominator.
     target : int, optional
@@ -159,11 +167,12 @@ class AnalysisOptions:
     masks: bool = _opt(False, flag="--no-masks", kind="switch", label="cell masks (Labels layer)",
                        widget_value=True,
                        help="no cell masks: cells.geojson then holds detection boxes, not cell outlines")
-    white_balance: bool = _opt(False, flag="--white-balance", kind="switch",
-                               label="match the glass colour to the classifier's training",
-                               help="match the slide's glass colour to the classifier's training images "
-                                    "before classifying (off by default: it did not help on the cross-lab "
-                                    "check, docs/models.md)")
+    colour: str = _opt("standardise", flag="--colour", kind="choice", label="colour adaptation",
+                       choices=COLOUR_CHOICES, metavar="{" + ",".join(COLOUR_CHOICES) + "}",
+                       help="adapt the slide's cell crops to the classifier's training colours before "
+                            "classifying: 'standardise' maps their CIELAB mean and spread onto the "
+                            "training crops' (default; see docs/models.md, other labs), 'white-balance' "
+                            "matches only the glass colour, 'off' leaves them as they are")
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
     target: int | None = _opt(None, flag="--target", kind="int", label="count to", limits=(0, 100000, 100),
                               none=0, metavar="N",
@@ -197,6 +206,7 @@ class AnalysisOptions:
              "a counting-area score between 0 and 1 (0: every area)"),
             (self.min_confidence is None or 0.0 <= self.min_confidence <= 1.0, "min_confidence",
              "a class probability between 0 and 1 (0: no cell unclassified)"),
+            (self.colour in COLOUR_CHOICES, "colour", "one of " + ", ".join(COLOUR_CHOICES)),
         ]
         for ok, name, fix in bad:
             if not ok:
@@ -222,7 +232,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                                 default=None, help=o.help)
         else:
             typ = o.parse or {"int": int, "float": float}.get(o.kind, str)
-            parser.add_argument(o.flag, dest=name, type=typ, default=default, metavar=o.metavar, help=o.help)
+            parser.add_argument(o.flag, dest=name, type=typ, default=default, metavar=o.metavar, help=o.help,
+                                choices=o.choices)
 
 
 def from_flags(args: argparse.Namespace, **fixed) -> AnalysisOptions:

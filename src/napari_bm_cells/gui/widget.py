@@ -121,6 +121,8 @@ def option_widget(default, o):
         return CheckBox(text=o.label, value=bool(value), tooltip=tip)
     if o.kind == "text":
         return LineEdit(label=o.label, value=str(value), tooltip=tip)
+    if o.kind == "choice":
+        return ComboBox(label=o.label, value=value, choices=o.choices, tooltip=tip)
     lo, hi, step = o.limits
     cls = SpinBox if o.kind == "int" else FloatSpinBox
     return cls(label=o.label, value=value, min=lo, max=hi, step=step, tooltip=tip)
@@ -129,7 +131,7 @@ def option_widget(default, o):
 def option_value(widget, o):
     """A field's value as :class:`~napari_bm_cells.options.AnalysisOptions` takes it."""
     v = widget.value
-    if o.kind == "text":
+    if o.kind in ("text", "choice"):
         return o.parse(v) if o.parse else v
     if o.none is not None and v == o.none:
         return None
