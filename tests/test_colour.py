@@ -1,7 +1,9 @@
-"""Run-time white balance: the slide's glass colour matched to the training crops'."""
+"""Run-time colour adaptation: a slide's crops matched to the classifier's training crops."""
 import numpy as np
+import pytest
 
-from napari_bm_cells.colour import background_rgb, images_background, white_balance_gain
+from napari_bm_cells.colour import (LabStandard, SlideColour, background_rgb, images_background, lab_stats,
+                                    white_balance_gain)
 
 
 def test_glass_colour_of_real_images(data_dir):
@@ -20,10 +22,72 @@ def test_glass_colour_of_real_images(data_dir):
     assert white_balance_gain(None, pbc) is None and background_rgb(np.zeros((4, 4, 3), np.uint8)) is None
 
 
-def test_white_balance_in_the_pipeline_is_switchable_and_recorded(data_dir, classifier):
-    """``white_balance=True`` multiplies the crops by the slide's gain before the network
-    (probabilities change) and summary.json records glass, reference and gain; off, or
-    with a checkpoint that stores no background, the crops go in as read."""
+def _bccd_crops(data_dir, n=6):
+    """Squares around the labelled white cells of a few BCCD fields (another lab's stain)."""
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    crops = []
+    for xml in sorted((data_dir / "bccd" / "Annotations").glob("*.xml"))[:40]:
+        root = ET.parse(xml).getroot()
+        for o in root.iter("object"):
+            if o.findtext("name") != "WBC":
+                continue
+            b = [int(float(o.find("bndbox").findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")]
+            img = np.asarray(Image.open(data_dir / "bccd" / "JPEGImages" / root.findtext("filename")).convert("RGB"))
+            cx, cy, h = (b[0] + b[2]) // 2, (b[1] + b[3]) // 2, 110
+            c = img[max(0, cy - h):cy + h, max(0, cx - h):cx + h]
+            if c.shape[:2] == (2 * h, 2 * h):
+                crops.append(np.asarray(Image.fromarray(c).resize((112, 112))))
+        if len(crops) >= n:
+            return np.stack(crops)
+    pytest.fail("no BCCD white cells found")
+
+
+def test_lab_standardisation_maps_another_labs_crops_onto_the_reference(data_dir, classifier):
+    """BCCD crops (grey glass, half PBC's contrast) standardised with the shipped
+    checkpoint's CIELAB reference take its mean and spread; the reference's own crops are
+    left nearly as they are; a flat channel is not stretched into noise."""
+    ref = classifier.meta.lab_reference
+    assert ref is not None and 60 < ref["mean"][0] < 90  # measured on PBC's training crops
+    crops = _bccd_crops(data_dir)
+    before = lab_stats(crops)
+    out = LabStandard(before, ref)(crops)
+    assert out.dtype == np.uint8 and out.shape == crops.shape
+    after = lab_stats(out)
+    assert np.allclose(after["mean"], ref["mean"], atol=3) and np.allclose(after["std"], ref["std"], rtol=0.15)
+    assert not np.allclose(before["std"], ref["std"], rtol=0.15)  # BCCD differs: the test can fail
+    same = LabStandard(ref, ref)(crops)
+    assert np.abs(same.astype(int) - crops).max() <= 2
+    flat = np.full((1, 16, 16, 3), 200, np.uint8)
+    assert np.abs(LabStandard(lab_stats(flat), ref).gain).max() <= 4.0
+
+
+def test_slide_colour_is_fitted_once_recorded_and_rebuilt(data_dir, classifier):
+    """standardise: fitted on the first crops; ``info`` rebuilds the same mapping (what
+    Explain uses later); off, or a checkpoint without reference, leaves crops alone."""
+    import copy
+
+    crops = _bccd_crops(data_dir)
+    sc = SlideColour("standardise", classifier.meta)
+    assert sc.needs_fit and np.array_equal(sc(crops), crops)
+    sc.fit(crops)
+    assert not sc.needs_fit and sc.info()["on"] and sc.info()["fitted_on_cells"] == len(crops)
+    assert np.array_equal(SlideColour.from_info(sc.info())(crops), sc(crops))
+    assert not np.array_equal(sc(crops), crops)
+    meta = copy.copy(classifier.meta)
+    meta.lab_reference = None
+    bare = SlideColour("standardise", meta).fit(crops)
+    assert not bare.info()["on"] and "lab_reference" in bare.info()["why"] and np.array_equal(bare(crops), crops)
+    assert np.array_equal(SlideColour.from_info(None)(crops), crops)
+
+
+def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, classifier):
+    """The default standardises the crops (probabilities change) and summary.json records
+    the slide's and the reference's statistics; ``white-balance`` records glass,
+    reference and gain; ``off``, or a checkpoint without the reference, reads crops as
+    they are."""
     import copy
 
     from napari_bm_cells.pipeline import AnalysisOptions, analyze
@@ -32,16 +96,20 @@ def test_white_balance_in_the_pipeline_is_switchable_and_recorded(data_dir, clas
     clf = copy.copy(classifier)
     clf.meta = copy.copy(classifier.meta)
     clf.meta.background = images_background(sorted((data_dir / "pbc").glob("*/*.jpg"))[::100])
-    on = analyze(img, classifier=clf, options=AnalysisOptions(white_balance=True))
-    off = analyze(img, classifier=clf, options=AnalysisOptions(white_balance=False))
-    wb = on.summary["classifier"]["white_balance"]
+    std = analyze(img, classifier=clf)
+    wb_run = analyze(img, classifier=clf, options=AnalysisOptions(colour="white-balance"))
+    off = analyze(img, classifier=clf, options=AnalysisOptions(colour="off"))
+    info = std.summary["classifier"]["colour"]
+    assert info["mode"] == "standardise" and info["on"] and info["reference_lab"] == clf.meta.lab_reference
+    assert info["fitted_on_cells"] == len(std.cells) > 0
+    wb = wb_run.summary["classifier"]["colour"]
     assert wb["on"] and len(wb["gain"]) == 3 and wb["reference"] == clf.meta.background
-    assert off.summary["classifier"]["white_balance"] == {"on": False}
-    assert len(on.cells) == len(off.cells) > 0
-    p_on = on.cells.filter(like="prob_").to_numpy()
+    assert off.summary["classifier"]["colour"] == {"mode": "off", "on": False}
+    assert len(std.cells) == len(wb_run.cells) == len(off.cells) > 0
     p_off = off.cells.filter(like="prob_").to_numpy()
-    assert not np.allclose(p_on, p_off, atol=1e-3)
-    clf.meta.background = None
-    none = analyze(img, classifier=clf, options=AnalysisOptions(white_balance=True))
-    assert none.summary["classifier"]["white_balance"]["on"] is False
+    for run in (std, wb_run):
+        assert not np.allclose(run.cells.filter(like="prob_").to_numpy(), p_off, atol=1e-3)
+    clf.meta.lab_reference = None
+    none = analyze(img, classifier=clf)
+    assert none.summary["classifier"]["colour"]["on"] is False
     assert np.allclose(none.cells.filter(like="prob_").to_numpy(), p_off, atol=1e-4)

@@ -41,6 +41,10 @@ class ClassifierMeta:
     background : list of float or None
         Median glass colour (RGB, 0-255) of the training images: the reference of the
         run-time white balance (:mod:`napari_bm_cells.colour`).
+    lab_reference : dict or None
+        Mean and standard deviation of CIELAB L*, a*, b* over the training crops at the
+        input size (``{"mean": [3], "std": [3]}``): the reference of the run-time colour
+        standardisation (:class:`napari_bm_cells.colour.LabStandard`).
     min_confidence : float or None
         Top-class probability below which a cell is left unclassified (``UNK``) for
         review: chosen on the validation split (see
@@ -57,6 +61,7 @@ class ClassifierMeta:
     mpp: float | None = None
     trained_on: str = ""
     background: list[float] | None = None
+    lab_reference: dict | None = None
     min_confidence: float | None = None
     metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

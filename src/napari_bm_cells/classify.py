@@ -54,18 +54,14 @@ class Classifier:
     def input_size(self) -> int:
         return int(self.meta.input_size)
 
-    def prepare(self, crops: np.ndarray, gain=None):
+    def prepare(self, crops: np.ndarray):
         """uint8 crops (N, S, S, 3) at the input size -> the model's normalised input
-        tensor (on the device, channels-last). ``gain``: per-channel white balance
-        (:func:`~napari_bm_cells.colour.white_balance_gain`). The pipeline calls this in
-        its crop thread, so the model's thread only runs the network."""
+        tensor (on the device, channels-last). The pipeline calls this in its crop
+        thread, so the model's thread only runs the network."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255)
-        if gain is not None:
-            g = torch.as_tensor(np.asarray(gain, np.float32), device=x.device).view(1, 3, 1, 1)
-            x = (x * g).clamp_(0, 1)
         return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x) -> np.ndarray:

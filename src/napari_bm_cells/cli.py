@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .options import add_flags, from_flags
+from .options import COLOUR_CHOICES, add_flags, from_flags
 
 
 def _analysis_args(p: argparse.ArgumentParser):
@@ -131,7 +131,10 @@ def cmd_crosslab(a):
                                         progress=lambda s: print(s, file=sys.stderr, flush=True))
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if a.bccd:
-        m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device))
+        from .options import AnalysisOptions
+        splits = None if a.splits == "all" else tuple(a.splits.split(","))
+        m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device), splits=splits,
+                            options=AnalysisOptions(colour=a.colour).check())
         per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
         print(f"BCCD fields: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
               f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
@@ -370,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "split into its labs by image size); repeatable")
     s.add_argument("--bccd", default=None, metavar="DIR",
                    help="BCCD folder with wbc_subtypes.csv: type of each val/test field's white cell")
+    s.add_argument("--splits", default="val,test",
+                   help="BCCD splits whose fields are typed, comma-separated, or 'all' (a classifier that "
+                        "saw no BCCD cell); default val,test")
+    s.add_argument("--colour", default="standardise", choices=COLOUR_CHOICES,
+                   help="run-time colour adaptation of the BCCD runs (as analyze's --colour)")
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
                    help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one (default: all five)")
     s.add_argument("--limit", type=int, default=None, help="at most N images per source")

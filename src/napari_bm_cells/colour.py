@@ -135,3 +135,79 @@ class LabStandard:
         """What summary.json records."""
         return {"slide_lab": self.slide, "reference_lab": self.reference,
                 "gain": [round(float(v), 3) for v in self.gain], "shift": [round(float(v), 3) for v in self.shift]}
+
+
+#: the first cells of a run whose crops give the slide's CIELAB statistics
+FIT_CELLS = 64
+
+
+class SlideColour:
+    """The colour adaptation of one slide's crops: callable on uint8 RGB crops
+    (N, H, W, 3), identity when off or when the checkpoint lacks the reference.
+
+    Parameters
+    ----------
+    mode : {"standardise", "white-balance", "off"}
+    meta : ClassifierMeta
+        The classifier's metadata (``lab_reference``, ``background``).
+    slide : Slide, optional
+        Needed for ``white-balance`` (the glass colour comes from a thumbnail).
+    region : tuple, optional
+        The analysed region of ``slide``.
+
+    With ``standardise``, :attr:`needs_fit` is True until :meth:`fit` sees the first
+    crops of the run (the pipeline gives it the first :data:`FIT_CELLS`).
+    """
+
+    def __init__(self, mode: str, meta, slide=None, region=None):
+        self.mode, self._fn = mode, None
+        self._info: dict = {"mode": mode, "on": False}
+        self.reference = None
+        if mode == "standardise":
+            self.reference = getattr(meta, "lab_reference", None)
+            if self.reference is None:
+                self._info["why"] = "the checkpoint stores no CIELAB reference (lab_reference)"
+        elif mode == "white-balance":
+            ref = getattr(meta, "background", None)
+            if ref is None:
+                self._info["why"] = "the checkpoint stores no training background"
+            else:
+                bg = slide_background(slide, region)
+                gain = white_balance_gain(bg, ref)
+                self._info.update({"on": gain is not None, "reference": ref,
+                                   "slide_background": None if bg is None else [round(float(v), 1) for v in bg],
+                                   "gain": None if gain is None else [round(float(v), 3) for v in gain]})
+                if gain is not None:
+                    self._fn = lambda crops: np.clip(crops * gain + 0.5, 0, 255).astype(np.uint8)
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.reference is not None and self._fn is None
+
+    def fit(self, crops: np.ndarray) -> "SlideColour":
+        """Take the slide's CIELAB statistics from these crops (standardise mode)."""
+        if self.needs_fit and len(crops):
+            self._fn = LabStandard(lab_stats(crops), self.reference)
+            self._info.update({"on": True, "fitted_on_cells": int(len(crops)), **self._fn.info()})
+        return self
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        return crops if self._fn is None else self._fn(crops)
+
+    def info(self) -> dict:
+        """What summary.json records (``classifier.colour``); :meth:`from_info` rebuilds it."""
+        return dict(self._info)
+
+    @classmethod
+    def from_info(cls, info: dict | None) -> "SlideColour":
+        """The adaptation a run recorded (identity for an old or missing record), so a
+        cell explained later sees the pixels the classifier saw."""
+        self = cls("off", None)
+        info = info or {}
+        if info.get("on") and info.get("mode") == "standardise":
+            self._fn = LabStandard(info["slide_lab"], info["reference_lab"])
+        elif info.get("on") and info.get("mode") == "white-balance":
+            gain = np.asarray(info["gain"], np.float32)
+            self._fn = lambda crops: np.clip(crops * gain + 0.5, 0, 255).astype(np.uint8)
+        self.mode, self._info = info.get("mode", "off"), dict(info)
+        return self

@@ -20,6 +20,7 @@ import pandas as pd
 from .areas import AreaMap, score_areas
 from . import runtime
 from .cells_table import prob_column
+from .colour import FIT_CELLS, SlideColour
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop, square_origin
 from .detect import Detections, Progress, iter_detect, iter_detect_regions
@@ -438,7 +439,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     # region best-first (each region detected in its tile with the overlap around it,
     # keeping the cells centred in the region)
     side = None
-    gain, colour_info = _white_balance(slide, cls, opts)
+    colour = SlideColour(opts.colour, cls.meta, slide, opts.region)
     labels = new_labels(slide.shape) if opts.masks else None
     levels = new_label_levels(slide.shape) if opts.masks else []
     outlines: dict = {} if opts.masks else None
@@ -491,7 +492,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         if visit is None:
             yield Progress("classify", 0, n)
         in_pass = 0
-        for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, gain, labels, n_done, outlines, tiles, levels),
+        for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, colour, labels, n_done, outlines, tiles, levels),
                                 depth=2) if n else ()):
             idx = np.array([c.index for c in batch]) - n_done
             probs[idx] = cls.forward(x)
@@ -548,7 +549,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,
                        "classes": cls.classes, "crop_px_level0": side,
                        "input_size": cls.input_size, "device": cls.device,
-                       "white_balance": colour_info},
+                       "colour": colour.info()},
         "options": options_dict(opts),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })
@@ -556,14 +557,21 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                    AnalysisResult(cells, summary, labels, slide, timings, areas, outlines or {}, levels))
 
 
-def _batches(slide, dets, side, cls, opts, gain, labels, offset, outlines, tiles, levels=()):
+def _batches(slide, dets, side, cls, opts, colour, labels, offset, outlines, tiles, levels=()):
     """Classifier input batches of a set of detections: full batches across blocks (one
-    input shape, so the model's kernels stay warm), the first small so it starts early."""
+    input shape, so the model's kernels stay warm), the first small so it starts early.
+    The run's first :data:`~napari_bm_cells.colour.FIT_CELLS` crops fit the slide's
+    colour adaptation (``colour``) before any is classified."""
     it = cut_cells(slide, dets, side, cls.input_size, cls.meta.crop_size_px, opts.block, labels,
                    offset, outlines, tiles, levels)
+    if colour.needs_fit:
+        first = list(itertools.islice(it, FIT_CELLS))
+        if first:
+            colour.fit(np.stack([c.crop for c in first]))
+        it = itertools.chain(first, it)
     size = min(FIRST_BATCH, opts.batch_size)
     while batch := list(itertools.islice(it, size)):
-        yield batch, cls.prepare(np.stack([c.crop for c in batch]), gain)
+        yield batch, cls.prepare(colour(np.stack([c.crop for c in batch])))
         size = opts.batch_size
 
 
@@ -580,21 +588,6 @@ def options_dict(opts: AnalysisOptions) -> dict:
 def _now() -> str:
     from datetime import datetime, timezone
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def _white_balance(slide: Slide, cls, opts: AnalysisOptions):
-    """The per-channel gain for this slide's crops (None: off) and what summary.json says."""
-    from .colour import slide_background, white_balance_gain
-
-    if not opts.white_balance:
-        return None, {"on": False}
-    ref = getattr(cls.meta, "background", None)
-    if ref is None:
-        return None, {"on": False, "why": "the checkpoint stores no training background"}
-    bg = slide_background(slide, opts.region)
-    gain = white_balance_gain(bg, ref)
-    return gain, {"on": gain is not None, "slide_background": None if bg is None else [round(float(v), 1) for v in bg],
-                  "reference": ref, "gain": None if gain is None else [round(float(v), 3) for v in gain]}
 
 
 def _sha(path):

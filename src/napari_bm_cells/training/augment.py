@@ -1,9 +1,10 @@
 """Training augmentation for cell crops, from the literature plus stain variation.
 
 Rotation by any angle, flips, shifts and scale, brightness/contrast/gamma, blur and
-sharpening, defocus and low resolution (another microscope's optics and camera: Gaussian
-blur up to sigma 3 px, down- and up-sampling by up to 3x), JPEG artefacts, Gaussian noise, and colour/stain jitter (hue, saturation, and a random
-scale and shift of each channel's optical density, after Tellez et al. 2018), and in half
+sharpening, defocus and low resolution (another microscope's optics and camera:
+Gaussian blur up to sigma 3 px, down- and up-sampling by up to 3x), JPEG artefacts,
+Gaussian noise, and colour/stain jitter (hue, saturation, and a random scale and shift
+of each channel's optical density, after Tellez et al. 2018), and in half
 the crops a wide recolouring as another lab's smear (:func:`random_stain`: HED density,
 hue rotation, red/blue swap, tinted background, grey), so models hold up on other labs'
 stains and scanners.

@@ -83,6 +83,8 @@ def calibrate_checkpoint(checkpoint, data_dir, out=None, split: str = "val", dev
     res = choose_min_confidence(probs.max(1), correct, target_accuracy, max_reject)
     res.update(split=split, data_dir=str(data_dir))
     meta = read_meta(ckpt)
+    if meta.lab_reference is None:
+        meta.lab_reference = colour_reference(ckpt, data_dir)
     meta.min_confidence = res["min_confidence"]
     meta.metrics = {**meta.metrics, "review_threshold": {k: v for k, v in res.items() if k != "data_dir"}}
     target = Path(out) if out else ckpt
@@ -90,6 +92,33 @@ def calibrate_checkpoint(checkpoint, data_dir, out=None, split: str = "val", dev
     _copy_split(ckpt, target)
     res["checkpoint"] = str(target)
     return res
+
+
+def colour_reference(checkpoint, data_dir) -> dict:
+    """The CIELAB reference (``ClassifierMeta.lab_reference``) of a checkpoint, from the
+    crops of its training split in ``data_dir`` as training computes it."""
+    from ..checkpoint import read_meta
+    from .cls_data import load_images
+    from .evaluate import _test_rows
+    from .train_classifier import lab_reference
+
+    meta = read_meta(checkpoint)
+    rows = _test_rows(Path(data_dir), Path(checkpoint), "train").reset_index(drop=True)
+    pick = np.sort(np.random.default_rng(0).permutation(len(rows))[:800])
+    imgs, ok = load_images(rows["path"].iloc[pick].tolist(), meta.input_size, fov=meta.crop_size_px)
+    return lab_reference(imgs[ok])
+
+
+def record_colour_reference(checkpoint, data_dir) -> dict:
+    """Write :func:`colour_reference` into a checkpoint's metadata (weights unchanged)."""
+    from safetensors.torch import load_file
+
+    from ..checkpoint import read_meta, save_checkpoint
+
+    meta = read_meta(checkpoint)
+    meta.lab_reference = colour_reference(checkpoint, data_dir)
+    save_checkpoint(checkpoint, load_file(str(checkpoint)), meta)
+    return meta.lab_reference
 
 
 def _copy_split(src: Path, dst: Path) -> None:

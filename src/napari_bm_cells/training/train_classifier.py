@@ -59,6 +59,14 @@ def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: i
     return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
 
 
+def lab_reference(imgs: np.ndarray, n: int = 800, seed: int = 0) -> dict:
+    """CIELAB statistics of up to ``n`` training crops (the checkpoint's ``lab_reference``)."""
+    from ..colour import lab_stats
+
+    pick = np.random.default_rng(seed).permutation(len(imgs))[:n]
+    return lab_stats(imgs[np.sort(pick)])
+
+
 def estimate_cell_px(paths, fov: int | None = None, n: int = 200, seed: int = 0) -> float:
     """Median centre-contour diameter of the cells in (up to ``n``) training images,
     measured on the whole image (or its central ``fov`` square): the size the pipeline scales slide
@@ -291,6 +299,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                               f"{Path(d).name} train-split fields" for d in field_cells]))
     from ..colour import images_background
     meta.background = images_background(df.loc[(df["split"] == "train") & ~df["extra"], "path"], seed=seed)
+    meta.lab_reference = lab_reference(imgs[tr[~df["extra"].to_numpy()[tr]]], seed=seed)
     if pretrained is not None:  # the statistics the pretrained weights were trained with
         meta.mean = [float(v) for v in model.pretrained_cfg["mean"]]
         meta.std = [float(v) for v in model.pretrained_cfg["std"]]
