@@ -122,7 +122,7 @@ def test_explain_cell_cuts_the_crop_analyze_classified(classifier, detector, dat
     assert x0 <= r.x <= x1 and y0 <= r.y <= y1
     assert r.x == pytest.approx(row["x"], abs=0.5) and r.y == pytest.approx(row["y"], abs=0.5)
     assert r.crop_px == pytest.approx(res.summary["classifier"]["crop_px_level0"])
-    assert r.label == row["label"]
+    assert r.label == row["model_label"]  # the model's class, also when left to review (UNK)
     np.testing.assert_allclose(r.probs, row[[f"prob_{c}" for c in classifier.classes]].to_numpy(float),
                                atol=1e-4)
     assert r.crop.shape == (classifier.input_size,) * 2 + (3,)
@@ -177,8 +177,7 @@ def test_explain_cells_by_id_from_an_analysis(classifier, classifier_path, detec
     res = analyze(img, detector=detector, classifier=classifier, device="cpu")
     assert len(res.cells) >= 3
     ids = [int(c) for c in res.cells["cell_id"].iloc[[0, 2]]]
-    ex = explain_cells(img, res.cells, ids, classifier=classifier, method="gradcam",
-                       crop_px=res.summary["classifier"]["crop_px_level0"])
+    ex = explain_cells(img, res.cells, ids, classifier=classifier, method="gradcam", summary=res.summary)
     for e, cid in zip(ex, ids):
         row = res.cells.set_index("cell_id").loc[cid]
         assert e.label == row["model_label"]

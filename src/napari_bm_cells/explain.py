@@ -121,7 +121,7 @@ def _normalise(a: np.ndarray, pct: float | None = None) -> np.ndarray:
 def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", target=None,
                  baseline: str = "blur", n_steps: int = 32, internal_batch_size: int = 16,
                  window: int | None = None, stride: int | None = None,
-                 perturbations_per_eval: int = 32):
+                 perturbations_per_eval: int = 32, colour=None):
     """Attribution map of one cell crop.
 
     Parameters
@@ -137,6 +137,10 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
         Class explained: None = the predicted class, or a class code (``"MON"``).
     baseline : {"blur", "black", "white"}
         Reference image of integrated gradients and occlusion.
+    colour : callable, optional
+        The run's colour adaptation (:class:`~napari_bm_cells.colour.SlideColour`,
+        e.g. ``SlideColour.from_info(summary["classifier"]["colour"])``), applied to the
+        crop first so the explanation is of what the classifier saw.
     n_steps, internal_batch_size : int
         Integrated-gradients steps and how many go through the network at once.
     window, stride : int, optional
@@ -165,6 +169,8 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
     crop = np.asarray(crop_uint8)
     S = cls.input_size
     img = _to_input(crop, S)
+    if colour is not None:  # the run's colour adaptation: the pixels the classifier saw
+        img = colour(img[None])[0]
     probs = cls.predict(img[None])[0]
     label = cls.classes[int(np.argmax(probs))]
     t = _target_index(cls, target)
@@ -287,7 +293,8 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     Detection runs on a window around the point (the whole image for camera fields up
     to 1024 px, else one detection tile) with the same scale as ``analyze``; the cell
     is the detection whose box holds the point (nearest centre), cropped with
-    :func:`~napari_bm_cells.pipeline.crop_side` and the pipeline's centre-contour crop.
+    :func:`~napari_bm_cells.pipeline.crop_side` and the pipeline's centre-contour crop,
+    and colour-adapted (``options.colour``) with statistics of the window's cells.
 
     The crop side is the one ``analyze`` uses whenever it does not depend on the whole
     slide's detections (camera fields, slides with a pixel size, ``cell_px`` or
@@ -313,8 +320,9 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     -------
     CellExplanation
     """
+    from .colour import FIT_CELLS, SlideColour
     from .io import Slide, open_slide
-    from .pipeline import AnalysisOptions, crop_side, parse_level
+    from .pipeline import AnalysisOptions, crop_side, parse_level, read_cell_crops
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -339,6 +347,12 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
                          "--detector contour, or check the image scale")
     i = nearest_detection(dets.boxes, x, y)
     side = crop_side(cls.meta, slide, dets, opts)
+    colour = SlideColour(opts.colour, cls.meta, slide, region)
+    if colour.needs_fit:  # as analyze: the slide's colour statistics from its cells' crops
+        crops = read_cell_crops(slide, dets, np.arange(min(len(dets), FIT_CELLS)), side, cls.input_size,
+                                cls.meta.crop_size_px)[0]
+        colour.fit(np.stack(crops))
+    kwargs.setdefault("colour", colour)
     return _explain_detection(cls, slide, dets, i, side, method, target, **kwargs)
 
 
@@ -372,7 +386,7 @@ def _explain_detection(cls, slide, dets, i: int, side: float, method: str, targe
 
 def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method: str = "gradcam",
                   target=None, crop_px: float | None = None, device: str = "auto",
-                  **kwargs) -> list[CellExplanation]:
+                  summary: dict | None = None, **kwargs) -> list[CellExplanation]:
     """Explain cells of an analysis by id, headless (no detection: the table's boxes).
 
     Parameters
@@ -381,11 +395,14 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
         The image the cells were found on.
     cells : DataFrame or path
         The analysis' cell table (``cells.csv``); its ``summary.json`` beside it gives
-        the run's crop side.
+        the run's crop side and colour adaptation.
     cell_ids : iterable of int
         ``cell_id`` values to explain.
     crop_px : float, optional
         Level-0 crop side (default: the run's, else computed as ``analyze`` does).
+    summary : dict, optional
+        The run's summary (``AnalysisResult.summary``) when ``cells`` is a table in
+        memory: its crop side and colour adaptation are used.
 
     Returns
     -------
@@ -395,6 +412,7 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
 
     import pandas as pd
 
+    from .colour import SlideColour
     from .detect import Detections
     from .io import Slide, open_slide
     from .pipeline import AnalysisOptions, crop_side
@@ -406,8 +424,11 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
         from .export import read_cells
         cells = read_cells(path)
         summ = path.with_name("summary.json")
-        if crop_px is None and summ.is_file():
-            crop_px = (json.loads(summ.read_text()).get("classifier") or {}).get("crop_px_level0")
+        if summary is None and summ.is_file():
+            summary = json.loads(summ.read_text())
+    run = (summary or {}).get("classifier") or {}
+    crop_px = crop_px if crop_px is not None else run.get("crop_px_level0")
+    kwargs.setdefault("colour", SlideColour.from_info(run.get("colour")))
     slide = image_path_or_slide if isinstance(image_path_or_slide, Slide) else open_slide(image_path_or_slide)
     cls = runtime.classifier(classifier, device)
     _target_index(cls, target)

@@ -508,17 +508,21 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
     """Attribution map of cell ``index`` as ``(map, image-layer kwargs)``.
 
     The crop is cut as the pipeline cut it (the point is the cell's centre, the side the
-    run's field of view) and explained with :func:`explain.explain_crop`; the kwargs place
-    the map exactly over that square of the image (``viewer.add_image(map, **kwargs)``).
+    run's field of view), adapted with the run's colour adaptation, and explained with
+    :func:`explain.explain_crop`; the kwargs place the map exactly over that square of
+    the image (``viewer.add_image(map, **kwargs)``).
     """
+    from ..colour import SlideColour
     from ..crop import resize_square
     from ..explain import explain_crop
 
     side = default_crop_side(points_layer, index)
     y, x = cell_centre_level0(image_layer, points_layer, index)
     crop = slide_square(layer_slide(image_layer), y, x, side)
+    run = (layer_meta(points_layer).get("summary") or {}).get("classifier", {})
     amap, label, probs = explain_crop(classifier, resize_square(crop, classifier.input_size),
-                                      method=method, target=target)
+                                      method=method, target=target,
+                                      colour=SlideColour.from_info(run.get("colour")))
     n = amap.shape[0]
     s = side / n  # level-0 px per map pixel
     sc, tr = np.asarray(image_layer.scale[-2:], float), np.asarray(image_layer.translate[-2:], float)
