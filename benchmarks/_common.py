@@ -156,19 +156,6 @@ def write_mosaic_zarr(path, height: int, width: int, data_dir: Path, seed: int =
 
 # --- boxes ---------------------------------------------------------------------------
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU and intersection-over-smaller between two sets of x0, y0, x1, y1 boxes."""
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    aa = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
-    ab = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :]
-    iou = inter / np.maximum(aa + ab - inter, 1e-9)
-    ios = inter / np.maximum(np.minimum(aa, ab), 1e-9)
-    return iou, ios
-
-
 def box_quality(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, tiles=None) -> dict:
     """Recall / precision at IoU 0.5 (greedy by score) and duplicate counts.
 
@@ -179,13 +166,14 @@ def box_quality(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, tiles=None
     (true border duplicates) and ``dup_pairs_same_tile`` the nested boxes the detector
     itself returns within one tile.
     """
+    from napari_bm_cells.detect import box_overlaps
     from napari_bm_cells.training.evaluate import match_boxes
 
     pred, gt = np.asarray(pred, float).reshape(-1, 4), np.asarray(gt, float).reshape(-1, 4)
     tp = match_boxes(pred, np.asarray(scores, float), gt, 0.5) if len(pred) else np.zeros(0, bool)
-    iou_pg, _ = iou_matrix(pred, gt)
+    iou_pg, _ = box_overlaps(pred, gt)
     hits = (iou_pg >= 0.5).sum(0) if len(pred) and len(gt) else np.zeros(len(gt), int)
-    iou_pp, ios_pp = iou_matrix(pred, pred)
+    iou_pp, ios_pp = box_overlaps(pred, pred)
     upper = np.triu(np.ones((len(pred), len(pred)), bool), 1)
     close = upper & ((iou_pp > 0.5) | (ios_pp > 0.7))
     out = {"n_pred": int(len(pred)), "n_gt": int(len(gt)),

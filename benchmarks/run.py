@@ -417,7 +417,9 @@ def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> di
     from PIL import Image
     from ultralytics import YOLO
 
-    from _common import bccd_fields, iou_matrix
+    from _common import bccd_fields
+
+    from napari_bm_cells.detect import box_overlaps
     from napari_bm_cells.detect import read_sidecar, sidecar_conf, to_bgr
 
     fields = [to_bgr(np.asarray(Image.open(p).convert("RGB"))) for p in bccd_fields(data)[:n_fields]]
@@ -464,7 +466,7 @@ def bench_detector_backends(detector: str, data: Path, n_fields: int = 24) -> di
         agree = []
         for a, b in zip(boxes[k], base):
             if len(a) and len(b):
-                iou, _ = iou_matrix(a, b)
+                iou, _ = box_overlaps(a, b)
                 agree.append(float((iou.max(1) >= 0.9).mean()))
             else:
                 agree.append(float(len(a) == len(b)))

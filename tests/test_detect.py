@@ -159,3 +159,14 @@ print(len(ev.payload), ev.payload.cell_px is not None, heavy)
     assert out.returncode == 0, out.stderr[-2000:]
     n, measured, heavy = out.stdout.strip().splitlines()[-1].split(" ", 2)
     assert int(n) >= 1 and heavy == "[]", out.stdout
+
+
+def test_box_overlaps_gives_iou_and_intersection_over_the_smaller_box():
+    from napari_bm_cells.detect import box_overlaps
+
+    a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]])
+    b = np.array([[0, 0, 10, 10], [2, 2, 4, 4], [20, 20, 30, 30]])
+    iou, ios = box_overlaps(a, b)
+    np.testing.assert_allclose(iou, [[1, 4 / 100, 0], [25 / 175, 0, 0]], atol=1e-9)
+    np.testing.assert_allclose(ios, [[1, 1, 0], [0.25, 0, 0]], atol=1e-9)  # a nested box: 1
+    assert box_overlaps(np.zeros((0, 4)), b)[0].shape == (0, 3)

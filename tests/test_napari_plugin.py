@@ -825,6 +825,7 @@ def test_widget_fields_come_from_the_analysis_options(viewer):
     for name, _, o in user_options():
         if o.in_widget:
             assert getattr(w, name).tooltip.startswith(o.help)
-    w.target.value, w.cell_px.value, w.level.value = 300, 90.0, "1"
+    assert list(w.colour.choices) == ["standardise", "white-balance", "off"]
+    w.target.value, w.cell_px.value, w.level.value, w.colour.value = 300, 90.0, "1", "off"
     opts = w.options()
-    assert (opts.target, opts.cell_px, opts.level) == (300, 90.0, 1)
+    assert (opts.target, opts.cell_px, opts.level, opts.colour) == (300, 90.0, 1, "off")

@@ -277,32 +277,40 @@ def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tu
     return Detections(boxes[keep], scores[keep]), int((~keep).sum())
 
 
+def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and intersection over the smaller box between two sets of (x0, y0, x1, y1)
+    boxes, both (len(a), len(b)): the one overlap rule of tile merging, evaluation and
+    the benchmarks."""
+    import torch
+    from torchvision.ops import box_area, box_iou
+
+    ta = torch.as_tensor(np.asarray(a, np.float64).reshape(-1, 4))
+    tb = torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4))
+    iou = box_iou(ta, tb)
+    aa, ab = box_area(ta)[:, None], box_area(tb)[None, :]
+    inter = iou * (aa + ab) / (1 + iou)  # from IoU = I / (A + B - I)
+    ios = inter / torch.minimum(aa, ab).clamp(min=1e-9)
+    return iou.numpy(), ios.numpy()
+
+
 def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, contain: float = 0.7) -> np.ndarray:
     """Boolean keep-mask: NMS by IoU plus suppression of boxes mostly inside a better one."""
     import torch
     from torchvision.ops import nms
 
-    b, s = torch.from_numpy(boxes).float(), torch.from_numpy(scores).float()
-    keep = np.zeros(len(s), bool)
-    keep[nms(b, s, iou).numpy()] = True
+    keep = np.zeros(len(scores), bool)
+    keep[nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), iou).numpy()] = True
     idx = np.flatnonzero(keep)
     if len(idx) > 1:
-        kb = b[idx]
-        area = ((kb[:, 2] - kb[:, 0]) * (kb[:, 3] - kb[:, 1])).clamp(min=1)
-        lt = torch.max(kb[:, None, :2], kb[None, :, :2])
-        rb = torch.min(kb[:, None, 2:], kb[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(-1)
-        frac = inter / torch.minimum(area[:, None], area[None, :])
-        frac.fill_diagonal_(0)
-        order = torch.argsort(s[idx], descending=True)
-        dropped = torch.zeros(len(idx), dtype=torch.bool)
-        for i in order.tolist():
-            if dropped[i]:
-                continue
-            dup = (frac[i] > contain) & ~dropped
-            dup[i] = False
-            dropped |= dup
-        keep[idx[dropped.numpy()]] = False
+        frac = box_overlaps(boxes[idx], boxes[idx])[1]
+        np.fill_diagonal(frac, 0)
+        dropped = np.zeros(len(idx), bool)
+        for i in np.argsort(-scores[idx], kind="stable"):
+            if not dropped[i]:
+                dup = (frac[i] > contain) & ~dropped
+                dup[i] = False
+                dropped |= dup
+        keep[idx[dropped]] = False
     return keep
 
 

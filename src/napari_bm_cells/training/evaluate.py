@@ -120,13 +120,12 @@ def evaluate_classifier(data_dir, out, checkpoint=None, device: str = "cpu", spl
 def match_boxes(pred: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou: float = 0.5) -> np.ndarray:
     """Greedy matching by descending score: True for each prediction that hits an unused
     ground-truth box at IoU >= ``iou``."""
-    import torch
-    from torchvision.ops import box_iou
+    from ..detect import box_overlaps
 
     tp = np.zeros(len(pred), bool)
     if not len(pred) or not len(gt):
         return tp
-    ious = box_iou(torch.from_numpy(pred).float(), torch.from_numpy(gt).float()).numpy()
+    ious = box_overlaps(pred, gt)[0]
     used = np.zeros(len(gt), bool)
     for i in np.argsort(-scores):
         cand = np.where(~used, ious[i], 0)
