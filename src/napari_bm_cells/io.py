@@ -7,7 +7,6 @@ in level-0 coordinates at any downsample from the best pyramid level.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -436,15 +435,22 @@ def _read_tiff(path: Path) -> tuple[list, float | None, list]:
 
 def _tiff_mpp(tf) -> float | None:
     """Pixel size from SVS description, OME-XML or resolution tags (plausible values only)."""
+    import tifffile
+    from tifffile.tifffile import svs_description_metadata
+
     page = tf.pages[0]
-    m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
-    if m:
-        return float(m.group(1))
+    if (page.description or "").startswith("Aperio"):
+        try:
+            mpp = svs_description_metadata(page.description).get("MPP")
+        except ValueError:
+            mpp = None
+        if mpp:
+            return float(mpp)
     if tf.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
-        u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-        if m:
-            return float(m.group(1)) * _UM_PER_UNIT.get(u.group(1) if u else "µm", 1.0)
+        image = tifffile.xml2dict(tf.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+        if pixels.get("PhysicalSizeX"):
+            return float(pixels["PhysicalSizeX"]) * _UM_PER_UNIT.get(pixels.get("PhysicalSizeXUnit", "µm"), 1.0)
     tags = page.tags
     res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
     if res is None or unit is None:
