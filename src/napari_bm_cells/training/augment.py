@@ -1,10 +1,8 @@
 """Training augmentation for cell crops, from the literature plus stain variation.
 
 Rotation by any angle, flips, shifts and scale, brightness/contrast/gamma, blur and
-sharpening, defocus and low resolution (another microscope's optics and camera:
-Gaussian blur up to sigma 3 px, down- and up-sampling by up to 3x), JPEG artefacts,
-Gaussian noise, and colour/stain jitter (hue, saturation, and a random scale and shift
-of each channel's optical density, after Tellez et al. 2018), and in half
+sharpening, Gaussian noise, and colour/stain jitter (hue, saturation, and a random
+scale and shift of each channel's optical density, after Tellez et al. 2018), and in half
 the crops a wide recolouring as another lab's smear (:func:`random_stain`: HED density,
 hue rotation, red/blue swap, tinted background, grey), so models hold up on other labs'
 stains and scanners.
@@ -94,32 +92,6 @@ class StainJitter(torch.nn.Module):
         return stain_jitter(img)
 
 
-class LowResolution(torch.nn.Module):
-    """Down-sample by a random factor (1.5-3x) and back: a coarser camera or objective."""
-
-    def __init__(self, lo: float = 1.5, hi: float = 3.0):
-        super().__init__()
-        self.lo, self.hi = lo, hi
-
-    def forward(self, img):
-        h, w = img.shape[-2:]
-        f = float(torch.empty(1).uniform_(self.lo, self.hi))
-        small = F.interpolate(img[None], size=(max(8, int(h / f)), max(8, int(w / f))), mode="area")
-        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
-
-
-class JpegFloat(torch.nn.Module):
-    """JPEG compression (quality 30-90) of a float [0, 1] image."""
-
-    def __init__(self, quality=(30, 90)):
-        super().__init__()
-        self.jpeg = v2.JPEG(quality)
-
-    def forward(self, img):
-        u8 = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-        return self.jpeg(u8).float() / 255
-
-
 class ReflectAffine(torch.nn.Module):
     """Rotation/shift/scale with reflected borders, so corners never turn black."""
 
@@ -147,10 +119,8 @@ def train_transform() -> torch.nn.Module:
         v2.RandomApply([StainJitter()], p=0.8),
         v2.RandomApply([RandomStain()], p=0.5),
         v2.RandomApply([RandomGamma()], p=0.5),
-        v2.RandomChoice([v2.GaussianBlur(5, sigma=(0.1, 1.5)), v2.GaussianBlur(13, sigma=(1.0, 3.0)),
-                         LowResolution(), v2.Identity()], p=[0.25, 0.2, 0.15, 0.4]),
-        v2.RandomAdjustSharpness(2.0, p=0.15),
-        v2.RandomApply([JpegFloat()], p=0.2),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+        v2.RandomAdjustSharpness(2.0, p=0.2),
         v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3),
         v2.Lambda(lambda t: t.clamp(0, 1)),
     ])
