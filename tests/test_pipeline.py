@@ -88,7 +88,8 @@ def test_batches_spanning_blocks_give_the_same_cells_and_masks(data_dir, detecto
 def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data_dir, detector, classifier):
     """The crop thread prepares each batch's tensor (Classifier.prepare) and the model's
     thread only runs Classifier.forward: the same numbers as predict() on the same crops
-    in the same batches."""
+    in the same batches, after the run's colour adaptation."""
+    from napari_bm_cells.colour import SlideColour
     from napari_bm_cells.detect import Detections
     from napari_bm_cells.io import open_slide
     from napari_bm_cells.pipeline import FIRST_BATCH, cut_cells
@@ -101,11 +102,13 @@ def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data
     dets = Detections.from_table(res.cells)
     cells = list(cut_cells(open_slide(img), dets, res.summary["classifier"]["crop_px_level0"],
                            classifier.input_size, classifier.meta.crop_size_px, opts.block))
+    colour = SlideColour.from_info(res.summary["classifier"]["colour"])
+    assert res.summary["classifier"]["colour"]["on"]
     probs = np.zeros((len(cells), len(classifier.classes)), np.float32)
     bounds = [0, FIRST_BATCH, *range(FIRST_BATCH + opts.batch_size, len(cells), opts.batch_size), len(cells)]
     for a, b in zip(bounds, bounds[1:]):
         idx = [c.index for c in cells[a:b]]
-        probs[idx] = classifier.predict(np.stack([c.crop for c in cells[a:b]]))
+        probs[idx] = classifier.predict(colour(np.stack([c.crop for c in cells[a:b]])))
     got = res.cells[[f"prob_{c}" for c in classifier.classes]].to_numpy()
     np.testing.assert_allclose(got, probs, atol=1e-5)
 
