@@ -160,25 +160,34 @@ class SlideColour:
     """
 
     def __init__(self, mode: str, meta, slide=None, region=None):
-        self.mode, self._fn = mode, None
-        self._info: dict = {"mode": mode, "on": False}
+        self.mode = mode
+        info: dict = {"mode": mode, "on": False}
         self.reference = None
         if mode == "standardise":
             self.reference = getattr(meta, "lab_reference", None)
             if self.reference is None:
-                self._info["why"] = "the checkpoint stores no CIELAB reference (lab_reference)"
+                info["why"] = "the checkpoint stores no CIELAB reference (lab_reference)"
         elif mode == "white-balance":
             ref = getattr(meta, "background", None)
             if ref is None:
-                self._info["why"] = "the checkpoint stores no training background"
+                info["why"] = "the checkpoint stores no training background"
             else:
                 bg = slide_background(slide, region)
                 gain = white_balance_gain(bg, ref)
-                self._info.update({"on": gain is not None, "reference": ref,
-                                   "slide_background": None if bg is None else [round(float(v), 1) for v in bg],
-                                   "gain": None if gain is None else [round(float(v), 3) for v in gain]})
-                if gain is not None:
-                    self._fn = lambda crops: np.clip(crops * gain + 0.5, 0, 255).astype(np.uint8)
+                info.update({"on": gain is not None, "reference": ref,
+                             "slide_background": None if bg is None else [round(float(v), 1) for v in bg],
+                             "gain": None if gain is None else [round(float(v), 3) for v in gain]})
+        self._set(info)
+
+    def _set(self, info: dict) -> None:
+        """Record ``info`` and build the mapping from it: the record is what runs, so a
+        run rebuilt by :meth:`from_info` maps crops exactly as the run did."""
+        self._info, self._fn = dict(info), None
+        if info.get("on") and info.get("mode") == "standardise":
+            self._fn = LabStandard(info["slide_lab"], info["reference_lab"])
+        elif info.get("on") and info.get("mode") == "white-balance":
+            gain = np.asarray(info["gain"], np.float32)
+            self._fn = lambda crops: np.clip(crops * gain + 0.5, 0, 255).astype(np.uint8)
 
     @property
     def needs_fit(self) -> bool:
@@ -187,8 +196,8 @@ class SlideColour:
     def fit(self, crops: np.ndarray) -> "SlideColour":
         """Take the slide's CIELAB statistics from these crops (standardise mode)."""
         if self.needs_fit and len(crops):
-            self._fn = LabStandard(lab_stats(crops), self.reference)
-            self._info.update({"on": True, "fitted_on_cells": int(len(crops)), **self._fn.info()})
+            std = LabStandard(lab_stats(crops), self.reference)
+            self._set({**self._info, "on": True, "fitted_on_cells": int(len(crops)), **std.info()})
         return self
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
@@ -203,11 +212,6 @@ class SlideColour:
         """The adaptation a run recorded (identity for an old or missing record), so a
         cell explained later sees the pixels the classifier saw."""
         self = cls("off", None)
-        info = info or {}
-        if info.get("on") and info.get("mode") == "standardise":
-            self._fn = LabStandard(info["slide_lab"], info["reference_lab"])
-        elif info.get("on") and info.get("mode") == "white-balance":
-            gain = np.asarray(info["gain"], np.float32)
-            self._fn = lambda crops: np.clip(crops * gain + 0.5, 0, 255).astype(np.uint8)
-        self.mode, self._info = info.get("mode", "off"), dict(info)
+        self.mode = (info or {}).get("mode", "off")
+        self._set(info or {})
         return self
