@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from .options import COLOUR_CHOICES, add_flags, from_flags
+from .training.det_data import source_names
 
 
 def _analysis_args(p: argparse.ArgumentParser):
@@ -85,7 +86,8 @@ def cmd_train_classifier(a):
                          max_per_class=a.max_per_class, precision=a.precision, init=a.init,
                          field_cells=a.field_cells, field_weight=a.field_weight,
                          ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
-                         teacher=a.teacher, distil=a.distil,
+                         teacher=a.teacher, distil=a.distil, workers=a.workers,
+                         time_limit_s=a.minutes * 60 if a.minutes else None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
     if t:
@@ -128,7 +130,9 @@ def cmd_crosslab(a):
     if a.detection_data:
         df = evaluate_detector_crosslab(a.detection_data, a.out, a.detector, device=_dev(a.device),
                                         conditions=tuple(a.conditions.split(",")), limit=a.limit,
-                                        progress=lambda s: print(s, file=sys.stderr, flush=True))
+                                        progress=lambda s: print(s, file=sys.stderr, flush=True),
+                                        split=None if a.detection_split == "auto" else a.detection_split,
+                                        lab=a.lab)
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if a.bccd:
         from .options import AnalysisOptions
@@ -147,7 +151,8 @@ def cmd_train_detector(a):
     train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
                    resume=a.resume, init=a.init, lr0=a.lr0,
-                   close_mosaic=a.close_mosaic, translate=a.translate, stain_copies=a.stain_copies)
+                   close_mosaic=a.close_mosaic, translate=a.translate, stain_copies=a.stain_copies,
+                   leave_out=a.leave_out, hours=a.hours, workers=a.workers)
     print(f"wrote {a.out}")
 
 
@@ -316,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil from this checkpoint (same classes): learn its softened outputs too")
     s.add_argument("--distil", type=float, default=0.7,
                    help="weight of the teacher's outputs in the loss with --teacher (default 0.7)")
+    s.add_argument("--workers", type=int, default=0,
+                   help="processes that augment the crops (0: in the training loop; a GPU run needs several)")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="time budget: after the first epoch, --epochs is cut to what fits")
     s.add_argument("--field-weight", type=float, default=3.0,
                    help="how much more often a field cell is drawn than a DATA_DIR image (default 3)")
     s.set_defaults(func=cmd_train_classifier)
@@ -360,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stain-copies", type=int, default=1,
                    help="extra recoloured copies of each training field (other labs' stains; default 1)")
     s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
+    s.add_argument("--leave-out", default=None, choices=source_names(), metavar="LAB",
+                   help="train without the fields of this lab (told apart by image size: "
+                        f"{', '.join(source_names())}), to test on it with crosslab --lab")
+    s.add_argument("--hours", type=float, default=None,
+                   help="train for at most this long (the schedule is fitted to it; overrides --epochs)")
+    s.add_argument("--workers", type=int, default=2, help="data-loading processes")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", action="store_true")
@@ -381,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
                    help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one (default: all five)")
     s.add_argument("--limit", type=int, default=None, help="at most N images per source")
+    s.add_argument("--detection-split", default="auto", choices=["auto", "all", "train", "val", "test"],
+                   help="images of each --detection-data set: auto = test, else val, else all (default); "
+                        "all for a lab the detector never saw")
+    s.add_argument("--lab", default=None, choices=source_names(),
+                   help="only the fields of this lab (told apart by image size), e.g. the lab a "
+                        "train-detector --leave-out run left out")
     s.add_argument("--detector", default=None)
     s.add_argument("--classifier", default=None)
     s.add_argument("--device", default="cpu")

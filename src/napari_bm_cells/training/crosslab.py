@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .det_data import DuplicateFinder
+from ..errors import InputError
+from .det_data import DuplicateFinder, field_source
 from .field_cells import LABEL_TO_CODES, read_subtypes
 
 #: the shipped classifier trains on cells of BCCD's train split: evaluate on the others
@@ -104,16 +105,6 @@ if __name__ == "__main__":
     main()
 
 
-#: TXL-PBC mixes four labs; its fields are told apart by their size (width, height)
-TXL_SOURCES = {(360, 363): "PBC", (366, 369): "PBC", (575, 575): "Raabin-WBC", (416, 416): "BCD",
-               (640, 480): "BCCD"}
-
-
-def txl_source(sample) -> str:
-    """The lab a TXL-PBC field comes from, by its image size."""
-    return TXL_SOURCES.get((sample.width, sample.height), f"other {sample.width}x{sample.height}")
-
-
 def wide_fields(samples, out_dir, k: int = 2, seed: int = 0) -> list:
     """Fields of a lower magnification made from real ones: ``k`` x ``k`` fields side by
     side, shrunk ``k`` times, so each image is the size of one field and shows ``k``²
@@ -152,17 +143,23 @@ CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3")
 
 
 def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",
-                               conditions=CONDITIONS, limit: int | None = None, progress=print) -> pd.DataFrame:
+                               conditions=CONDITIONS, limit: int | None = None, progress=print,
+                               split: str | None = None, lab: str | None = None) -> pd.DataFrame:
     """White-cell recall / precision / AP50 per source lab and magnification, no pixel size.
 
     Parameters
     ----------
     sources : list of path
         VOC folders or YOLO sets; their test split (else val, else all images) is used.
-        A TXL-PBC set is split into its labs by image size (:data:`TXL_SOURCES`).
+        A TXL-PBC set is split into its labs by image size (:func:`~.det_data.field_source`).
     conditions : subset of :data:`CONDITIONS`
     limit : int, optional
         At most this many images per source (evenly spaced).
+    split : {None, "all", "train", "val", "test"}
+        Which images of each set: ``None`` its test split (else val, else all).
+    lab : str, optional
+        Only fields of this lab (:func:`~.det_data.field_source`): with ``split="all"``,
+        every field of the lab a leave-one-source-out detector never saw.
 
     Returns
     -------
@@ -177,11 +174,15 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
     det = load_detector(detector, device=device)
     groups: dict[str, list] = {}
     for src in sources:
-        samples, split = detection_samples(src)
+        samples, used = detection_samples(src, split)
         for s in samples:
-            name = txl_source(s) if len({(x.width, x.height) for x in samples}) > 1 else Path(src).name
+            if lab and field_source(s).lower() != lab.lower():
+                continue
+            name = field_source(s) if len({(x.width, x.height) for x in samples}) > 1 else Path(src).name
             groups.setdefault(f"{Path(src).parent.name if Path(src).is_file() else Path(src).name}"
-                              f"/{name} ({split})", []).append(s)
+                              f"/{name} ({used})", []).append(s)
+    if not groups:
+        raise InputError(f"crosslab: no field of lab {lab!r} in {', '.join(map(str, sources))}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for gname, samples in groups.items():

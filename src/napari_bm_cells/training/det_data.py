@@ -44,6 +44,22 @@ class Sample:
     boxes: list[Box]
 
 
+#: the lab a field comes from, told by its image size (width, height): TXL-PBC mixes four
+#: labs, and BCCD's own fields are 640x480 too
+SOURCES_BY_SIZE = {(360, 363): "PBC", (366, 369): "PBC", (575, 575): "Raabin-WBC", (416, 416): "BCD",
+                   (640, 480): "BCCD"}
+
+
+def field_source(sample: Sample) -> str:
+    """The lab a field comes from, by its image size (:data:`SOURCES_BY_SIZE`)."""
+    return SOURCES_BY_SIZE.get((sample.width, sample.height), f"other {sample.width}x{sample.height}")
+
+
+def source_names() -> list[str]:
+    """The labs :func:`field_source` tells apart."""
+    return sorted(set(SOURCES_BY_SIZE.values()))
+
+
 def _canon(name: str) -> str:
     return _ALIASES.get(name.strip().lower(), name.strip())
 
@@ -242,7 +258,7 @@ def hold_out_val(out_dir: Path, fraction: float = VAL_FRACTION, seed: int = 0) -
 
 def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                    classes: tuple[str, ...] = CLASS_SETS["wbc"], dedupe: bool = True,
-                   stain_copies: int = 0, seed: int = 0) -> Path:
+                   stain_copies: int = 0, seed: int = 0, leave_out: str | None = None) -> Path:
     """Merge detection sets into one YOLO set keeping only ``classes``.
 
     Images are symlinked (copied where links are not allowed); every box of a kept
@@ -251,8 +267,9 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
     split win, so no field is in two splits of the merged set (TXL-PBC re-annotates
     BCCD fields and splits them differently; both sets also hold near-identical frames
     of one spot). ``dedupe=False`` converts every image and box as is. Without a val split
-    in the sources, :func:`hold_out_val` makes one from the training fields. Returns the
-    path of the new ``data.yaml``.
+    in the sources, :func:`hold_out_val` makes one from the training fields.
+    ``leave_out`` names a lab (:func:`field_source`) whose fields are left out of every
+    split, for leave-one-source-out training. Returns the path of the new ``data.yaml``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -262,10 +279,13 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
         (out_dir / "labels" / split).mkdir(parents=True)
     present = set()
     finder = DuplicateFinder() if dedupe else None
-    n_dup = 0
+    n_dup = n_left = 0
     for si, src in enumerate(sources):
         for split, samples in read_detection_set(src).items():
             for s in samples:
+                if leave_out and field_source(s).lower() == leave_out.lower():
+                    n_left += 1
+                    continue
                 if finder is not None and finder.seen(s.image):
                     n_dup += 1
                     continue
@@ -287,6 +307,11 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                 if split == "train" and stain_copies:
                     _write_stain_copies(s.image, out_dir, name, lines, stain_copies,
                                         seed + zlib.crc32(name.encode()) % 100_000)
+    if leave_out:
+        if not n_left:
+            raise InputError(f"--leave-out {leave_out}: no field of that lab in the sources "
+                             f"(labs: {', '.join(source_names())})")
+        log.warning("left out %d fields of %s (leave-one-source-out)", n_left, leave_out)
     if n_dup:
         log.warning("left out %d images already in the merged set (duplicates)", n_dup)
     if not any((out_dir / "images" / "val").iterdir()):

@@ -59,6 +59,41 @@ def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: i
     return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
 
 
+class _Batches:
+    """Augmented batches of ``imgs[order]`` (a map-style dataset of whole batches, so
+    DataLoader workers each build one batch)."""
+
+    def __init__(self, imgs, order, batch_size, aug):
+        self.imgs, self.order, self.batch_size, self.aug = imgs, order, batch_size, aug
+
+    def __len__(self):
+        return len(self.order) // self.batch_size
+
+    def __getitem__(self, b):
+        import torch
+
+        idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+        return torch.stack([self.aug(torch.from_numpy(self.imgs[i]).permute(2, 0, 1)) for i in idx]), idx
+
+
+def _one_thread(_):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _augmented_batches(imgs, order, batch_size, aug, workers: int = 0):
+    """Yield ``(augmented float batch, indices)`` for ``order``, in ``workers`` processes."""
+    batches = _Batches(imgs, order, batch_size, aug)
+    if workers <= 0:
+        yield from (batches[b] for b in range(len(batches)))
+        return
+    from torch.utils.data import DataLoader
+
+    yield from DataLoader(batches, batch_size=None, num_workers=workers, worker_init_fn=_one_thread,
+                          prefetch_factor=4)
+
+
 def lab_reference(imgs: np.ndarray, n: int = 800, seed: int = 0) -> dict:
     """CIELAB statistics of up to ``n`` training crops (the checkpoint's ``lab_reference``)."""
     from ..colour import lab_stats
@@ -153,6 +188,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      field_cells=(), field_weight: float = 3.0, ema_decay: float | None = 0.998,
                      pretrained: str | Path | None = None, extra_data=(),
                      teacher: str | Path | None = None, distil: float = 0.7,
+                     workers: int = 0, time_limit_s: float | None = None,
                      progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
@@ -201,6 +237,12 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     ema_decay : float, optional
         Keep an exponential moving average of the weights (timm ``ModelEmaV3``) and
         validate, keep and ship the averaged model; ``None`` uses the raw weights.
+    workers : int
+        Processes that augment the crops (0: in the training loop). Augmentation is the
+        bottleneck of a GPU run.
+    time_limit_s : float, optional
+        Time budget: after the first epoch, the number of epochs (and the learning-rate
+        schedule) is cut to what fits in it.
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -334,12 +376,12 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     amp_dtype = autocast_dtype(device, precision, training=True)
     step = 0
     for epoch in range(start, epochs):
+        if epoch >= epochs:  # cut by the time budget
+            break
         model.train()
         t0, losses = time.time(), []
         order = rng.choice(tr, size=steps_per_epoch * batch_size, replace=True, p=weights)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            x = torch.stack([aug(torch.from_numpy(imgs[i]).permute(2, 0, 1)) for i in idx])
+        for x, idx in _augmented_batches(imgs, order, batch_size, aug, workers):
             x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_all[idx]).to(device)
             with autocast(device, amp_dtype):
@@ -364,6 +406,14 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                         "seconds": round(time.time() - t0, 1)})
         progress(f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} "
                  f"val macro-F1 {f1:.4f} ({time.time() - t0:.0f}s)")
+        if time_limit_s and epoch == start and epochs > start + 1:
+            fit = max(start + 1, min(epochs, int(time_limit_s // (time.time() - t0))))
+            if fit < epochs:
+                progress(f"{fit} epochs fit in {time_limit_s:.0f} s (not {epochs}): schedule shortened")
+                epochs = fit
+                sched = torch.optim.lr_scheduler.OneCycleLR(
+                    opt, max_lr=lr, total_steps=max(step + 1, epochs * steps_per_epoch), pct_start=0.15,
+                    last_epoch=step - 1)
         if f1 > best_f1:
             best_f1 = f1
             save_checkpoint(out, kept.state_dict(), meta)

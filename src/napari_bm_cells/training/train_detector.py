@@ -7,7 +7,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .det_data import CLASS_SETS, read_detection_set, write_yolo_set
+from .det_data import CLASS_SETS, field_source, read_detection_set, write_yolo_set
 
 
 #: ultralytics augmentation of the shipped detector (hue rotation ±0.3 × 180°, BGR swap)
@@ -15,7 +15,7 @@ AUGMENT = {"flipud": 0.5, "fliplr": 0.5, "degrees": 90, "scale": 0.7, "hsv_h": 0
            "hsv_v": 0.4, "bgr": 0.25}
 
 
-def input_cell_px(sources, imgsz: int, cls: str = "WBC") -> float:
+def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None = None) -> float:
     """Median long side of ``cls`` boxes as the network sees them at ``imgsz``.
 
     Stored beside the weights: the pipeline picks the detection downsample so that
@@ -24,6 +24,8 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC") -> float:
     sizes = []
     for src in sources:
         for s in read_detection_set(src).get("train", []):
+            if leave_out and field_source(s).lower() == leave_out.lower():
+                continue
             scale = imgsz / max(s.width, s.height)
             sizes += [max(b.x1 - b.x0, b.y1 - b.y0) * scale for b in s.boxes if b.cls == cls]
     return float(statistics.median(sizes)) if sizes else float(imgsz) / 3
@@ -34,7 +36,8 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    model_yaml: str = "yolov8n.yaml", classes: str = "wbc", seed: int = 0,
                    workers: int = 2, resume: bool = False, init: str | Path | None = None,
                    lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1,
-                   stain_copies: int = 1) -> Path:
+                   stain_copies: int = 1, leave_out: str | None = None,
+                   hours: float | None = None) -> Path:
     """Train a detector on VOC / YOLO sets and write ``out`` (.pt) plus ``out.json``.
 
     Parameters
@@ -60,6 +63,12 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         Extra copies of every training field, each recoloured by
         :func:`~napari_bm_cells.training.augment.random_stain` (another lab's stain,
         background and camera; boxes unchanged).
+    leave_out : str, optional
+        A lab whose fields are left out (:func:`~.det_data.field_source`), to test the
+        detector on a lab it never saw (``bm-cells crosslab --lab``).
+    hours : float, optional
+        Training time budget: ultralytics fits the number of epochs and the learning-rate
+        schedule to it (``epochs`` is then ignored).
 
     Colour and scale augmentation (:data:`AUGMENT`): hue rotated by up to ±54°, red and
     blue swapped in a quarter of the images (pink <-> blue-grey stains), saturation and
@@ -72,7 +81,8 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     out.parent.mkdir(parents=True, exist_ok=True)
     names = CLASS_SETS[classes]
     work = Path(tempfile.mkdtemp(prefix="bm_cells_det_"))
-    data_yaml = write_yolo_set(sources, work / "data", names, stain_copies=stain_copies, seed=seed)
+    data_yaml = write_yolo_set(sources, work / "data", names, stain_copies=stain_copies, seed=seed,
+                               leave_out=leave_out)
     model = YOLO(str(init) if init else model_yaml)
     if init:
         opt = {"optimizer": "AdamW", "lr0": lr0 or 5e-4, "warmup_epochs": 1}
@@ -80,20 +90,29 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         opt = {"optimizer": "auto" if lr0 is None else "SGD", "lr0": lr0 or 0.01, "warmup_epochs": 3}
     model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
                 workers=workers, seed=seed, plots=False, amp=False, project=str(work),
-                name="run", exist_ok=True, **AUGMENT, translate=translate, cache=True, patience=max(epochs, 5),
-                resume=resume, verbose=False, close_mosaic=close_mosaic, **opt)
+                name="run", exist_ok=True, **AUGMENT, translate=translate, cache=True,
+                patience=10_000 if hours else max(epochs, 5),  # no early stop: the schedule is fixed
+                resume=resume, verbose=False, close_mosaic=close_mosaic, **opt,
+                **({"time": hours} if hours else {}))
     best = work / "run" / "weights" / "best.pt"
     shutil.copy2(best, out)
     from ultralytics.utils.torch_utils import strip_optimizer
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
-    meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz),
-            "arch": model_yaml, "epochs": epochs, "init": str(init) if init else None, "translate": translate,
-            "augment": AUGMENT, "stain_copies": stain_copies,
+    meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz, leave_out=leave_out),
+            "arch": model_yaml, "epochs": _epochs_run(work / "run"), "init": str(init) if init else None,
+            "translate": translate,
+            "augment": AUGMENT, "stain_copies": stain_copies, "left_out": leave_out,
             "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
                            for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     calibrate_threshold(out, data_yaml)
     return out
+
+
+def _epochs_run(run_dir: Path) -> int:
+    """Epochs ultralytics trained (rows of its results.csv)."""
+    csv = run_dir / "results.csv"
+    return max(0, len(csv.read_text().splitlines()) - 1) if csv.is_file() else 0
 
 
 def calibrate_threshold(weights: str | Path, data_yaml: str | Path) -> float:

@@ -1,0 +1,59 @@
+"""Pack a compact copy of the training data for a training run on another machine.
+
+Detection sets (TXL-PBC, BCCD) keep their layout, sizes and labels, re-encoded as JPEG
+(quality 65); PBC crops are cut to the classifier's field of view (the central 250 px)
+and stored at the network's input size (112 px), so the whole set fits in about 55 MB.
+Train on the packed crops with ``--crop-size-px 112 --ref-cell-px <107 x 112/250>``: the
+field of view and the cell size are then the same as on the full crops, and
+:func:`~napari_bm_cells.checkpoint` metadata can be restated in full-crop pixels.
+
+Usage: ``python scripts/pack_training_set.py ../shared/data .pack``
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+FOV, SIZE = 250, 112
+
+
+def _reencode(src: Path, dst: Path, quality: int = 65) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        im.convert("RGB").save(dst, quality=quality)
+
+
+def _crop(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        left, top = (im.size[0] - FOV) // 2, (im.size[1] - FOV) // 2
+        im.crop((left, top, left + FOV, top + FOV)).resize((SIZE, SIZE), Image.BILINEAR).save(dst, quality=80)
+
+
+def pack(data: Path, out: Path) -> None:
+    jobs = []
+    for name in ("txl-pbc", "bccd"):
+        for p in (data / name).rglob("*"):
+            if p.is_dir():
+                continue
+            dst = out / name / p.relative_to(data / name)
+            if p.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                jobs.append((_reencode, p, dst.with_suffix(".jpg")))
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, dst)
+    for name in ("pbc", "pbc-extra"):
+        for p in sorted((data / name).glob("*/*.jpg")):
+            jobs.append((_crop, p, out / name / p.relative_to(data / name)))
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda j: j[0](j[1], j[2]), jobs))
+    print(f"packed {len(jobs)} images into {out}")
+
+
+if __name__ == "__main__":
+    pack(Path(sys.argv[1]), Path(sys.argv[2]))
