@@ -36,7 +36,7 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=None):
     with RssSampler() as s:
         opts = AnalysisOptions(level=level, **({"batch_size": batch_size} if batch_size else {}))
         for ev in iter_analysis(path, det, cls, opts):
-            st = stages.setdefault(ev.stage, {"events": 0})
+            st = stages.setdefault(ev.stage.value, {"events": 0})
             st["events"] += 1
             st["peak_rss_so_far_mb"] = mb(s.peak)
             st["rss_last_mb"] = mb(RssSampler.rss())
@@ -55,7 +55,7 @@ def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch
     tiles per call (default: the pipeline's, 1 on CPU)."""
     import numpy as np
 
-    from napari_bm_cells.detect import default_det_batch, iter_detect, load_detector, tile_grid
+    from napari_bm_cells.detect import default_det_batch, iter_detect, load_detector, run_to_end, tile_grid
     from napari_bm_cells.io import open_slide
 
     det = load_detector(detector, device="cpu", precision=precision)
@@ -68,9 +68,9 @@ def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch
     rss0 = RssSampler.rss()
     t = time.perf_counter()
     with RssSampler() as s:
-        for ev in iter_detect(slide, det, tile=tile, overlap=overlap, downsample=d, batch=batch):
-            if ev.stage == "detect-done":
-                dets, n_tiles = ev.payload, ev.total
+        gen = iter_detect(slide, det, tile=tile, overlap=overlap, downsample=d, batch=batch)
+        n_tiles = next(gen).total
+        dets = run_to_end(gen)
     wall = time.perf_counter() - t
     boxes = dets.boxes / d  # in the pixels of the level-1 image, as SAHI sees it
     # the tile owning each box (its centre lies in the tile's core)

@@ -5,12 +5,13 @@
 #
 # Needs the packed data (python scripts/pack_training_set.py ../shared/data .pack) and, where
 # ultralytics is not installed, its wheels in .whl/. Writes weights and logs to $OUT.
-# MINUTES (default 5.5) is each run's training budget; DEVICE (default cuda); RUN (det,cls) which
-# models; PACK
+# MINUTES (default 5) is each run's training budget (a detector then chooses its threshold on
+# its validation fields through the pipeline, 2-3 minutes more); DEVICE (default cuda); RUN (det,cls) which
+# models; LABS the detectors (all = every lab; a lab's name = without it); PACK
 # (default .pack) the packed data; CLS_ARGS more train-classifier arguments (smoke tests).
 set -u
 OUT=${OUT:-/tmp/bm_cells_gpu}
-MINUTES=${MINUTES:-5.5}
+MINUTES=${MINUTES:-5}
 DEVICE=${DEVICE:-cuda}
 RUN=${RUN:-det,cls}
 PACK=${PACK:-.pack}
@@ -27,8 +28,8 @@ export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # bm-cells with ultralytics' results.csv reader made optional (it needs polars, which the
 # GPU image may lack; only the training summary uses it)
-cli() {
-    python3 - "$@" <<'EOF'
+cli() {  # exec: a background job is the python process itself, so the deadline can stop it
+    exec python3 - "$@" <<'EOF'
 import sys
 try:
     import polars  # noqa: F401
@@ -41,18 +42,20 @@ EOF
 }
 HOURS=$(python3 -c "print($MINUTES / 60)")
 DET=($PACK/txl-pbc/data.yaml $PACK/bccd)
-[[ $RUN == *det* ]] && for lab in all PBC Raabin-WBC BCD BCCD; do
+[[ $RUN == *det* ]] && for lab in ${LABS:-all PBC Raabin-WBC BCD BCCD}; do
     extra=(); [ "$lab" != all ] && extra=(--leave-out "$lab")
-    cli train-detector "${DET[@]}" --out "$W/det_$lab.pt" --hours "$HOURS" --batch-size 32 \
-        --workers "$([ "$lab" = all ] && echo 4 || echo 2)" --device "$DEVICE" "${extra[@]}" >"$W/det_$lab.log" 2>&1 &
+    (cli train-detector "${DET[@]}" --out "$W/det_$lab.pt" --hours "$HOURS" --batch-size 32 \
+        --workers "$([ "$lab" = all ] && echo 4 || echo 2)" --device "$DEVICE" "${extra[@]}") >"$W/det_$lab.log" 2>&1 &
 done
 # packed crops: 112 px of the central 250 px, so field of view and cell size are given in
 # packed pixels (the checkpoints are restated in full-crop pixels after the run)
 CLS=($PACK/pbc --extra-data $PACK/pbc-extra --crop-size-px 112 --ref-cell-px 47.913
      --epochs 40 --minutes "$MINUTES" --workers 4 --batch-size 64 --device "${CLS_DEVICE:-cuda}" ${CLS_ARGS:-})
-[[ $RUN == *cls* ]] && cli train-classifier "${CLS[@]}" --out "$W/cls_pbc.safetensors" >"$W/cls_pbc.log" 2>&1 &
-[[ $RUN == *cls* ]] && cli train-classifier "${CLS[@]}" --field-cells $PACK/bccd --out "$W/cls_pbc_bccd.safetensors" \
-    >"$W/cls_pbc_bccd.log" 2>&1 &
+if [[ $RUN == *cls* ]]; then
+    (cli train-classifier "${CLS[@]}" --out "$W/cls_pbc.safetensors") >"$W/cls_pbc.log" 2>&1 &
+    (cli train-classifier "${CLS[@]}" --field-cells "$PACK/bccd" --out "$W/cls_pbc_bccd.safetensors") \
+        >"$W/cls_pbc_bccd.log" 2>&1 &
+fi
 # DEADLINE (s, default 540): stop what still runs and keep what it saved (best epoch so far)
 while [ -n "$(jobs -r)" ] && [ "$SECONDS" -lt "${DEADLINE:-540}" ]; do sleep 15
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader

@@ -4,10 +4,13 @@ Detection sets (TXL-PBC, BCCD) keep their layout, sizes and labels, re-encoded a
 (quality 65); PBC crops are cut to the classifier's field of view (the central 250 px)
 and stored at the network's input size (112 px), so the whole set fits in about 55 MB.
 Train on the packed crops with ``--crop-size-px 112 --ref-cell-px <107 x 112/250>``: the
-field of view and the cell size are then the same as on the full crops, and
-:func:`~napari_bm_cells.checkpoint` metadata can be restated in full-crop pixels.
+field of view and the cell size are then the same as on the full crops; then restate the
+checkpoints in full-crop pixels (``--restate``), as the pipeline cuts crops from slides by
+them.
 
-Usage: ``python scripts/pack_training_set.py ../shared/data .pack``
+Usage: ``python scripts/pack_training_set.py ../shared/data .pack``, then
+``tar czf .packed/data.tgz .pack`` (what ``scripts/gpu_train.sh`` unpacks), and after
+training ``python scripts/pack_training_set.py --restate CKPT.safetensors ...``.
 """
 from __future__ import annotations
 
@@ -55,5 +58,23 @@ def pack(data: Path, out: Path) -> None:
     print(f"packed {len(jobs)} images into {out}")
 
 
+def restate(ckpt: Path) -> None:
+    """Field of view and cell size of a checkpoint trained on packed crops, in the
+    pixels of the full PBC crops (250 px field of view)."""
+    from napari_bm_cells.checkpoint import load_model, save_checkpoint
+
+    model, meta = load_model(ckpt)
+    if meta.crop_size_px != SIZE:
+        raise SystemExit(f"{ckpt}: field of view {meta.crop_size_px} px, not the packed {SIZE} px")
+    meta.ref_cell_px *= FOV / SIZE
+    meta.crop_size_px = FOV
+    save_checkpoint(ckpt, model.state_dict(), meta, half=True)
+    print(f"{ckpt}: field of view {FOV} px, cell {meta.ref_cell_px:.1f} px")
+
+
 if __name__ == "__main__":
-    pack(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "--restate":
+        for c in sys.argv[2:]:
+            restate(Path(c))
+    else:
+        pack(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -2,17 +2,15 @@
 import numpy as np
 import pytest
 
-from napari_bm_cells.detect import Detections, iter_detect, merge_tiles, tile_grid
+from napari_bm_cells.detect import Detections, iter_detect, merge_tiles, run_to_end, tile_grid
 from napari_bm_cells.io import open_slide
 from napari_bm_cells.training.det_data import read_voc
 from napari_bm_cells.training.evaluate import match_boxes
 
 
 def _run(slide, det, **kw):
-    for ev in iter_detect(slide, det, **kw):
-        if ev.stage == "detect-done":
-            return ev.payload, ev.done
-    raise AssertionError("no detect-done event")
+    dets = run_to_end(iter_detect(slide, det, **kw))
+    return dets, dets.duplicates_removed
 
 
 def test_tile_cores_partition_the_image():
@@ -146,14 +144,13 @@ def test_detection_of_an_in_memory_field_imports_no_dask_or_scipy(data_dir):
     code = f"""
 import sys, numpy as np
 from PIL import Image
-from napari_bm_cells.detect import iter_detect, load_detector
+from napari_bm_cells.detect import iter_detect, load_detector, run_to_end
 from napari_bm_cells.io import open_slide
 slide = open_slide(np.asarray(Image.open({str(jpg)!r}).convert("RGB")))
 det = load_detector(None, device="cpu")
-for ev in iter_detect(slide, det, downsample=1.0):
-    pass
+dets = run_to_end(iter_detect(slide, det, downsample=1.0))
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"dask", "scipy", "skimage", "distributed"}})
-print(len(ev.payload), ev.payload.cell_px is not None, heavy)
+print(len(dets), dets.cell_px is not None, heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

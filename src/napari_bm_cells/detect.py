@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Iterator
+from typing import Generator
 
 import numpy as np
 
@@ -48,6 +49,8 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     cell_px: float | None = None
+    #: boxes dropped as duplicates of a cell seen in two overlapping tiles
+    duplicates_removed: int = 0
 
     def __len__(self):
         return len(self.scores)
@@ -314,20 +317,43 @@ def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float, contain: float 
     return keep
 
 
+class Stage(str, Enum):
+    """What a :class:`Progress` event counts (compares equal to its string value)."""
+
+    DETECT = "detect"  #: tiles (or counting areas) done
+    CLASSIFY = "classify"  #: cells done; ``payload`` holds their new table rows
+    DONE = "done"  #: ``payload`` is the :class:`~napari_bm_cells.pipeline.AnalysisResult`
+    LOAD = "load"  #: models loading (the napari widget's job)
+    CANCELLED = "cancelled"  #: the widget's job stopped on request (``payload``: the exception)
+    ERROR = "error"  #: the widget's job failed (``payload``: the exception)
+
+
 @dataclass
 class Progress:
     """A progress event from the pipeline: ``done`` of ``total`` units of ``stage``."""
 
-    stage: str
+    stage: Stage
     done: int
     total: int
     payload: object = None
 
 
+def run_to_end(gen):
+    """Drive a generator of progress events to its end and return its return value
+    (headless use of :func:`iter_detect` and the like)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample: float = 2.0,
                 region: tuple[int, int, int, int] | None = None, batch: int | None = None,
-                iou: float = 0.5, measure: bool = True) -> Iterator[Progress]:
-    """Tile-by-tile detection over a slide; yields Progress("detect", ...) events.
+                iou: float = 0.5, measure: bool = True) -> Generator[Progress, None, Detections]:
+    """Tile-by-tile detection over a slide: yields ``Stage.DETECT`` progress events and
+    returns the merged :class:`Detections` (level-0 pixels), so a caller writes
+    ``dets = yield from iter_detect(...)`` (or :func:`run_to_end` headless).
 
     Parameters
     ----------
@@ -342,28 +368,23 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
         Tiles per detector call; default :func:`default_det_batch`.
     measure : bool
         Measure the cells' diameters on the way (the crops' scale); off for the scale probe.
-
-    The final event has stage ``"detect-done"`` and carries the merged
-    :class:`Detections` (level-0 pixels) as ``payload``; its ``done`` field holds the
-    number of duplicates removed at tile borders.
     """
     H, W = slide.shape
     ry0, rx0, ry1, rx1 = region or (0, 0, H, W)
     ry0, rx0, ry1, rx1 = max(0, int(ry0)), max(0, int(rx0)), min(H, int(ry1)), min(W, int(rx1))
     if ry1 <= ry0 or rx1 <= rx0:
-        yield Progress("detect-done", 0, 0, Detections.empty())
-        return
+        return Detections.empty()
     d = float(downsample)
     h, w = int(math.ceil((ry1 - ry0) / d)), int(math.ceil((rx1 - rx0) / d))
     tiles = tile_grid(h, w, tile, overlap)
     windows = [(ry0 + t.y0 * d, rx0 + t.x0 * d, ry0 + t.y1 * d, rx0 + t.x1 * d) for t in tiles]
     results, diameters = [], []
-    yield Progress("detect", 0, len(tiles))
+    yield Progress(Stage.DETECT, 0, len(tiles))
     for k, dets, diam in _detect_windows(slide, detector, windows, d, batch, measure):
         results.append((tiles[k], dets))
         diameters += diam
         if k + 1 == len(tiles) or (k + 1) % (batch or default_det_batch(detector)) == 0:
-            yield Progress("detect", k + 1, len(tiles))
+            yield Progress(Stage.DETECT, k + 1, len(tiles))
     merged, n_dup = merge_tiles(results, iou=iou)
     scale = np.array([d, d, d, d], np.float32)
     offset = np.array([rx0, ry0, rx0, ry0], np.float32)
@@ -371,7 +392,7 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, W)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, H)
     cell_px = float(np.median(diameters)) if len(diameters) >= min(8, len(boxes)) and diameters else None
-    yield Progress("detect-done", n_dup, len(tiles), Detections(boxes, merged.scores, cell_px))
+    return Detections(boxes, merged.scores, cell_px, n_dup)
 
 
 def iter_detect_regions(slide, detector, regions, tile: int = 640, downsample: float = 2.0,

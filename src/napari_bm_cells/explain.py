@@ -334,15 +334,12 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     opts = options or AnalysisOptions()
     _target_index(cls, target)  # fail before detection on a bad class code
 
-    from .detect import iter_detect
+    from .detect import iter_detect, run_to_end
     down = parse_level(opts.level, slide, det, opts.cell_px)
     region = _window(slide, det, x, y, down, opts)
-    dets = None
-    for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
-                          region=region, batch=opts.det_batch):
-        if ev.stage == "detect-done":
-            dets = ev.payload
-    if dets is None or not len(dets):
+    dets = run_to_end(iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
+                                  region=region, batch=opts.det_batch))
+    if not len(dets):
         raise InputError(f"no white cell detected near ({x:g}, {y:g}); try another point, "
                          "--detector contour, or check the image scale")
     i = nearest_detection(dets.boxes, x, y)

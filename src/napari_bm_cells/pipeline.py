@@ -23,7 +23,7 @@ from .cells_table import prob_column
 from .colour import FIT_CELLS, SlideColour
 from .count import blast_atypical_scores, differential
 from .crop import CONTOUR_PX, centre_contour, level0_diameters, resize_square, square_crop, square_origin
-from .detect import Detections, Progress, iter_detect, iter_detect_regions
+from .detect import Detections, Progress, Stage, iter_detect, iter_detect_regions
 from .scale import detection_scale
 from .errors import Cancelled, InputError
 from .io import Slide, open_slide
@@ -454,14 +454,11 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         nonlocal n_dup
         t = time.perf_counter()
         if visit is None:
-            for ev in iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,
-                                  region=opts.region, batch=opts.det_batch):
-                if ev.stage == "detect-done":
-                    n_dup = ev.done
-                    timings["detect_s"] += time.perf_counter() - t
-                    yield ev.payload
-                else:
-                    yield ev
+            dets = yield from iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap,
+                                          downsample=down, region=opts.region, batch=opts.det_batch)
+            n_dup = dets.duplicates_removed
+            timings["detect_s"] += time.perf_counter() - t
+            yield dets
             return
         pending, cell_px = [], None
         regions = [areas.region(*ij) for ij in visit]
@@ -469,7 +466,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
             cell_px = cell_px or d.cell_px
             visited.append(visit[k])
             pending.append(d)
-            yield Progress("detect", k + 1, len(visit))
+            yield Progress(Stage.DETECT, k + 1, len(visit))
             need = min(opts.batch_size, opts.target - counted) if opts.target else opts.batch_size
             if sum(len(x) for x in pending) >= need or k + 1 == len(visit):
                 timings["detect_s"] += time.perf_counter() - t
@@ -490,7 +487,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         probs = np.zeros((n, len(cls.classes)), np.float32)
         centres = np.zeros((n, 2), np.float64)
         if visit is None:
-            yield Progress("classify", 0, n)
+            yield Progress(Stage.CLASSIFY, 0, n)
         in_pass = 0
         for batch, x in (_ahead(_batches(slide, dets, side, cls, opts, colour, labels, n_done, outlines, tiles, levels),
                                 depth=2) if n else ()):
@@ -500,7 +497,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
             rows = _rows(dets, idx, centres, probs, cls.classes, min_conf, n_done)
             counted += int((~rows["label"].isin(exclude)).sum())
             in_pass += len(idx)
-            yield Progress("classify", in_pass if visit is None else counted,
+            yield Progress(Stage.CLASSIFY, in_pass if visit is None else counted,
                            n if visit is None else (opts.target or counted), payload=rows)
             check()
         timings["classify_s"] += time.perf_counter() - t
@@ -553,7 +550,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         "options": options_dict(opts),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })
-    yield Progress("done", len(dets), len(dets),
+    yield Progress(Stage.DONE, len(dets), len(dets),
                    AnalysisResult(cells, summary, labels, slide, timings, areas, outlines or {}, levels))
 
 
@@ -668,14 +665,14 @@ def analyze(source, detector=None, classifier=None, options: AnalysisOptions | N
     result = None
     try:
         for ev in iter_analysis(source, detector, classifier, options, device=device):
-            if ev.stage == "done":
+            if ev.stage == Stage.DONE:
                 result = ev.payload
             elif progress is True:
                 from tqdm import tqdm
-                if bar is None or bar.desc != ev.stage:
+                if bar is None or bar.desc != ev.stage.value:
                     if bar is not None:
                         bar.close()
-                    bar = tqdm(total=ev.total, desc=ev.stage, unit="tile" if ev.stage == "detect" else "cell",
+                    bar = tqdm(total=ev.total, desc=ev.stage.value, unit="tile" if ev.stage == Stage.DETECT else "cell",
                                leave=False)
                 bar.n = ev.done
                 bar.refresh()

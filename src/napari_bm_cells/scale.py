@@ -129,7 +129,7 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         ``scores`` (per rung), ``n_cells`` and ``chosen`` (``"probe"`` or ``"prior"``);
         None when no rung finds a cell.
     """
-    from .detect import iter_detect
+    from .detect import iter_detect, run_to_end
 
     H, W = slide.shape
     region = region or (0, 0, H, W)
@@ -143,11 +143,8 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         side0 = min(PROBE_SIDE * d, math.sqrt(PROBE_BUDGET))
         n_win = max(1, min(windows, int(PROBE_BUDGET // side0 ** 2)))
         for win in _windows(region, dark, td, side0, n_win):
-            dets = None
-            for ev in iter_detect(slide, detector, tile=PROBE_SIDE, overlap=PROBE_SIDE // 4,
-                                  downsample=d, region=win, measure=False):
-                if ev.stage == "detect-done":
-                    dets = ev.payload
+            dets = run_to_end(iter_detect(slide, detector, tile=PROBE_SIDE, overlap=PROBE_SIDE // 4,
+                                          downsample=d, region=win, measure=False))
             area += (win[2] - win[0]) * (win[3] - win[1])
             keep = dets.scores >= conf
             found.append((dets.boxes[keep], dets.scores[keep]))

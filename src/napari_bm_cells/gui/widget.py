@@ -20,7 +20,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 
 from . import layers as L
 from .. import runtime
-from ..detect import Progress
+from ..detect import Progress, Stage
 from ..errors import Cancelled, InputError, first_line
 from ..options import user_options
 
@@ -65,7 +65,7 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
                  prepared: dict | None = None):
     """Generator run by the worker: model loading, then the pipeline's events.
 
-    Errors and cancellation are yielded as ``Progress("error" | "cancelled", ...)``
+    Errors and cancellation are yielded as ``Progress(Stage.ERROR | "cancelled", ...)``
     events (payload: the exception), so they reach the GUI thread like any event.
     Before the final event, the masks layer's arguments (lazy arrays, class colours) are
     built here, in the worker, into ``prepared["labels"]``: the GUI thread only adds it.
@@ -73,20 +73,20 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
     from ..pipeline import iter_analysis
 
     try:
-        yield Progress("load", 0, 1)
+        yield Progress(Stage.LOAD, 0, 1)
         det, cls = runtime.models(det_spec, cls_spec, device)
         _import_off_the_gui_thread()
-        yield Progress("load", 1, 1)
+        yield Progress(Stage.LOAD, 1, 1)
         if stop.is_set():
             raise Cancelled("analysis cancelled")
         for ev in iter_analysis(slide, det, cls, options, device=cls.device, should_stop=stop.is_set):
-            if ev.stage == "done" and prepared is not None and ev.payload.labels is not None:
+            if ev.stage == Stage.DONE and prepared is not None and ev.payload.labels is not None:
                 prepared["labels"] = (ev.payload, _masks_kwargs(ev.payload))
             yield ev
     except Cancelled as exc:
-        yield Progress("cancelled", 0, 0, exc)
+        yield Progress(Stage.CANCELLED, 0, 0, exc)
     except Exception as exc:  # noqa: BLE001 -- every failure becomes a notification
-        yield Progress("error", 0, 0, exc)
+        yield Progress(Stage.ERROR, 0, 0, exc)
 
 
 def _masks_kwargs(result) -> dict:
@@ -398,8 +398,8 @@ class AnalyzeWidget(Container):
     def _progress(self, stage: str, done: int, total: int):
         from napari.utils import progress
 
-        desc = {"load": "loading models", "detect": "detecting (tiles)",
-                "classify": "classifying (cells)"}.get(stage, stage)
+        desc = {Stage.LOAD: "loading models", Stage.DETECT: "detecting (tiles)",
+                Stage.CLASSIFY: "classifying (cells)"}[stage]
         if self._pbar_stage != stage:
             self._close_pbar()
             self._pbar_stage = stage
@@ -424,30 +424,30 @@ class AnalyzeWidget(Container):
     def _on_event(self, ev: Progress):
         # progress queued before a cancel (or delivered after the worker finished) must
         # not overwrite "cancelling..." / "cancelled"
-        if ev.stage in ("load", "detect", "classify") and (
+        if ev.stage in (Stage.LOAD, Stage.DETECT, Stage.CLASSIFY) and (
                 self.result is not None or self.status.value.startswith(("cancel", "error"))):
             return
         # napari's progress bar may process Qt events, so later events (even "done") can
         # be handled inside self._progress: update state first, check it after
         try:
-            if ev.stage in ("load", "detect"):
-                if ev.stage == "detect":
+            if ev.stage in (Stage.LOAD, Stage.DETECT):
+                if ev.stage == Stage.DETECT:
                     self.status.value = f"detecting: {ev.done}/{ev.total} tiles"
                 self._progress(ev.stage, ev.done, ev.total)
-            elif ev.stage == "classify":
+            elif ev.stage == Stage.CLASSIFY:
                 self.status.value = f"classifying: {ev.done}/{ev.total} cells"
                 if ev.payload is not None and len(ev.payload):
                     self._pending.append(ev.payload)
-                self._progress("classify", ev.done, ev.total)
+                self._progress(Stage.CLASSIFY, ev.done, ev.total)
                 if self.result is None and self._pending and \
                         time.perf_counter() - self._last_flush >= FLUSH_S:
                     self._flush()
-            elif ev.stage == "done":
+            elif ev.stage == Stage.DONE:
                 self._on_done(ev.payload)
-            elif ev.stage == "cancelled":
+            elif ev.stage == Stage.CANCELLED:
                 self._flush()
                 self.status.value = "cancelled"
-            elif ev.stage == "error":
+            elif ev.stage == Stage.ERROR:
                 self._fail(ev.payload)
         except Exception as exc:  # noqa: BLE001 -- never let an event handler crash napari
             self._fail(exc)

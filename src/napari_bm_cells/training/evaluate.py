@@ -199,7 +199,7 @@ def rescaled_slide(path, factor: float):
 def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, level="auto") -> tuple[dict, list]:
     """Recall, precision, AP50 (IoU 0.5) and per-image counts of ``det`` as the pipeline
     runs it (scale chosen as ``level``) on ``samples``, images resized by ``rescale``."""
-    from ..detect import Detections, YoloDetector, iter_detect
+    from ..detect import YoloDetector, iter_detect, run_to_end
     from ..pipeline import parse_level
 
     op_conf = getattr(det, "conf", 0.0)
@@ -210,10 +210,7 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
         for s in samples:
             slide = rescaled_slide(s.image, rescale)
             down = parse_level(level, slide, det)
-            d = Detections.empty()
-            for ev in iter_detect(slide, det, downsample=down):
-                if ev.stage == "detect-done":
-                    d = ev.payload
+            d = run_to_end(iter_detect(slide, det, downsample=down))
             gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls],
                           np.float32).reshape(-1, 4) * rescale
             # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
