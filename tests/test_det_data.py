@@ -371,3 +371,25 @@ def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir
     assert det.conf == meta["conf"] and det.imgsz == 320
     m = evaluate_detector(voc, tmp_path / "eval", detector=out)
     assert m["n_images"] == 6 and m["recall"] >= 0.8, m
+
+
+def test_leave_one_lab_out_drops_every_field_of_that_lab(data_dir, tmp_path):
+    """``leave_out`` keeps no field of the named lab in any split (TXL-PBC's labs are told
+    apart by image size) and every field of the others; an unknown lab is refused."""
+    from PIL import Image
+
+    from napari_bm_cells.errors import InputError
+    from napari_bm_cells.training.det_data import field_source, read_detection_set
+
+    txl = data_dir / "txl-pbc" / "data.yaml"
+    fields = [s for v in read_detection_set(txl).values() for s in v]
+    n_bcd = sum(field_source(s) == "BCD" for s in fields)
+    assert 100 < n_bcd < len(fields)
+    out = write_yolo_set([txl], tmp_path / "loo", leave_out="BCD", dedupe=False)
+    written = [p for p in (out.parent / "images").rglob("*.jpg")]
+    assert len(written) == len(fields) - n_bcd
+    for p in written[::25]:
+        with Image.open(p) as im:
+            assert im.size != (416, 416), p
+    with pytest.raises(InputError, match="no field of that lab"):
+        write_yolo_set([data_dir / "bccd"], tmp_path / "none", leave_out="Raabin-WBC", dedupe=False)

@@ -490,3 +490,19 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"bm-cells {__version__}"
+
+
+def test_time_budget_shortens_the_schedule_and_workers_augment(data_dir, tmp_path):
+    """With ``time_limit_s`` shorter than the planned epochs the run stops after the
+    epochs that fit (here one), with its schedule cut to them, still writing a complete
+    checkpoint; crops are augmented in worker processes."""
+    from napari_bm_cells.checkpoint import read_meta
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=8)
+    out = tmp_path / "t.safetensors"
+    lines = []
+    r = train_classifier(data, out, epochs=5, time_limit_s=0.01, workers=2, **{**FAST, "progress": lines.append})
+    assert len(r["history"]) == 1
+    assert any("1 epochs fit" in s for s in lines), lines
+    assert read_meta(out).metrics["test"]["n"] > 0
+    assert not (tmp_path / "t.state.pt").exists()  # every (fitted) epoch done

@@ -195,7 +195,8 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
                 else:
                     m, _ = detection_metrics(samples, det, rescale=float(cond[1:]))
                 rows.append({"source": gname, "condition": cond, **{k: m[k] for k in
-                             ("recall", "precision", "ap50", "n_gt", "n_images")}})
+                             ("recall", "precision", "ap50", "n_gt", "n_images",
+                                                                    "threshold_for_recall_0.95")}})
                 progress(f"{gname} {cond}: recall {m['recall']:.3f} precision {m['precision']:.3f} "
                          f"AP50 {m['ap50']:.3f} ({m['n_gt']} cells)")
     df = pd.DataFrame(rows)
