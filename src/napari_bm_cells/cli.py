@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--colour", default="standardise", choices=COLOUR_CHOICES,
                    help="run-time colour adaptation of the BCCD runs (as analyze's --colour)")
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
-                   help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one (default: all five)")
+                   help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one; rb: red and blue "
+                        "swapped (a blue-grey stain); grey: no stain colour (default: x1,x0.5,x2,wide2,wide3)")
     s.add_argument("--limit", type=int, default=None, help="at most N images per source")
     s.add_argument("--detection-split", default="auto", choices=["auto", "all", "train", "val", "test"],
                    help="images of each --detection-data set: auto = test, else val, else all (default); "

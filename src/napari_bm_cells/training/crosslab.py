@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +138,10 @@ def wide_fields(samples, out_dir, k: int = 2, seed: int = 0) -> list:
     return out
 
 
-#: magnifications a detector is checked at: images resized (same field, other pixel size)
-#: and wide fields (k x k fields shrunk to one: k² the area, cells 1/k the size)
-CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3")
+#: conditions a detector is checked at: images resized (same field, other pixel size),
+#: wide fields (k x k fields shrunk to one: k² the area, cells 1/k the size), and fields
+#: recoloured as other stains (``rb``: red and blue swapped, a blue-grey smear; ``grey``)
+CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3", "rb", "grey")
 
 
 def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",
@@ -169,8 +171,11 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
     import tempfile
 
     from ..detect import load_detector
-    from .evaluate import detection_metrics, detection_samples
+    from .evaluate import RECOLOUR, detection_metrics, detection_samples
 
+    bad = [c for c in conditions if not (c in RECOLOUR or re.fullmatch(r"x[0-9.]+|wide[0-9]+", c))]
+    if bad:
+        raise InputError(f"crosslab: unknown condition(s) {', '.join(bad)}; choose from {', '.join(CONDITIONS)}")
     det = load_detector(detector, device=device)
     groups: dict[str, list] = {}
     for src in sources:
@@ -192,6 +197,8 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
                 if cond.startswith("wide"):
                     k = int(cond[4:])
                     m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", k), det)
+                elif cond in RECOLOUR:
+                    m, _ = detection_metrics(samples, det, recolour=cond)
                 else:
                     m, _ = detection_metrics(samples, det, rescale=float(cond[1:]))
                 rows.append({"source": gname, "condition": cond, **{k: m[k] for k in

@@ -181,22 +181,33 @@ def detection_samples(data, split: str | None = None) -> tuple[list, str]:
     return samples, split
 
 
-def rescaled_slide(path, factor: float):
+#: recolourings of a field as another lab's stain might show it (crosslab conditions)
+RECOLOUR = {
+    "rb": lambda rgb: rgb[..., ::-1],  # red and blue swapped: a pink smear turned blue-grey
+    "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True), 3, -1).astype(np.uint8),  # no stain colour
+}
+
+
+def rescaled_slide(path, factor: float, recolour: str | None = None):
     """The image at ``path`` resized by ``factor`` (bilinear), as a slide with no pixel size
-    (another magnification, as a user's camera would give)."""
+    (another magnification, as a user's camera would give), recoloured by one of
+    :data:`RECOLOUR` when named."""
     from PIL import Image
 
     from ..io import open_slide
 
-    if factor == 1:
+    if factor == 1 and recolour is None:
         return open_slide(path)
     with Image.open(path) as im:
         im = im.convert("RGB")
-        return open_slide(np.asarray(im.resize((max(1, round(im.width * factor)),
-                                                 max(1, round(im.height * factor))), Image.BILINEAR)))
+        if factor != 1:
+            im = im.resize((max(1, round(im.width * factor)), max(1, round(im.height * factor))), Image.BILINEAR)
+        rgb = np.asarray(im)
+    return open_slide(np.ascontiguousarray(RECOLOUR[recolour](rgb)) if recolour else rgb)
 
 
-def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, level="auto") -> tuple[dict, list]:
+def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, level="auto",
+                      recolour: str | None = None) -> tuple[dict, list]:
     """Recall, precision, AP50 (IoU 0.5) and per-image counts of ``det`` as the pipeline
     runs it (scale chosen as ``level``) on ``samples``, images resized by ``rescale``."""
     from ..detect import YoloDetector, iter_detect, run_to_end
@@ -208,7 +219,7 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
     try:
         tps, scs, n_gt, per_image, n_repeated = [], [], 0, [], 0
         for s in samples:
-            slide = rescaled_slide(s.image, rescale)
+            slide = rescaled_slide(s.image, rescale, recolour)
             down = parse_level(level, slide, det)
             d = run_to_end(iter_detect(slide, det, downsample=down))
             gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls],
