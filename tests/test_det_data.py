@@ -393,3 +393,24 @@ def test_leave_one_lab_out_drops_every_field_of_that_lab(data_dir, tmp_path):
             assert im.size != (416, 416), p
     with pytest.raises(InputError, match="no field of that lab"):
         write_yolo_set([data_dir / "bccd"], tmp_path / "none", leave_out="Raabin-WBC", dedupe=False)
+
+
+def test_crosslab_scores_a_left_out_lab_and_recoloured_fields(data_dir, tmp_path, capsys):
+    """``crosslab --lab`` keeps the fields of that lab; ``rb`` (red and blue swapped) and
+    ``grey`` are scored like any condition; an unknown condition is one line, exit 2."""
+    import pandas as pd
+
+    from napari_bm_cells.cli import main
+
+    txl = str(data_dir / "txl-pbc" / "data.yaml")
+    rc = main(["crosslab", "--detection-data", txl, "--lab", "BCD", "--conditions", "x1,rb,grey",
+               "--limit", "3", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    df = pd.read_csv(tmp_path / "detector_crosslab.csv")
+    rows = df[~df["source"].str.startswith("worst")]
+    assert set(rows["source"]) == {"txl-pbc/BCD (test)"}
+    assert list(rows["condition"]) == ["x1", "rb", "grey"]
+    assert (rows["n_images"] == 3).all() and rows["recall"].between(0, 1).all()
+    rc = main(["crosslab", "--detection-data", txl, "--conditions", "x1,purple", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown condition(s) purple" in err and "Traceback" not in err
