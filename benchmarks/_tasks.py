@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -19,6 +20,9 @@ from _common import RssSampler, mb  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
+#: where the models run: ``run.py --device`` passes it to every measurement process
+DEVICE = os.environ.get("BM_CELLS_BENCH_DEVICE", "cpu")
+
 
 def analyse(path, level=1, detector=None, classifier=None, batch_size=None):
     """Whole-slide analysis (detection + classification) of a zarr mosaic, with the
@@ -28,8 +32,8 @@ def analyse(path, level=1, detector=None, classifier=None, batch_size=None):
     from napari_bm_cells.pipeline import AnalysisOptions, iter_analysis
 
     rss0 = RssSampler.rss()
-    cls = Classifier(classifier, device="cpu")
-    det = load_detector(detector, device="cpu")
+    cls = Classifier(classifier, device=DEVICE)
+    det = load_detector(detector, device=DEVICE)
     rss_models = RssSampler.rss()
     t = time.perf_counter()
     stages = {}  # peak RSS seen per stage, and RSS at the stage's last event
@@ -58,7 +62,7 @@ def detect_ours(npy=None, detector=None, zarr=None, tile=640, overlap=160, batch
     from napari_bm_cells.detect import default_det_batch, iter_detect, load_detector, run_to_end, tile_grid
     from napari_bm_cells.io import open_slide
 
-    det = load_detector(detector, device="cpu", precision=precision)
+    det = load_detector(detector, device=DEVICE, precision=precision)
     batch = batch or default_det_batch(det)
     if zarr:
         slide, d = open_slide(zarr), 2.0
@@ -100,7 +104,7 @@ def detect_sahi(npy=None, detector=None, tile=640, overlap=160, postprocess="GRE
     conf = sidecar_conf(read_sidecar(weights))  # our threshold, without loading the weights twice
     model = AutoDetectionModel.from_pretrained(
         model_type="ultralytics", model_path=str(weights),
-        confidence_threshold=conf, device="cpu", image_size=tile)
+        confidence_threshold=conf, device=DEVICE, image_size=tile)
     kw = dict(slice_height=tile, slice_width=tile, overlap_height_ratio=overlap / tile,
               overlap_width_ratio=overlap / tile, perform_standard_pred=False,
               postprocess_type=postprocess, verbose=0)

@@ -23,6 +23,9 @@ Sections (``--only`` picks some):
     Classifier on CPU: fp32 (PyTorch) vs bf16 autocast vs ONNX Runtime: throughput and
     macro-F1 on held-back PBC crops.
 
+``--gpu`` runs stages, sahi, memory and target on a GPU (``--device cuda``) in one
+command and writes one JSON, for whoever has a GPU for a few minutes.
+
 Everything measured in one run is printed as a table of ratios at the end and written as
 JSON (``--json``). The data folder is ``$BM_CELLS_DATA`` or ``../shared/data``.
 """
@@ -50,6 +53,9 @@ FULL = {"stage_grid": (24, 32), "sahi_grid": (12, 16), "sahi_large_grid": (24, 3
         "memory_sides": [5000, 10000, 20000, 30000], "speedup_n": 352, "target_fields": 16, "target": 200}
 QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000],
          "speedup_n": 132, "target_fields": 6, "target": 25}
+#: one GPU: the full stages, SAHI and target sizes, the memory section up to 10k^2 (building
+#: the mosaics is CPU work)
+GPU = {**FULL, "sahi_large_grid": None, "memory_sides": [5000, 10000]}
 
 
 def log(msg):
@@ -604,14 +610,24 @@ def main(argv=None):
     p.add_argument("--stage-grid", default=None,
                    help="fields of the stages mosaic, e.g. 12x16 (197 cells; default 24x32, 782 cells)")
     p.add_argument("--keep-mosaics", action="store_true", help="keep the >= 20k^2 mosaics")
+    p.add_argument("--device", default=None,
+                   help="where the models run (default cpu; cuda with --gpu) in the stages, sahi, memory and target "
+                        "sections; speedups compares CPU back-ends and always runs on the CPU")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU preset: --device cuda, sections stages,sahi,memory,target at sizes that "
+                        "run in a few minutes on one GPU (give --device to pick another)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch / OpenMP threads in every process (default: torch's default). "
                         "On a machine whose cores are busy, 1 avoids spin-waiting threads")
     a = p.parse_args(argv)
+    a.device = a.device or ("cuda" if a.gpu else "cpu")
+    if a.gpu:
+        a.only = "stages,sahi,memory,target" if a.only == p.get_default("only") else a.only
+    os.environ["BM_CELLS_BENCH_DEVICE"] = a.device  # inherited by the measurement processes
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by the measurement processes
         torch.set_num_threads(a.threads)
-    cfg = dict(QUICK if a.quick else FULL)
+    cfg = dict(QUICK if a.quick else GPU if a.gpu else FULL)
     if a.memory_sides:
         cfg["memory_sides"] = [int(s) for s in a.memory_sides.split(",")]
     if a.stage_grid:
@@ -627,7 +643,9 @@ def main(argv=None):
     data = data_dir()
     ckpt, ckpt_kind = classifier_path(a, workdir)
     detector = a.detector or str(DEFAULT_DETECTOR)
-    results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "preset": "quick" if a.quick else "full",
+    preset = "quick" if a.quick else "gpu" if a.gpu else "full"
+    results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "preset": preset,
+               "device": a.device,
                "machine": machine(), "classifier": {"path": str(ckpt), "kind": ckpt_kind},
                "detector": {"path": detector,
                             "meta": read_sidecar(detector) or None},
@@ -636,8 +654,8 @@ def main(argv=None):
     if "stages" in sections:
         log("stages: building mosaic ...")
         z, _, _ = stage_mosaic(workdir, cfg["stage_grid"], "s")
-        cls = Classifier(ckpt, device="cpu")
-        det = load_detector(detector, device="cpu")
+        cls = Classifier(ckpt, device=a.device)
+        det = load_detector(detector, device=a.device)
         log("stages: measuring ...")
         results["stages"] = bench_stages(z, det, cls)
         del cls, det
@@ -648,8 +666,8 @@ def main(argv=None):
         results["sahi"] = bench_sahi(z, npy, gt, detector, reps=1 if a.quick else 2, large=large)
     if "target" in sections:
         log("target: ...")
-        cls = Classifier(ckpt, device="cpu")
-        det = load_detector(detector, device="cpu")
+        cls = Classifier(ckpt, device=a.device)
+        det = load_detector(detector, device=a.device)
         results["target"] = bench_target(cfg["target_fields"], cfg["target"], det, cls)
         del cls, det
     if "speedups" in sections:
