@@ -76,6 +76,14 @@ class _Batches:
         return torch.stack([self.aug(torch.from_numpy(self.imgs[i]).permute(2, 0, 1)) for i in idx]), idx
 
 
+def _one_cycle(opt, lr: float, total_steps: int, done: int = 0):
+    """The one-cycle learning-rate schedule over ``total_steps``, ``done`` of them taken."""
+    import torch
+
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15,
+                                               last_epoch=done - 1)
+
+
 def _one_thread(_):
     import torch
 
@@ -333,8 +341,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = max(1, len(tr) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
+    sched = _one_cycle(opt, lr, epochs * steps_per_epoch)
     meta = ClassifierMeta(arch=arch, classes=classes, input_size=img_size,
                           crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
                           trained_on=" + ".join([Path(data_dir).name] + [Path(d).name for d in extra_data] + [
@@ -411,9 +418,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             if fit < epochs:
                 progress(f"{fit} epochs fit in {time_limit_s:.0f} s (not {epochs}): schedule shortened")
                 epochs = fit
-                sched = torch.optim.lr_scheduler.OneCycleLR(
-                    opt, max_lr=lr, total_steps=max(step + 1, epochs * steps_per_epoch), pct_start=0.15,
-                    last_epoch=step - 1)
+                sched = _one_cycle(opt, lr, max(step + 1, epochs * steps_per_epoch), done=step)
         if f1 > best_f1:
             best_f1 = f1
             save_checkpoint(out, kept.state_dict(), meta)
