@@ -90,6 +90,9 @@ def test_bccd_field_types_use_the_model_class_and_report_review(data_dir, classi
 
     df = pd.read_csv(tmp_path / "bccd_fields.csv")
     assert "UNK" not in set(df["pred"])  # a field's type is the model's class, reviewed or not
+    from napari_bm_cells.taxonomy import NON_LEUKOCYTE_CODES
+
+    assert not set(df["pred"]) & NON_LEUKOCYTE_CODES  # the field's type is a leukocyte's
     assert m["n"] == len(df) >= 4
     r = m["review"]
     assert r["unclassified_fraction"] == pytest.approx(df.loc[df["pred"] != "none", "unclassified"].mean())
