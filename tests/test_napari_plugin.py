@@ -146,8 +146,9 @@ def _error_records():
 
 
 # --------------------------------------------------------------------------- tests
-def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg,
-                                                        classifier_path, tmp_path):
+def _run_field(viewer, qtbot, bccd_jpeg, classifier_path):
+    """Open a BCCD field through the reader and analyse it with the Analyze widget:
+    ``(image layer, widget, panel, result, points layer)``."""
     [image] = viewer.open(str(bccd_jpeg), plugin=PLUGIN)
     w, panel = _dock(viewer)
     assert w.image.value is image
@@ -162,9 +163,12 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     res = w.result
     assert res is not None and len(res.cells) >= 1 and res.summary["classifier"]["colour"]["mode"] == "off"
     assert w.run_button.enabled and not w.cancel_button.enabled
+    return image, w, panel, res, viewer.layers[f"{image.name} cells"]
 
+
+def test_run_on_bccd_field_fills_points_and_masks(viewer, qtbot, bccd_jpeg, classifier_path):
+    image, w, panel, res, pts = _run_field(viewer, qtbot, bccd_jpeg, classifier_path)
     # one point per detected cell, with the expected features and class colours
-    pts = viewer.layers[f"{image.name} cells"]
     assert pts is w.points_layer
     assert len(pts.data) == len(res.cells), (len(pts.data), res.cells)
     classes = res.summary["classifier"]["classes"]
@@ -179,6 +183,10 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     assert set(np.unique(masks.data)) - {0} <= set(res.cells["cell_id"])
     assert viewer.layers.index(masks) < viewer.layers.index(pts)
 
+
+def test_panel_counts_reviews_and_rolls_up_lineages(viewer, qtbot, bccd_jpeg, classifier_path):
+    _, _, panel, res, pts = _run_field(viewer, qtbot, bccd_jpeg, classifier_path)
+    classes = res.summary["classifier"]["classes"]
     # the panel counts what the cells table says
     qtbot.waitUntil(lambda: panel.layer is pts and panel.summary is not None, timeout=5000)
     panel.refresh()
@@ -202,7 +210,12 @@ def test_run_on_bccd_field_layers_panel_reassign_export(viewer, qtbot, bccd_jpeg
     assert lin == panel.summary["lineage_counts"]
     panel.view_combo.setCurrentText("classes")
     panel.refresh()
+    assert _bars(qtbot, panel) == heights
 
+
+def test_reassign_by_key_recounts_and_export_round_trips(viewer, qtbot, bccd_jpeg, classifier_path, tmp_path):
+    _, _, panel, res, pts = _run_field(viewer, qtbot, bccd_jpeg, classifier_path)
+    qtbot.waitUntil(lambda: panel.layer is pts and panel.summary is not None, timeout=5000)
     # reassigning a point (number key on the layer, as a user does) changes counts and bars
     # a counted cell (not one left to review, UNK)
     i = int(np.flatnonzero(pts.features["label"].astype(str).to_numpy() != "UNK")[0])
