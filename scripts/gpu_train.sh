@@ -48,7 +48,7 @@ DET=($PACK/txl-pbc/data.yaml $PACK/bccd)
         --workers "$([ "$lab" = all ] && echo 4 || echo 2)" --device "$DEVICE" "${extra[@]}") >"$W/det_$lab.log" 2>&1 &
 done
 # packed crops: 112 px of the central 250 px, so field of view and cell size are given in
-# packed pixels (the checkpoints are restated in full-crop pixels after the run)
+# packed pixels (the checkpoints are restated in full-crop pixels at the end)
 CLS=($PACK/pbc --extra-data $PACK/pbc-extra --crop-size-px 112 --ref-cell-px 47.913
      --epochs 40 --minutes "$MINUTES" --workers 4 --batch-size 64 --device "${CLS_DEVICE:-cuda}" ${CLS_ARGS:-})
 if [[ $RUN == *cls* ]]; then
@@ -62,10 +62,9 @@ while [ -n "$(jobs -r)" ] && [ "$SECONDS" -lt "${DEADLINE:-540}" ]; do sleep 15
     tail -qn1 "$W"/*.log | cut -c1-150; done
 [ -n "$(jobs -r)" ] && echo "deadline: stopping $(jobs -r | wc -l) runs" && kill $(jobs -pr) 2>/dev/null
 wait
-# a stopped classifier run leaves its best epoch in float32: store it in half precision
-for f in "$W"/cls_*.safetensors; do python3 -c "
-import sys; from napari_bm_cells.checkpoint import load_model, save_checkpoint
-m, meta = load_model(sys.argv[1]); save_checkpoint(sys.argv[1], m.state_dict(), meta, half=True)" "$f"; done
+# classifiers: field of view and cell size in full-crop pixels, weights in half precision
+# (a run stopped at the deadline leaves its best epoch in float32)
+ls "$W"/cls_*.safetensors >/dev/null 2>&1 && python3 scripts/pack_training_set.py --restate "$W"/cls_*.safetensors
 tail -n 5 "$W"/*.log
 tar czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls *.log *.json *.csv 2>/dev/null)
 cp "$W"/det_*.pt "$W"/cls_*.safetensors "$OUT"/ 2>/dev/null

@@ -9,8 +9,9 @@ checkpoints in full-crop pixels (``--restate``), as the pipeline cuts crops from
 them.
 
 Usage: ``python scripts/pack_training_set.py ../shared/data .pack``, then
-``tar czf .packed/data.tgz .pack`` (what ``scripts/gpu_train.sh`` unpacks), and after
-training ``python scripts/pack_training_set.py --restate CKPT.safetensors ...``.
+``tar czf .packed/data.tgz .pack`` (what ``scripts/gpu_train.sh`` unpacks); after
+training, ``python scripts/pack_training_set.py --restate CKPT.safetensors ...``
+(``gpu_train.sh`` runs it on its classifiers).
 """
 from __future__ import annotations
 

@@ -379,7 +379,8 @@ def test_leave_one_lab_out_drops_every_field_of_that_lab(data_dir, tmp_path):
     from PIL import Image
 
     from napari_bm_cells.errors import InputError
-    from napari_bm_cells.training.det_data import field_source, read_detection_set
+    from napari_bm_cells.training.det_data import read_detection_set
+    from napari_bm_cells.training.labs import field_source
 
     txl = data_dir / "txl-pbc" / "data.yaml"
     fields = [s for v in read_detection_set(txl).values() for s in v]

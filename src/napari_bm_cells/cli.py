@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from .options import COLOUR_CHOICES, add_flags, from_flags
-from .training.det_data import source_names
+from .training.labs import source_names
 
 
 def _analysis_args(p: argparse.ArgumentParser):

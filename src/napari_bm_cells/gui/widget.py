@@ -65,8 +65,8 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
                  prepared: dict | None = None):
     """Generator run by the worker: model loading, then the pipeline's events.
 
-    Errors and cancellation are yielded as ``Progress(Stage.ERROR | "cancelled", ...)``
-    events (payload: the exception), so they reach the GUI thread like any event.
+    Errors and cancellation are yielded as ``Stage.ERROR`` / ``Stage.CANCELLED`` events
+    (payload: the exception), so they reach the GUI thread like any event.
     Before the final event, the masks layer's arguments (lazy arrays, class colours) are
     built here, in the worker, into ``prepared["labels"]``: the GUI thread only adds it.
     """
@@ -395,7 +395,7 @@ class AnalyzeWidget(Container):
             self._job.cancel()
 
     # ---------------------------------------------------------------- events (GUI thread)
-    def _progress(self, stage: str, done: int, total: int):
+    def _progress(self, stage: Stage, done: int, total: int):
         from napari.utils import progress
 
         desc = {Stage.LOAD: "loading models", Stage.DETECT: "detecting (tiles)",

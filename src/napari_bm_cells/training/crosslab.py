@@ -29,7 +29,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..taxonomy import NON_LEUKOCYTE_CODES
-from .det_data import DuplicateFinder, field_source
+from .det_data import DuplicateFinder
+from .labs import field_source, in_lab
 from .field_cells import LABEL_TO_CODES, read_subtypes
 
 #: the shipped classifier trains on cells of BCCD's train split: evaluate on the others
@@ -158,14 +159,14 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
     ----------
     sources : list of path
         VOC folders or YOLO sets; their test split (else val, else all images) is used.
-        A TXL-PBC set is split into its labs by image size (:func:`~.det_data.field_source`).
+        A TXL-PBC set is split into its labs by image size (:func:`~.labs.field_source`).
     conditions : subset of :data:`CONDITIONS`
     limit : int, optional
         At most this many images per source (evenly spaced).
     split : {None, "all", "train", "val", "test"}
         Which images of each set: ``None`` its test split (else val, else all).
     lab : str, optional
-        Only fields of this lab (:func:`~.det_data.field_source`): with ``split="all"``,
+        Only fields of this lab (:func:`~.labs.field_source`): with ``split="all"``,
         every field of the lab a leave-one-source-out detector never saw.
 
     Returns
@@ -186,7 +187,7 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
     for src in sources:
         samples, used = detection_samples(src, split)
         for s in samples:
-            if lab and field_source(s).lower() != lab.lower():
+            if lab and not in_lab(s, lab):
                 continue
             name = field_source(s) if len({(x.width, x.height) for x in samples}) > 1 else Path(src).name
             groups.setdefault(f"{Path(src).parent.name if Path(src).is_file() else Path(src).name}"

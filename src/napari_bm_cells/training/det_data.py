@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from ..errors import InputError
+from .labs import in_lab, source_names
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,6 @@ class Sample:
     width: int
     height: int
     boxes: list[Box]
-
-
-#: the lab a field comes from, told by its image size (width, height): TXL-PBC mixes four
-#: labs, and BCCD's own fields are 640x480 too
-SOURCES_BY_SIZE = {(360, 363): "PBC", (366, 369): "PBC", (575, 575): "Raabin-WBC", (416, 416): "BCD",
-                   (640, 480): "BCCD"}
-
-
-def field_source(sample: Sample) -> str:
-    """The lab a field comes from, by its image size (:data:`SOURCES_BY_SIZE`)."""
-    return SOURCES_BY_SIZE.get((sample.width, sample.height), f"other {sample.width}x{sample.height}")
-
-
-def source_names() -> list[str]:
-    """The labs :func:`field_source` tells apart."""
-    return sorted(set(SOURCES_BY_SIZE.values()))
 
 
 def _canon(name: str) -> str:
@@ -268,7 +253,7 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
     BCCD fields and splits them differently; both sets also hold near-identical frames
     of one spot). ``dedupe=False`` converts every image and box as is. Without a val split
     in the sources, :func:`hold_out_val` makes one from the training fields.
-    ``leave_out`` names a lab (:func:`field_source`) whose fields are left out of every
+    ``leave_out`` names a lab (:func:`~.labs.field_source`) whose fields are left out of every
     split, for leave-one-source-out training. Returns the path of the new ``data.yaml``.
     """
     out_dir = Path(out_dir)
@@ -283,7 +268,7 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
     for si, src in enumerate(sources):
         for split, samples in read_detection_set(src).items():
             for s in samples:
-                if leave_out and field_source(s).lower() == leave_out.lower():
+                if leave_out and in_lab(s, leave_out):
                     n_left += 1
                     continue
                 if finder is not None and finder.seen(s.image):

@@ -7,7 +7,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .det_data import CLASS_SETS, field_source, read_detection_set, write_yolo_set
+from .det_data import CLASS_SETS, read_detection_set, write_yolo_set
+from .labs import in_lab
 
 
 #: ultralytics augmentation of the shipped detector (hue rotation ±0.3 × 180°, BGR swap)
@@ -24,7 +25,7 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None =
     sizes = []
     for src in sources:
         for s in read_detection_set(src).get("train", []):
-            if leave_out and field_source(s).lower() == leave_out.lower():
+            if leave_out and in_lab(s, leave_out):
                 continue
             scale = imgsz / max(s.width, s.height)
             sizes += [max(b.x1 - b.x0, b.y1 - b.y0) * scale for b in s.boxes if b.cls == cls]
@@ -64,7 +65,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         :func:`~napari_bm_cells.training.augment.random_stain` (another lab's stain,
         background and camera; boxes unchanged).
     leave_out : str, optional
-        A lab whose fields are left out (:func:`~.det_data.field_source`), to test the
+        A lab whose fields are left out (:func:`~.labs.field_source`), to test the
         detector on a lab it never saw (``bm-cells crosslab --lab``).
     hours : float, optional
         Training time budget: ultralytics fits the number of epochs and the learning-rate
