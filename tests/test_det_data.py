@@ -414,4 +414,4 @@ def test_crosslab_scores_a_left_out_lab_and_recoloured_fields(data_dir, tmp_path
     assert (rows["n_images"] == 3).all() and rows["recall"].between(0, 1).all()
     rc = main(["crosslab", "--detection-data", txl, "--conditions", "x1,purple", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert rc == 2 and "unknown condition(s) purple" in err and "Traceback" not in err
+    assert rc == 2 and "unknown condition 'purple'" in err and "Traceback" not in err

@@ -99,6 +99,10 @@ def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data
     opts = AnalysisOptions(level="2x", batch_size=3)
     res = analyze(img, detector=detector, classifier=classifier, options=opts)
     assert len(res.cells) > FIRST_BATCH + opts.batch_size
+    scale = res.summary["classifier"]["crop_scale"]  # no pixel size: the white cells' measured size
+    assert scale["by"] == "white cells"
+    assert res.summary["classifier"]["crop_px_level0"] == pytest.approx(
+        classifier.meta.crop_size_px * scale["cell_px"] / classifier.meta.ref_cell_px, rel=1e-3)
     dets = Detections.from_table(res.cells)
     cells = list(cut_cells(open_slide(img), dets, res.summary["classifier"]["crop_px_level0"],
                            classifier.input_size, classifier.meta.crop_size_px, opts.block))

@@ -97,21 +97,40 @@ def measure_cell_px(slide: Slide, dets: Detections, n: int = 32, seed: int = 0) 
 
 
 def crop_side(meta, slide: Slide, dets: Detections, opts: AnalysisOptions) -> float:
-    """Level-0 side of the square cut around each cell: the checkpoint's field of view
-    (``meta``, a :class:`~napari_bm_cells.checkpoint.ClassifierMeta`) scaled to this
-    slide — by pixel size when slide and checkpoint state it, else by the cells'
-    measured size (centre-contour diameter) relative to the training cells."""
+    """Level-0 side of the square cut around each cell (see :func:`crop_scale`)."""
+    return crop_scale(meta, slide, dets, opts)[0]
+
+
+def crop_scale(meta, slide: Slide, dets: Detections, opts: AnalysisOptions) -> tuple[float, dict]:
+    """Level-0 side of the square cut around each cell, and how it was chosen.
+
+    The checkpoint's field of view (``meta``, a
+    :class:`~napari_bm_cells.checkpoint.ClassifierMeta`) scaled to this slide, by the
+    first that applies: ``opts.crop_px``; the pixel sizes of slide and checkpoint; the
+    user's cell size (``opts.cell_px``); the white cells' measured size (centre-contour
+    diameter) against the checkpoint's ``ref_cell_px``; their boxes.
+
+    Returns
+    -------
+    side : float
+    info : dict
+        ``by`` (``crop_px``, ``pixel size``, ``cell size``, ``white cells``, ``boxes`` or
+        ``default``) and the cell size used (``cell_px``, level-0 px).
+    """
     if opts.crop_px:
-        return float(opts.crop_px)
+        return float(opts.crop_px), {"by": "crop_px"}
     if slide.mpp and meta.mpp:
-        return meta.crop_size_px * meta.mpp / slide.mpp
-    cell = opts.cell_px or dets.cell_px or measure_cell_px(slide, dets)
-    if cell is None and len(dets):
+        return meta.crop_size_px * meta.mpp / slide.mpp, {"by": "pixel size"}
+    if opts.cell_px:
+        return meta.crop_size_px * opts.cell_px / meta.ref_cell_px, {"by": "cell size", "cell_px": opts.cell_px}
+    cell = dets.cell_px or measure_cell_px(slide, dets)
+    if cell is not None:
+        return meta.crop_size_px * cell / meta.ref_cell_px, {"by": "white cells", "cell_px": round(cell, 1)}
+    if len(dets):
         sizes = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
         cell = BOX_TO_DIAMETER * float(np.median(sizes))
-    if cell is None:
-        return float(meta.crop_size_px)
-    return meta.crop_size_px * cell / meta.ref_cell_px
+        return meta.crop_size_px * cell / meta.ref_cell_px, {"by": "boxes", "cell_px": round(cell, 1)}
+    return float(meta.crop_size_px), {"by": "default"}
 
 
 def _blocks(dets: Detections, shape, block: int):
@@ -482,7 +501,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
             continue
         t = time.perf_counter()
         if side is None and len(dets):
-            side = crop_side(cls.meta, slide, dets, opts)
+            side, scale_by = crop_scale(cls.meta, slide, dets, opts)
         n = len(dets)
         probs = np.zeros((n, len(cls.classes)), np.float32)
         centres = np.zeros((n, 2), np.float64)
@@ -510,7 +529,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
             break
 
     if side is None:
-        side = crop_side(cls.meta, slide, Detections.empty(), opts)
+        side, scale_by = crop_scale(cls.meta, slide, Detections.empty(), opts)
     nc = len(cls.classes)
     dets = Detections(np.concatenate([np.zeros((0, 4))] + all_boxes).astype(np.float32),
                       np.concatenate([np.zeros(0)] + all_scores).astype(np.float32))
@@ -544,7 +563,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                      "tile_size": opts.tile_size, "overlap": opts.overlap,
                      "border_duplicates_removed": n_dup},
         "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,
-                       "classes": cls.classes, "crop_px_level0": side,
+                       "classes": cls.classes, "crop_px_level0": side, "crop_scale": scale_by,
                        "input_size": cls.input_size, "device": cls.device,
                        "colour": colour.info()},
         "options": options_dict(opts),

@@ -177,11 +177,9 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
     import tempfile
 
     from ..detect import load_detector
-    from .evaluate import RECOLOUR, detection_metrics, detection_samples
+    from .evaluate import detection_metrics, detection_samples
 
-    bad = [c for c in conditions if not (c in RECOLOUR or re.fullmatch(r"x[0-9.]+|wide[0-9]+", c))]
-    if bad:
-        raise InputError(f"crosslab: unknown condition(s) {', '.join(bad)}; choose from {', '.join(CONDITIONS)}")
+    parsed = [parse_condition(c) for c in conditions]
     det = load_detector(detector, device=device)
     groups: dict[str, list] = {}
     for src in sources:
@@ -199,14 +197,13 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
         for gname, samples in groups.items():
             if limit and len(samples) > limit:
                 samples = samples[::int(np.ceil(len(samples) / limit))]
-            for cond in conditions:
-                if cond.startswith("wide"):
-                    k = int(cond[4:])
-                    m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", k), det)
-                elif cond in RECOLOUR:
-                    m, _ = detection_metrics(samples, det, recolour=cond)
+            for cond, (kind, value) in zip(conditions, parsed):
+                if kind == "wide":
+                    m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", value), det)
+                elif kind == "recolour":
+                    m, _ = detection_metrics(samples, det, recolour=value)
                 else:
-                    m, _ = detection_metrics(samples, det, rescale=float(cond[1:]))
+                    m, _ = detection_metrics(samples, det, rescale=value)
                 rows.append({"source": gname, "condition": cond, **{k: m[k] for k in
                              ("recall", "precision", "ap50", "n_gt", "n_images",
                                                                     "threshold_for_recall_0.95")}})
@@ -222,6 +219,22 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
         (out / "detector_crosslab.json").write_text(json.dumps(
             {"detector": str(getattr(det, "weights", None) or "contour"), "rows": df.to_dict("records")}, indent=2))
     return df
+
+
+def parse_condition(cond: str) -> tuple[str, object]:
+    """A crosslab condition as (kind, value): ``x<f>`` -> ("rescale", f), ``wide<k>`` ->
+    ("wide", k), a :data:`~napari_bm_cells.training.evaluate.RECOLOUR` name ->
+    ("recolour", name); anything else is an :class:`InputError`."""
+    from .evaluate import RECOLOUR
+
+    if cond in RECOLOUR:
+        return "recolour", cond
+    if re.fullmatch(r"x(?:[0-9]+\.?[0-9]*|\.[0-9]+)", cond) and float(cond[1:]) > 0:
+        return "rescale", float(cond[1:])
+    if re.fullmatch(r"wide[1-9][0-9]*", cond):
+        return "wide", int(cond[4:])
+    raise InputError(f"crosslab: unknown condition {cond!r}; choose from {', '.join(CONDITIONS)} "
+                     "(x<f>: any positive factor, wide<k>: any k)")
 
 
 def _review_stats(df: pd.DataFrame) -> dict:
