@@ -109,3 +109,51 @@ class ChartView(QLabel):
     def _done(self) -> None:
         self._worker = None
         self._start()
+
+
+# --------------------------------------------------------------------------- the panel's figures
+def theme_colours(viewer) -> tuple[str, str]:
+    """(background, text) colours of the viewer's theme; white/black if unknown."""
+    try:
+        from napari.utils.theme import get_theme
+
+        th = get_theme(viewer.theme)
+        return th.background.as_hex(), th.text.as_hex()
+    except Exception:  # noqa: BLE001
+        return "#ffffff", "#000000"
+
+
+def draw_histogram_figure(fig, s: dict, classes, fg: str, bg: str, by: str) -> None:
+    """The panel's histogram on ``fig`` (drawn by :class:`ChartView` off the GUI thread)."""
+    ax = fig.axes[0] if fig.axes else fig.add_subplot(111)
+    fig.set_facecolor(bg)
+    if s is None:
+        ax.clear()
+        ax.set_facecolor(bg)
+        return
+    from .layers import draw_histogram
+
+    draw_histogram(ax, s, classes, text_colour=fg, by=by)
+    ax.set_facecolor(bg)
+    # fixed margins (room for the rotated class codes): a tight layout on every recount
+    # costs a fifth of the drawing
+    fig.subplots_adjust(left=0.14, right=0.98, top=0.9, bottom=0.3)
+
+
+def draw_probabilities_figure(fig, probs: dict, fg: str, bg: str) -> None:
+    """The selected cell's six most probable classes as horizontal bars on ``fig``."""
+    ax = fig.axes[0] if fig.axes else fig.add_subplot(111)
+    fig.set_facecolor(bg)
+    ax.clear()
+    ax.set_facecolor(bg)
+    if not probs:
+        return
+    from ..taxonomy import colour_of
+
+    top = sorted(probs.items(), key=lambda kv: -kv[1])[:6][::-1]
+    ax.barh([k for k, _ in top], [v for _, v in top], color=[colour_of(k) for k, _ in top])
+    ax.set_xlim(0, 1)
+    ax.tick_params(labelsize=7, colors=fg)
+    for sp in ax.spines.values():
+        sp.set_color(fg)
+    fig.subplots_adjust(left=0.22, right=0.96, top=0.96, bottom=0.14)

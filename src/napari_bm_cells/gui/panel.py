@@ -26,7 +26,7 @@ from superqt.utils import qdebounced
 
 from . import layers as L
 from .. import runtime
-from .chart import ChartView
+from .chart import ChartView, draw_histogram_figure, draw_probabilities_figure, theme_colours
 from .cells_combo import CellsLayerCombo, shrinkable
 from ..cells_table import probabilities
 from ..errors import InputError
@@ -37,49 +37,6 @@ if TYPE_CHECKING:
 
 DEBOUNCE_MS = 150
 CROP_VIEW_PX = 160
-
-
-def _theme_colours(viewer) -> tuple[str, str]:
-    """(background, text) colours of the viewer's theme; white/black if unknown."""
-    try:
-        from napari.utils.theme import get_theme
-
-        th = get_theme(viewer.theme)
-        return th.background.as_hex(), th.text.as_hex()
-    except Exception:  # noqa: BLE001
-        return "#ffffff", "#000000"
-
-
-def _draw_histogram_figure(fig, s: dict, classes, fg: str, bg: str, by: str) -> None:
-    """The panel's histogram on ``fig`` (drawn by :class:`ChartView` off the GUI thread)."""
-    ax = fig.axes[0] if fig.axes else fig.add_subplot(111)
-    fig.set_facecolor(bg)
-    if s is None:
-        ax.clear()
-        ax.set_facecolor(bg)
-        return
-    L.draw_histogram(ax, s, classes, text_colour=fg, by=by)
-    ax.set_facecolor(bg)
-    # fixed margins (room for the rotated class codes): a tight layout on every recount
-    # costs a fifth of the drawing
-    fig.subplots_adjust(left=0.14, right=0.98, top=0.9, bottom=0.3)
-
-
-def _draw_probabilities_figure(fig, probs: dict, fg: str, bg: str) -> None:
-    """The selected cell's six most probable classes as horizontal bars on ``fig``."""
-    ax = fig.axes[0] if fig.axes else fig.add_subplot(111)
-    fig.set_facecolor(bg)
-    ax.clear()
-    ax.set_facecolor(bg)
-    if not probs:
-        return
-    top = sorted(probs.items(), key=lambda kv: -kv[1])[:6][::-1]
-    ax.barh([k for k, _ in top], [v for _, v in top], color=[colour_of(k) for k, _ in top])
-    ax.set_xlim(0, 1)
-    ax.tick_params(labelsize=7, colors=fg)
-    for sp in ax.spines.values():
-        sp.set_color(fg)
-    fig.subplots_adjust(left=0.22, right=0.96, top=0.96, bottom=0.14)
 
 
 def _fmt_pct(p, ci=None) -> str:
@@ -103,7 +60,7 @@ class DifferentialPanel(QWidget):
         self.summary: dict | None = None  #: last differential of the layer's features
         self.keys: dict[str, str] = {}
         self._index: int | None = None  # cell shown in the inspector
-        bg, fg = _theme_colours(napari_viewer)
+        bg, fg = theme_colours(napari_viewer)
         self._bg, self._fg = bg, fg
 
         # recount once a burst of layer events is over; follow the selection at most every 50 ms
@@ -115,6 +72,15 @@ class DifferentialPanel(QWidget):
         # three tabs, so each part fits a dock's height: the numbers, one cell, the sign-off
         self.tabs = QTabWidget()
         outer.addWidget(self.tabs, 1)
+        self._build_counts_page(napari_viewer)
+        self._build_cell_page()
+        self._build_signoff_page()
+        self.layer_combo.update_choices()
+        self._set_inspector_enabled(False)
+        napari_viewer.events.theme.connect(self._on_theme)
+
+    def _build_counts_page(self, napari_viewer):
+        """The numbers: key figures with their caveats, histogram and table."""
         lay = self._page("Counts")
 
         row = QHBoxLayout()
@@ -137,7 +103,7 @@ class DifferentialPanel(QWidget):
         row.addWidget(self.view_combo)
         row.addStretch(1)
         lay.addLayout(row)
-        self.chart = ChartView(_draw_histogram_figure, (4.2, 2.6))
+        self.chart = ChartView(draw_histogram_figure, (4.2, 2.6))
         self.chart.setMinimumHeight(220)
         lay.addWidget(self.chart)
         self.table = QTableWidget(0, 4)
@@ -153,6 +119,8 @@ class DifferentialPanel(QWidget):
         lay.addWidget(self.table)
         lay.addStretch(1)
 
+    def _build_cell_page(self):
+        """One cell: review queue, crop, probabilities, reassign / confirm / delete, Explain."""
         il = self._page("Cell")
         il.addWidget(QLabel("the selected cell (click a point, or Next >)"))
         top = QHBoxLayout()
@@ -160,7 +128,7 @@ class DifferentialPanel(QWidget):
         self.crop_label.setFixedSize(CROP_VIEW_PX, CROP_VIEW_PX)
         self.crop_label.setAlignment(Qt.AlignCenter)
         top.addWidget(self.crop_label)
-        self.prob_chart = ChartView(_draw_probabilities_figure, (2.4, 1.8))
+        self.prob_chart = ChartView(draw_probabilities_figure, (2.4, 1.8))
         self.prob_chart.setFixedHeight(CROP_VIEW_PX)
         top.addWidget(self.prob_chart, 1)
         il.addLayout(top)
@@ -220,6 +188,8 @@ class DifferentialPanel(QWidget):
         self._queue_pos, self._queue_layer = -1, None
         il.addStretch(1)
 
+    def _build_signoff_page(self):
+        """Sign-off and exports."""
         lay = self._page("Sign-off")
         sign = QGroupBox("sign-off")
         sl = QVBoxLayout(sign)
@@ -254,13 +224,9 @@ class DifferentialPanel(QWidget):
         lay.addLayout(row)
         lay.addStretch(1)
 
-        self.layer_combo.update_choices()
-        self._set_inspector_enabled(False)
-        napari_viewer.events.theme.connect(self._on_theme)
-
     def _on_theme(self, *_):
         """Follow a light / dark theme change: figures and text redrawn in its colours."""
-        self._bg, self._fg = _theme_colours(self._viewer)
+        self._bg, self._fg = theme_colours(self._viewer)
         self.refresh()
         self.update_inspector()
 
