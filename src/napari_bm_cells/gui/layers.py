@@ -410,8 +410,16 @@ def labels_kwargs(labels, image_layer=None, *, name: str = "cell masks", slide: 
         data, multiscale = np.asarray(labels[:]), False
     else:
         base = da.from_zarr(labels)
+        # napari reads the level it shows when the layer is added, on the GUI thread: the
+        # small levels come as arrays, and what a first Labels layer imports (dask's first
+        # compute imports dask.distributed, ~0.3 s; napari's default label colours import
+        # scikit-image's colour module and SciPy's linalg, ~0.1 s) is imported here, in the
+        # worker that prepares the layer
+        da.zeros(1).compute()
+        from napari.utils.colormaps import label_colormap
+        label_colormap(2)
         if levels:
-            data = [base] + [da.from_zarr(a) for _, a in levels]
+            data = [base] + [np.asarray(a[:]) if a.size <= small else da.from_zarr(a) for _, a in levels]
         else:
             downs = slide.downsamples if slide is not None and len(slide.levels) > 1 else [1]
             data = [base] + [base[::int(round(d)), ::int(round(d))] for d in downs[1:] if round(d) >= 2]
