@@ -43,6 +43,13 @@ def main(folder: Path, out: Path) -> int:
         panel.export(out / path.name)
         print(f"{path.name}: {len(result.cells)} cells -> {out / path.name}")
         n += 1
+    # let the widgets' background threads (histogram drawings) finish before the viewer
+    # and the process go: a thread still running at exit aborts Python
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    QThreadPool.globalInstance().waitForDone(60_000)
+    QApplication.processEvents()
     viewer.close()
     return n
 
