@@ -122,15 +122,15 @@ def crop_scale(meta, slide: Slide, dets: Detections, opts: AnalysisOptions) -> t
     if slide.mpp and meta.mpp:
         return meta.crop_size_px * meta.mpp / slide.mpp, {"by": "pixel size"}
     if opts.cell_px:
-        return meta.crop_size_px * opts.cell_px / meta.ref_cell_px, {"by": "cell size", "cell_px": opts.cell_px}
-    cell = dets.cell_px or measure_cell_px(slide, dets)
-    if cell is not None:
-        return meta.crop_size_px * cell / meta.ref_cell_px, {"by": "white cells", "cell_px": round(cell, 1)}
-    if len(dets):
+        cell, by = opts.cell_px, "cell size"
+    elif (cell := dets.cell_px or measure_cell_px(slide, dets)) is not None:
+        by = "white cells"
+    elif len(dets):
         sizes = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
-        cell = BOX_TO_DIAMETER * float(np.median(sizes))
-        return meta.crop_size_px * cell / meta.ref_cell_px, {"by": "boxes", "cell_px": round(cell, 1)}
-    return float(meta.crop_size_px), {"by": "default"}
+        cell, by = BOX_TO_DIAMETER * float(np.median(sizes)), "boxes"
+    else:
+        return float(meta.crop_size_px), {"by": "default"}
+    return meta.crop_size_px * cell / meta.ref_cell_px, {"by": by, "cell_px": round(float(cell), 1)}
 
 
 def _blocks(dets: Detections, shape, block: int):
