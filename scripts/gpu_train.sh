@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Train every model of docs/models.md in one GPU run of under 10 minutes, in parallel:
-# the white-cell detector on all labs plus one detector per left-out lab (cross-lab check),
+# the cell detector on all labs plus one detector per left-out lab (cross-lab check),
 # and the ResNeXt classifier with and without BCCD cells (cross-lab check).
 #
 # Needs the packed data (python scripts/pack_training_set.py ../shared/data .pack) and, where
 # ultralytics is not installed, its wheels in .whl/. Writes weights and logs to $OUT.
-# MINUTES (default 5) is each run's training budget (a detector then chooses its threshold on
-# its validation fields through the pipeline, 2-3 minutes more); DEVICE (default cuda); RUN (det,cls) which
-# models; LABS the detectors (all = every lab; a lab's name = without it); PACK
-# (default .pack) the packed data; CLS_ARGS more train-classifier arguments (smoke tests).
+# MINUTES (default 5) is each run's training budget (CLS_MINUTES the classifiers'; a
+# detector then chooses its threshold on its validation fields through the pipeline, 2-3
+# minutes more); DEVICE (default cuda); RUN (det,cls) which models; LABS the detectors
+# (all = every lab; a lab's name = without it; see below); PACK (default .pack) the packed
+# data; CLS_ARGS more train-classifier arguments (smoke tests).
 set -u
 OUT=${OUT:-/tmp/bm_cells_gpu}
 MINUTES=${MINUTES:-5}
@@ -42,19 +43,26 @@ EOF
 }
 HOURS=$(python3 -c "print($MINUTES / 60)")
 DET=($PACK/txl-pbc/data.yaml $PACK/bccd)
-[[ $RUN == *det* ]] && for lab in ${LABS:-all PBC Raabin-WBC BCD BCCD}; do
+# each LABS entry is LAB or LAB:CLASSES (CLASSES all, the default: white cells, red cells
+# and platelets; or wbc: white cells only, saved as det_<LAB>_wbc)
+[[ $RUN == *det* ]] && for entry in ${LABS:-all PBC Raabin-WBC BCD BCCD}; do
+    lab=${entry%%:*}; classes=all; [[ $entry == *:* ]] && classes=${entry#*:}
+    name=det_$lab; [ "$classes" = wbc ] && name=${name}_wbc
     extra=(); [ "$lab" != all ] && extra=(--leave-out "$lab")
-    (cli train-detector "${DET[@]}" --out "$W/det_$lab.pt" --hours "$HOURS" --batch-size 32 \
-        --workers "$([ "$lab" = all ] && echo 4 || echo 2)" --device "$DEVICE" "${extra[@]}") >"$W/det_$lab.log" 2>&1 &
+    (cli train-detector "${DET[@]}" --out "$W/$name.pt" --hours "$HOURS" --batch-size 32 --classes "$classes" \
+        --workers "$([ "$lab" = all ] && echo 4 || echo 2)" --device "$DEVICE" "${extra[@]}") >"$W/$name.log" 2>&1 &
 done
 # packed crops: 112 px of the central 250 px, so field of view and cell size are given in
 # packed pixels (the checkpoints are restated in full-crop pixels at the end)
 CLS=($PACK/pbc --extra-data $PACK/pbc-extra --crop-size-px 112 --ref-cell-px 47.913
-     --epochs 40 --minutes "$MINUTES" --workers 4 --batch-size 64 --device "${CLS_DEVICE:-cuda}" ${CLS_ARGS:-})
+     --epochs 40 --minutes "${CLS_MINUTES:-$MINUTES}" --workers 4 --batch-size 64 --device "${CLS_DEVICE:-cuda}" ${CLS_ARGS:-})
+# CLASSIFIERS (default both): pbc (PBC crops only) and/or pbc_bccd (plus BCCD's field cells)
 if [[ $RUN == *cls* ]]; then
-    (cli train-classifier "${CLS[@]}" --out "$W/cls_pbc.safetensors") >"$W/cls_pbc.log" 2>&1 &
-    (cli train-classifier "${CLS[@]}" --field-cells "$PACK/bccd" --out "$W/cls_pbc_bccd.safetensors") \
-        >"$W/cls_pbc_bccd.log" 2>&1 &
+    [[ ${CLASSIFIERS:-pbc pbc_bccd} =~ (^| )pbc( |$) ]] &&
+        (cli train-classifier "${CLS[@]}" --out "$W/cls_pbc.safetensors") >"$W/cls_pbc.log" 2>&1 &
+    [[ ${CLASSIFIERS:-pbc pbc_bccd} == *pbc_bccd* ]] &&
+        (cli train-classifier "${CLS[@]}" --field-cells "$PACK/bccd" --out "$W/cls_pbc_bccd.safetensors") \
+            >"$W/cls_pbc_bccd.log" 2>&1 &
 fi
 # DEADLINE (s, default 540): stop what still runs and keep what it saved (best epoch so far)
 while [ -n "$(jobs -r)" ] && [ "$SECONDS" -lt "${DEADLINE:-540}" ]; do sleep 15
@@ -67,5 +75,8 @@ wait
 ls "$W"/cls_*.safetensors >/dev/null 2>&1 && python3 scripts/pack_training_set.py --restate "$W"/cls_*.safetensors
 tail -n 5 "$W"/*.log
 tar czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls *.log *.json *.csv 2>/dev/null)
-cp "$W"/det_*.pt "$W"/cls_*.safetensors "$OUT"/ 2>/dev/null
+# detectors two to a file: what comes back from a device run is at most 8 files of 16 MiB
+cp "$W"/cls_*.safetensors "$OUT"/ 2>/dev/null
+i=0; for f in "$W"/det_*.pt; do [ -f "$f" ] && basename "$f"; done | xargs -r -n 2 \
+    | while read -r a b; do i=$((i + 1)); tar cf "$OUT/detectors_$i.tar" -C "$W" $a $b; done
 ls -l "$OUT"

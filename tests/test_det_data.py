@@ -342,9 +342,9 @@ def test_evaluate_detector_counts_a_repeated_box_once(data_dir, tmp_path, detect
 
 def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir, tmp_path):
     """``bm-cells train-detector --init``: one epoch on 8 real BCCD fields from the shipped
-    weights, offline; the weights load, the sidecar records the classes, input size, cell
-    size and a validation-calibrated threshold, and the result still finds the white
-    cells of held-out fields."""
+    weights, offline; the weights load, the sidecar records the classes (white cells, red
+    cells, platelets), input size, white- and red-cell size and a validation-calibrated
+    threshold, and the result still finds the white cells of held-out fields."""
     from napari_bm_cells.cli import main
     from napari_bm_cells.detect import DEFAULT_DETECTOR, YoloDetector
     from napari_bm_cells.training.evaluate import evaluate_detector
@@ -364,7 +364,8 @@ def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir
     assert main(["train-detector", str(voc), "--out", str(out), "--epochs", "1", "--imgsz", "320",
                  "--batch-size", "4", "--init", str(DEFAULT_DETECTOR), "--translate", "0.2"]) in (None, 0)
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["classes"] == ["WBC"] and meta["imgsz"] == 320 and meta["epochs"] == 1
+    assert meta["classes"] == ["WBC", "RBC", "Platelets"] and meta["imgsz"] == 320 and meta["epochs"] == 1
+    assert 0.35 < meta["input_rbc_px"] / meta["input_cell_px"] < 0.65
     assert meta["translate"] == 0.2
     assert 0.05 <= meta["conf"] <= 0.5 and meta["input_cell_px"] > 20
     det = YoloDetector(out)
@@ -415,3 +416,16 @@ def test_crosslab_scores_a_left_out_lab_and_recoloured_fields(data_dir, tmp_path
     rc = main(["crosslab", "--detection-data", txl, "--conditions", "x1,purple", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown condition 'purple'" in err and "Traceback" not in err
+
+
+def test_trained_cell_sizes_of_white_and_red_cells(data_dir):
+    """The sizes stored beside trained weights (``input_cell_px``, ``input_rbc_px``): on
+    BCCD's 640x480 fields at a 320 px input, white cells (median box ~219 px) reach the
+    network at ~110 px and red cells at about half that; a class without boxes gives
+    no red-cell size (a detector trained on white cells only has no ruler)."""
+    from napari_bm_cells.training.train_detector import input_cell_px
+
+    wbc = input_cell_px([data_dir / "bccd"], 320)
+    rbc = input_cell_px([data_dir / "bccd"], 320, "RBC", default=None)
+    assert 90 < wbc < 130 and 0.35 < rbc / wbc < 0.65, (wbc, rbc)
+    assert input_cell_px([data_dir / "bccd"], 320, "Neutrophil", default=None) is None

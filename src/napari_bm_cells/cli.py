@@ -368,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random shift, fraction of the image side (more cuts more cells at the edge)")
     s.add_argument("--stain-copies", type=int, default=1,
                    help="extra recoloured copies of each training field (other labs' stains; default 1)")
-    s.add_argument("--classes", choices=["wbc", "all"], default="wbc")
+    s.add_argument("--classes", choices=["wbc", "all"], default="all",
+                   help="all (default): white cells, red cells and platelets; the red cells give the "
+                        "pipeline its ruler for the detection scale. wbc: white cells only")
     s.add_argument("--leave-out", default=None, choices=source_names(), metavar="LAB",
                    help="train without the fields of this lab (told apart by image size: "
                         f"{', '.join(source_names())}), to test on it with crosslab --lab")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InputError, first_line
 
-DEFAULT_DETECTOR = Path(__file__).parent / "models" / "wbc_yolov8n.pt"
+DEFAULT_DETECTOR = Path(__file__).parent / "models" / "cells_yolov8n.pt"
 #: white-cell diameter (px) assumed at level 0 when nothing else is known: a 100x oil
 #: field as in BCCD / TXL-PBC (median WBC box 141-271 px, 219 px in 640x480 BCCD fields)
 DEFAULT_CELL_PX = 200.0
@@ -109,6 +109,20 @@ class YoloDetector:
         self.class_ids = wanted or None
         self.input_cell_px = float(self.meta.get("input_cell_px", 120.0))
         self.imgsz = int(self.meta.get("imgsz", 320))
+        self._rbc_ids = [i for i, n in names.items() if n.lower() in ("rbc", "red", "erythrocyte")]
+
+    def red_cells(self) -> "YoloDetector | None":
+        """The same network finding red cells instead of white ones (same interface;
+        ``input_cell_px`` is then the red-cell size it was trained on), or None when the
+        weights have no red-cell class or their sidecar lacks ``input_rbc_px``."""
+        if not self._rbc_ids or not self.meta.get("input_rbc_px"):
+            return None
+        import copy
+
+        view = copy.copy(self)
+        view.class_ids = self._rbc_ids
+        view.input_cell_px = float(self.meta["input_rbc_px"])
+        return view
 
     def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
         """Detect in RGB uint8 tiles; boxes in tile pixels."""

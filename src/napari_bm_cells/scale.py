@@ -6,8 +6,12 @@ scans. When neither the file nor the user (``--cell-size``) says how large cells
 octave apart, keeps the rung where it finds the most white cells (sum of confidences per
 level-0 area, each box weighted by how close its size is to the size the network was
 trained on and by whether it holds a nucleus, so an upsampled red cell does not pass for
-a white one) and reads the white-cell size off the boxes found there. Detection then
-runs where cells reach the network at the size it was trained on.
+a white one) and reads the white-cell size off the boxes found there. With a detector
+that also boxes red cells (the shipped one), :func:`probe_red_cell_px` does the same
+with red cells first: they are about the same size in every smear and a field holds
+dozens, where it may hold a single white cell of any type, so they give the scale on
+fields where white cells cannot. Detection then runs where cells reach the network at
+the size it was trained on.
 """
 from __future__ import annotations
 
@@ -50,6 +54,13 @@ REFINE_STEPS = 2
 
 #: the finest detection scale: upsampled over 2x, platelets pass for lymphocytes
 MIN_DOWNSAMPLE = 0.5
+
+#: level-0 red-cell box sides tried by the red-cell probe (px), one octave apart
+RED_LADDER = (40.0, 80.0, 160.0, 320.0)
+
+#: red cells the red-cell probe must find (a marrow particle or a thick area may have
+#: few); with fewer, the white cells set the scale
+MIN_RED_CELLS = 12
 
 #: snap to a pyramid level whose downsample is within this factor of the wanted one
 SNAP = 1.3
@@ -106,7 +117,8 @@ def _nuclear_fraction(boxes: np.ndarray, region, dark: np.ndarray, td: float) ->
 
 
 def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = None,
-                  ladder=LADDER, windows: int = PROBE_WINDOWS, prior: float | None = None) -> dict | None:
+                  ladder=LADDER, windows: int = PROBE_WINDOWS, prior: float | None = None,
+                  nuclear: bool = True) -> dict | None:
     """White-cell box side at level 0 (px), found by running the detector at several scales.
 
     Parameters
@@ -120,6 +132,8 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     prior : float, optional
         A downsample to keep unless the probe's scale scores :data:`PRIOR_MARGIN` times
         higher (a camera field scaled like the detector's training fields).
+    nuclear : bool
+        Count a box only when it holds nuclear pixels (white cells); off for red cells.
 
     Returns
     -------
@@ -153,8 +167,9 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         # a box far from the size the network was trained on is out of its range here
         # (an upsampled red cell, a nucleus lobe), so it counts for little, and so does
         # one without a nucleus (a red cell at the size of a white one)
-        weight = np.concatenate([s for _, s in found]) * size_weight(sides / d / detector.input_cell_px) \
-            * np.clip(_nuclear_fraction(boxes, region, dark, td) / MIN_NUCLEAR, 0, 1)
+        weight = np.concatenate([s for _, s in found]) * size_weight(sides / d / detector.input_cell_px)
+        if nuclear:
+            weight = weight * np.clip(_nuclear_fraction(boxes, region, dark, td) / MIN_NUCLEAR, 0, 1)
         return sides, weight, float(weight.sum() / area * 1e6)
 
     best, scores = None, {}
@@ -190,6 +205,23 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     return out
 
 
+def probe_red_cell_px(detector, slide, region: tuple[int, int, int, int] | None = None) -> dict | None:
+    """Red-cell box side at level 0 (px), found as :func:`probe_cell_px` finds white cells,
+    with a detector that boxes red cells (:meth:`YoloDetector.red_cells`).
+
+    Red cells are about 7.5 um across in every smear and a field holds dozens, so their
+    size is a ruler that does not depend on which white cells a field happens to hold.
+    None when the detector has no red-cell class or fewer than :data:`MIN_RED_CELLS` are found.
+    """
+    red = detector.red_cells() if hasattr(detector, "red_cells") else None
+    if red is None:
+        return None
+    probe = probe_cell_px(red, slide, region, ladder=RED_LADDER, nuclear=False)
+    if probe is None or probe["n_cells"] < MIN_RED_CELLS:
+        return None
+    return {**probe, "white_cell_px": probe["cell_px"] * detector.input_cell_px / red.input_cell_px}
+
+
 def size_weight(ratio: np.ndarray) -> np.ndarray:
     """How much a box counts, by its size at the network's input over the median size it
     was trained on: fully within :data:`TRAINED_RANGE` (the training fields' cells span
@@ -223,7 +255,9 @@ def detection_scale(detector, slide, cell_px: float | None = None,
     it was found (``{"source": ...}``, recorded in summary.json).
 
     The white-cell size at level 0 comes from ``cell_px`` when given, else from the
-    slide's pixel size (a white cell spans about 12 um), else from :func:`probe_cell_px`.
+    slide's pixel size (a white cell spans about 12 um), else from the red cells' size
+    (:func:`probe_red_cell_px`, with a detector that boxes red cells; recorded as
+    ``red_cell_px``), else from :func:`probe_cell_px`.
     A small image (a camera field, up to :data:`FIELD_MAX_SIDE`) is scaled like the
     detector's training fields (long side to its input size) unless the probe finds
     clearly more white cells at another scale (another objective or camera). A detector
@@ -242,6 +276,10 @@ def detection_scale(detector, slide, cell_px: float | None = None,
         info["source"] = "cell_size"
     elif slide.mpp:
         cell_px, info["source"] = 12.0 / slide.mpp, "pixel_size"
+    elif (red := probe_red_cell_px(detector, slide, region)) is not None:
+        cell_px = red["white_cell_px"]
+        info.update(source="red cells", red_cell_px=round(red["cell_px"], 1), red_cells=red["n_cells"],
+                    probe_cell_px=round(cell_px, 1))
     elif hasattr(detector, "operating_conf"):
         probe = probe_cell_px(detector, slide, region, prior=field_d if field else None)
         if probe is not None:

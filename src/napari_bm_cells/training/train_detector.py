@@ -16,8 +16,10 @@ AUGMENT = {"flipud": 0.5, "fliplr": 0.5, "degrees": 90, "scale": 0.7, "hsv_h": 0
            "hsv_v": 0.4, "bgr": 0.25}
 
 
-def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None = None) -> float:
-    """Median long side of ``cls`` boxes as the network sees them at ``imgsz``.
+def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None = None,
+                  default: float | None = -1) -> float | None:
+    """Median long side of ``cls`` boxes as the network sees them at ``imgsz``
+    (``default`` when the training split has none; -1: a third of ``imgsz``).
 
     Stored beside the weights: the pipeline picks the detection downsample so that
     cells on a slide reach the detector at this size.
@@ -29,12 +31,14 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None =
                 continue
             scale = imgsz / max(s.width, s.height)
             sizes += [max(b.x1 - b.x0, b.y1 - b.y0) * scale for b in s.boxes if b.cls == cls]
-    return float(statistics.median(sizes)) if sizes else float(imgsz) / 3
+    if not sizes:
+        return float(imgsz) / 3 if default == -1 else default
+    return float(statistics.median(sizes))
 
 
 def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    imgsz: int = 320, batch: int = 16, device: str = "cpu",
-                   model_yaml: str = "yolov8n.yaml", classes: str = "wbc", seed: int = 0,
+                   model_yaml: str = "yolov8n.yaml", classes: str = "all", seed: int = 0,
                    workers: int = 2, resume: bool = False, init: str | Path | None = None,
                    lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1,
                    stain_copies: int = 1, leave_out: str | None = None,
@@ -47,8 +51,10 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         Pascal VOC folders and/or YOLO ``data.yaml`` files; their splits are merged.
     out : path
         Weights file to write (ultralytics ``.pt``); ``<out>.json`` gets the metadata.
-    classes : {"wbc", "all"}
-        White cells only (the differential counts leukocytes) or WBC/RBC/platelets.
+    classes : {"all", "wbc"}
+        White cells, red cells and platelets (the red cells are the pipeline's ruler for
+        the detection scale, :func:`~napari_bm_cells.scale.probe_red_cell_px`), or white
+        cells only.
     init : path, optional
         Start from these local weights (fine-tuning) instead of ``model_yaml``.
     lr0 : float, optional
@@ -100,6 +106,8 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     from ultralytics.utils.torch_utils import strip_optimizer
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
     meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz, leave_out=leave_out),
+            # the red-cell size the network saw: the pipeline's ruler (none without red-cell boxes)
+            "input_rbc_px": input_cell_px(sources, imgsz, "RBC", leave_out, default=None) if "RBC" in names else None,
             "arch": model_yaml, "epochs": _epochs_run(work / "run"), "init": str(init) if init else None,
             "translate": translate,
             "augment": AUGMENT, "stain_copies": stain_copies, "left_out": leave_out,
