@@ -1,4 +1,4 @@
-"""Train a YOLO white-cell detector offline (model built from a ``.yaml``, no hub)."""
+"""Train a YOLO cell detector offline (white cells, red cells, platelets; model built from a ``.yaml``, no hub)."""
 from __future__ import annotations
 
 import json
