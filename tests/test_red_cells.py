@@ -3,6 +3,7 @@ the detection scale, the same at every magnification."""
 import shutil
 
 import numpy as np
+from PIL import Image
 
 from napari_bm_cells.detect import YoloDetector
 from napari_bm_cells.io import open_slide
@@ -52,8 +53,6 @@ def test_few_red_cells_leave_the_scale_to_the_white_cells(data_dir, detector):
     samples, _ = detection_samples(data_dir / "bccd", "test")
     s = next(s for s in samples if sum(b.cls == "WBC" for b in s.boxes) == 1)
     b = next(b for b in s.boxes if b.cls == "WBC")
-    from PIL import Image
-
     img = np.asarray(Image.open(s.image).convert("RGB"))
     cell = img[int(b.y0):int(b.y1), int(b.x0):int(b.x1)]
     slide = open_slide(np.ascontiguousarray(cell))
@@ -63,7 +62,8 @@ def test_few_red_cells_leave_the_scale_to_the_white_cells(data_dir, detector):
 
 def test_weights_without_a_red_cell_size_have_no_red_cells(detector, tmp_path):
     """Weights whose sidecar does not give the red-cell size the network saw cannot be
-    used as a ruler: ``red_cells()`` is None and the probe falls back."""
+    used as a ruler: ``red_cells()`` is None (the scale then comes from the white-cell
+    probe: tests/test_scale.py)."""
     w = tmp_path / "det.pt"
     shutil.copy(detector.weights, w)
     assert YoloDetector(w).red_cells() is None

@@ -70,7 +70,7 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
     Before the final event, the masks layer itself (lazy arrays, class colours, and the
     name and transform the GUI put in ``prepared["labels_args"]``) is built here, in the
     worker, into ``prepared["labels"]``: the GUI thread only adds it to the viewer
-    (building a napari layer takes ~0.3 s, adding it ~0.2 s).
+    (building a napari layer costs about as much as adding it).
     """
     from ..pipeline import iter_analysis
 
@@ -112,9 +112,9 @@ _libraries_started = threading.Lock()
 
 def import_libraries_soon() -> None:
     """Import torch, timm, ultralytics and distributed in a background thread, once per
-    process (the Analyze dock calls it when it opens). Imported by a run's worker, they
-    would hold the interpreter in stretches of 0.2-0.3 s just as the run starts, and the
-    event loop with it; imported while the user sets up the run, they are ready."""
+    process (the Analyze dock calls it when it opens). Imported by a run's worker, their
+    modules' loading would hold the interpreter in long stretches just as the run starts,
+    and the event loop with it; imported while the user sets up the run, they are ready."""
     if not _libraries_started.acquire(blocking=False):
         return
 
