@@ -426,6 +426,6 @@ def test_trained_cell_sizes_of_white_and_red_cells(data_dir):
     from napari_bm_cells.training.train_detector import input_cell_px
 
     wbc = input_cell_px([data_dir / "bccd"], 320)
-    rbc = input_cell_px([data_dir / "bccd"], 320, "RBC", default=None)
+    rbc = input_cell_px([data_dir / "bccd"], 320, "RBC")
     assert 90 < wbc < 130 and 0.35 < rbc / wbc < 0.65, (wbc, rbc)
-    assert input_cell_px([data_dir / "bccd"], 320, "Neutrophil", default=None) is None
+    assert input_cell_px([data_dir / "bccd"], 320, "Neutrophil") is None

@@ -355,7 +355,7 @@ class AnalyzeWidget(Container):
         self._show_panel()
         self._cancel_when_dock_closes()
         job = _JobHandle()
-        job.prepared["labels_args"] = {**L.transform_kwargs(layer), "name": self._labels_name()}
+        job.prepared["labels_args"] = self._masks_layer_args()
         job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop, job.prepared)
         self._job = job
         try:
@@ -499,6 +499,10 @@ class AnalyzeWidget(Container):
     def _labels_name(self):
         return f"{self._image_layer.name} masks{self._run_tag}"
 
+    def _masks_layer_args(self) -> dict:
+        """Name and transform of the masks layer, on the image it was analysed on."""
+        return {**L.transform_kwargs(self._image_layer), "name": self._labels_name()}
+
     def _areas_name(self):
         return f"{self._image_layer.name} counting areas{self._run_tag}"
 
@@ -580,11 +584,9 @@ class AnalyzeWidget(Container):
         if self._labels_name() in self._viewer.layers:
             self._viewer.layers.remove(self._labels_name())
         owner, layer = self._done_args[1]
-        if owner is result:  # built by the worker
-            self.labels_layer = L.unwrap(self._viewer.add_layer(layer))
-        else:  # a result handed in
-            kw = {**_masks_kwargs(result), **L.transform_kwargs(self._image_layer), "name": self._labels_name()}
-            self.labels_layer = L.unwrap(self._viewer.add_labels(**kw))
+        if owner is not result:  # a result handed in, not built by the worker
+            layer = _masks_layer(result, self._masks_layer_args())
+        self.labels_layer = L.unwrap(self._viewer.add_layer(layer))
         _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
         # keep the points on top of the masks
         i = self._viewer.layers.index(self.points_layer)

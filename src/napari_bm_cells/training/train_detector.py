@@ -16,10 +16,9 @@ AUGMENT = {"flipud": 0.5, "fliplr": 0.5, "degrees": 90, "scale": 0.7, "hsv_h": 0
            "hsv_v": 0.4, "bgr": 0.25}
 
 
-def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None = None,
-                  default: float | None = -1) -> float | None:
-    """Median long side of ``cls`` boxes as the network sees them at ``imgsz``
-    (``default`` when the training split has none; -1: a third of ``imgsz``).
+def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None = None) -> float | None:
+    """Median long side of ``cls`` boxes as the network sees them at ``imgsz`` (None when
+    the training split has none).
 
     Stored beside the weights: the pipeline picks the detection downsample so that
     cells on a slide reach the detector at this size.
@@ -31,9 +30,7 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None =
                 continue
             scale = imgsz / max(s.width, s.height)
             sizes += [max(b.x1 - b.x0, b.y1 - b.y0) * scale for b in s.boxes if b.cls == cls]
-    if not sizes:
-        return float(imgsz) / 3 if default == -1 else default
-    return float(statistics.median(sizes))
+    return float(statistics.median(sizes)) if sizes else None
 
 
 def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
@@ -105,9 +102,10 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     shutil.copy2(best, out)
     from ultralytics.utils.torch_utils import strip_optimizer
     strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
-    meta = {"classes": list(names), "imgsz": imgsz, "input_cell_px": input_cell_px(sources, imgsz, leave_out=leave_out),
+    meta = {"classes": list(names), "imgsz": imgsz,
+            "input_cell_px": input_cell_px(sources, imgsz, leave_out=leave_out) or imgsz / 3,
             # the red-cell size the network saw: the pipeline's ruler (none without red-cell boxes)
-            "input_rbc_px": input_cell_px(sources, imgsz, "RBC", leave_out, default=None) if "RBC" in names else None,
+            "input_rbc_px": input_cell_px(sources, imgsz, "RBC", leave_out) if "RBC" in names else None,
             "arch": model_yaml, "epochs": _epochs_run(work / "run"), "init": str(init) if init else None,
             "translate": translate,
             "augment": AUGMENT, "stain_copies": stain_copies, "left_out": leave_out,
