@@ -129,7 +129,8 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
     from napari_bm_cells.runtime import autocast
     from napari_bm_cells.detect import Detections, default_det_batch, tile_grid
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.pipeline import AnalysisOptions, analyze, cut_cells
+    from napari_bm_cells.cut_cells import cut_cells
+    from napari_bm_cells.pipeline import AnalysisOptions, analyze
 
     opts = AnalysisOptions(level=level)
     slide = open_slide(zpath)

@@ -102,40 +102,27 @@ def test_centre_contour_matches_the_scikit_image_steps(bm_crops, data_dir):
         assert cc.diameter == pytest.approx(ref_d)
 
 
-def test_otsu_and_disk_match_scikit_image(data_dir):
-    """The OpenCV Otsu split and the disk kernel equal scikit-image's on real stain channels."""
-    from skimage import filters, morphology
-
-    from napari_bm_cells.crop import _above_otsu, _disk, stain_channel
-
-    files = [f for c in sorted((data_dir / "pbc").iterdir()) for f in sorted(c.glob("*.jpg"))[:12]]
-    for f in files:
-        chan = stain_channel(resize_square(np.asarray(Image.open(f).convert("RGB")), 128))
-        np.testing.assert_array_equal(_above_otsu(chan), chan > filters.threshold_otsu(chan), err_msg=str(f))
-    for r in range(1, 8):
-        np.testing.assert_array_equal(_disk(r), morphology.disk(r))
-
-
 def test_an_edge_cells_crop_is_the_same_everywhere(data_dir, classifier, detector, monkeypatch):
     """The classifier's input, the inspector / gallery / exported-correction crop (through
     the napari layers) and Explain's crop of a cell cut by the field's edge are the same
     pixels; outside the field they hold the smear's background colour, not streaks."""
     napari = pytest.importorskip("napari")
     from napari_bm_cells.gui import layers as L
+    from napari_bm_cells import cut_cells as C
     from napari_bm_cells import pipeline as P
     from napari_bm_cells.crop import slide_square
     from napari_bm_cells.detect import Detections
     from napari_bm_cells.io import open_slide
 
     seen = {}
-    cut = P.crop_cell
+    cut = C.crop_cell
 
     def recording(*args, **kwargs):
         crop, centre, mask = cut(*args, **kwargs)
         seen[centre] = crop
         return crop, centre, mask
 
-    monkeypatch.setattr(P, "crop_cell", recording)
+    monkeypatch.setattr(C, "crop_cell", recording)
     field = data_dir / "bccd" / "JPEGImages" / "BloodImage_00001.jpg"  # a white cell at the left edge
     res = P.analyze(field, detector=detector, classifier=classifier, device="cpu")
     side = res.summary["classifier"]["crop_px_level0"]
@@ -156,7 +143,7 @@ def test_an_edge_cells_crop_is_the_same_everywhere(data_dir, classifier, detecto
         np.testing.assert_array_equal(direct, fed)
         np.testing.assert_array_equal(resize_square(L.cell_crop(image, points, i), n), fed)
         box = np.array([[r["bbox_x0"], r["bbox_y0"], r["bbox_x1"], r["bbox_y1"]]], np.float32)
-        explained = P.read_cell_crops(slide, Detections(box, np.ones(1, np.float32)), [0], side, n,
+        explained = C.read_cell_crops(slide, Detections(box, np.ones(1, np.float32)), [0], side, n,
                                       classifier.meta.crop_size_px)[0][0]
         np.testing.assert_array_equal(explained, fed)
         # past the edge: one flat background colour (no repeated edge pixels)

@@ -92,7 +92,8 @@ def test_input_tensors_built_in_the_crop_thread_give_predicts_probabilities(data
     from napari_bm_cells.colour import SlideColour
     from napari_bm_cells.detect import Detections
     from napari_bm_cells.io import open_slide
-    from napari_bm_cells.pipeline import FIRST_BATCH, cut_cells
+    from napari_bm_cells.cut_cells import cut_cells
+    from napari_bm_cells.pipeline import FIRST_BATCH
     from helpers import build_mosaic
 
     img, _ = build_mosaic(3, 4, source="bccd", split="test", seed=3)
@@ -198,7 +199,7 @@ def test_resize_nearest_matches_scikit_image_on_real_cell_masks(bccd_jpeg):
     from skimage.transform import resize
 
     from napari_bm_cells.crop import CONTOUR_PX, centre_contour, resize_square, square_crop
-    from napari_bm_cells.pipeline import resize_nearest
+    from napari_bm_cells.masks import resize_nearest
 
     field = np.asarray(Image.open(bccd_jpeg).convert("RGB"))
     masks = []

@@ -4,7 +4,7 @@ import pytest
 
 from napari_bm_cells.detect import Detections
 from napari_bm_cells.io import open_slide
-from napari_bm_cells.pipeline import _blocks, cell_crops, read_cells_window
+from napari_bm_cells.cut_cells import cell_blocks, cell_crops, read_cells_window
 from helpers import build_mosaic, write_ome_zarr, write_pyramidal_tiff
 from napari_bm_cells.tile_cache import TileCache, grid_rects
 
@@ -45,7 +45,7 @@ def test_crops_from_tiles_equal_whole_window_crops_and_decode_each_tile_once(mos
     side, block = 180.0, 1024  # blocks smaller than the mosaic: windows overlap
     cache = TileCache(slide)
     reads = {"whole": 0}
-    for group in _blocks(dets, slide.shape, block):
+    for group in cell_blocks(dets, slide.shape, block):
         whole, origin = read_cells_window(slide, dets, group, side)
         tiled, origin2 = read_cells_window(slide, dets, group, side, cache)
         assert origin == origin2 and tiled.shape == whole.shape
@@ -55,7 +55,7 @@ def test_crops_from_tiles_equal_whole_window_crops_and_decode_each_tile_once(mos
         np.testing.assert_array_equal(a[0], b[0])
         assert np.allclose(a[1], b[1])
     n_tiles = np.ceil(slide.shape[0] / 256) * np.ceil(slide.shape[1] / 256)
-    assert len(_blocks(dets, slide.shape, block)) > 2 and len(dets) >= 8
+    assert len(cell_blocks(dets, slide.shape, block)) > 2 and len(dets) >= 8
     # every tile at most once (overlaps reused), and only tiles some crop reaches
     assert cache.decoded <= n_tiles < reads["whole"]
 

@@ -87,10 +87,8 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
     chan = cv2.GaussianBlur(stain_channel(patch), (k, k), s, borderType=cv2.BORDER_REPLICATE)
     if float(chan.max() - chan.min()) < 0.05:
         return None
-    mask = _above_otsu(chan).astype(np.uint8)
-    disk = _disk(max(1, int(round(0.012 * max(h, w)))))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_REFLECT)
-    mask = _fill_holes(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk, borderType=cv2.BORDER_REFLECT))
+    r = max(1, int(round(0.012 * max(h, w))))
+    mask = stain_mask(chan, r, r)
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
     cy, cx = centre
     at_centre = labels[int(np.clip(round(cy), 0, h - 1)), int(np.clip(round(cx), 0, w - 1))]
@@ -109,25 +107,23 @@ def centre_contour(patch: np.ndarray, centre: tuple[float, float] | None = None,
                          float(np.sqrt(4 * stats[best, cv2.CC_STAT_AREA] / np.pi)))
 
 
-def _above_otsu(chan: np.ndarray) -> np.ndarray:
-    """``chan > threshold_otsu(chan)``: scikit-image's Otsu (256 bins over the value range,
-    the threshold at the centre of the chosen bin) in its own few lines of numpy, so the
-    detection stage, which measures cells with :func:`centre_contour`, imports neither
-    scikit-image nor SciPy (about 30 MB of memory). Same arithmetic, float32 counts included:
-    OpenCV's Otsu (double precision) breaks near-ties differently."""
-    counts, edges = np.histogram(chan, 256)
-    counts = counts.astype(np.float32)  # as scikit-image: near-ties then break the same way
-    centres = (edges[:-1] + edges[1:]) / 2
-    w1, w2 = np.cumsum(counts), np.cumsum(counts[::-1])[::-1]
-    m1 = np.cumsum(counts * centres) / w1
-    m2 = (np.cumsum((counts * centres)[::-1]) / w2[::-1])[::-1]
-    return chan > centres[np.argmax(w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2)]
+def stain_mask(chan: np.ndarray, open_r: int, close_r: int, min_level: float | None = None) -> np.ndarray:
+    """Stained regions of a stain channel (see :func:`stain_channel`) as a 0/1 uint8 mask.
 
+    Above Otsu's threshold (and ``min_level``), opened by a disk of radius ``open_r``
+    (specks), closed by one of ``close_r`` (gaps), holes filled. The rule shared by the
+    centre contour and the weight-free :class:`~napari_bm_cells.detect.ContourDetector`.
+    """
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk
 
-def _disk(r: int) -> np.ndarray:
-    """Disk structuring element of radius ``r`` (scikit-image's ``disk``), uint8."""
-    y = np.arange(-r, r + 1) ** 2
-    return (y[:, None] + y[None, :] <= r * r).astype(np.uint8)
+    thr = threshold_otsu(chan)
+    if min_level is not None:
+        thr = max(thr, min_level)
+    mask = (chan > thr).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(open_r).astype(np.uint8), borderType=cv2.BORDER_REFLECT)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(close_r).astype(np.uint8), borderType=cv2.BORDER_REFLECT)
+    return _fill_holes(mask)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

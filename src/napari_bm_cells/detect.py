@@ -167,10 +167,11 @@ def to_bgr(rgb: np.ndarray) -> np.ndarray:
 
 
 class ContourDetector:
-    """Weight-free fallback: stained blobs of white-cell size (scikit-image).
+    """Weight-free fallback: stained blobs of white-cell size.
 
-    Thresholds the stain channel (Otsu), fills holes, drops blobs whose equivalent
-    diameter is outside ``[0.4, 2.0] × input_cell_px``.
+    The stain mask of :func:`~napari_bm_cells.crop.stain_mask` (Otsu, or higher so red
+    cells stay out; opened, closed, holes filled); blobs whose equivalent diameter is
+    within ``[0.25, 2.0] × input_cell_px`` are cells, scored by their solidity.
     """
 
     name = "contour"
@@ -181,10 +182,9 @@ class ContourDetector:
         self.weights = None
 
     def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
-        from scipy import ndimage as ndi
-        from skimage import filters, measure, morphology
+        from skimage import measure
 
-        from .crop import stain_channel
+        from .crop import stain_channel, stain_mask
 
         out = []
         for t in tiles:
@@ -192,12 +192,9 @@ class ContourDetector:
             if float(chan.max() - chan.min()) < 0.1:
                 out.append(Detections.empty())
                 continue
-            thr = filters.threshold_otsu(chan)
             # nuclei are the most stained structures; a high threshold keeps red cells out
-            mask = chan > max(thr, np.percentile(chan, 50) + 0.15)
-            mask = morphology.opening(mask, morphology.disk(2))
-            mask = morphology.closing(mask, morphology.disk(max(2, int(self.input_cell_px * 0.08))))
-            mask = ndi.binary_fill_holes(mask)
+            mask = stain_mask(chan, 2, max(2, int(self.input_cell_px * 0.08)),
+                              min_level=float(np.percentile(chan, 50)) + 0.15)
             boxes, scores = [], []
             lo, hi = 0.25 * self.input_cell_px, 2.0 * self.input_cell_px
             for r in measure.regionprops(measure.label(mask)):
@@ -473,7 +470,7 @@ def _detect_windows(slide, detector, windows, d: float, batch: int | None, measu
                 return
             dets = detector(imgs)
             # measure cells of these windows in the reader thread while the model runs on
-            # the next batch: the crops' scale comes for free (see pipeline.crop_side)
+            # the next batch: the crops' scale comes for free (see cut_cells.crop_side)
             meas = pool.submit(_measure_batch, imgs, dets, d, MEASURE_CELLS - n_measured) \
                 if measure and n_measured < MEASURE_CELLS else None
             if bi + 1 < len(batches):

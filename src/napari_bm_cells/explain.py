@@ -293,7 +293,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     Detection runs on a window around the point (the whole image for camera fields up
     to 1024 px, else one detection tile) with the same scale as ``analyze``; the cell
     is the detection whose box holds the point (nearest centre), cropped with
-    :func:`~napari_bm_cells.pipeline.crop_side` and the pipeline's centre-contour crop,
+    :func:`~napari_bm_cells.cut_cells.crop_side` and the pipeline's centre-contour crop,
     and colour-adapted (``options.colour``) with statistics of the window's cells.
 
     The crop side is the one ``analyze`` uses whenever it does not depend on the whole
@@ -322,7 +322,8 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     """
     from .colour import FIT_CELLS, SlideColour
     from .io import Slide, open_slide
-    from .pipeline import AnalysisOptions, crop_side, parse_level, read_cell_crops
+    from .cut_cells import crop_side, read_cell_crops
+    from .pipeline import AnalysisOptions, parse_level
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -355,7 +356,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
 
 def _explain_detection(cls, slide, dets, i: int, side: float, method: str, target, **kwargs):
     """Cut detection ``i``'s crop as ``analyze`` does and explain it."""
-    from .pipeline import read_cell_crops
+    from .cut_cells import read_cell_crops
 
     crops, centres, masks = read_cell_crops(slide, dets, [i], side, cls.input_size, cls.meta.crop_size_px)
     crop = crops[0]
@@ -412,7 +413,8 @@ def explain_cells(image_path_or_slide, cells, cell_ids, classifier=None, method:
     from .colour import SlideColour
     from .detect import Detections
     from .io import Slide, open_slide
-    from .pipeline import AnalysisOptions, crop_side
+    from .cut_cells import crop_side
+    from .options import AnalysisOptions
 
     if method not in METHODS:
         raise InputError(f"method {method!r}: choose one of {', '.join(METHODS)}")

@@ -80,7 +80,8 @@ def export_field_cells(voc_dir: str | Path, out_dir: str | Path, meta: Classifie
     from PIL import Image
 
     from ..io import open_slide
-    from ..pipeline import AnalysisOptions, crop_side, read_cell_crops
+    from ..cut_cells import crop_side, read_cell_crops
+    from ..options import AnalysisOptions
 
     out_dir = Path(out_dir)
     labels = read_subtypes(voc_dir, splits)
