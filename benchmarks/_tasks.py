@@ -101,13 +101,16 @@ def detect_sahi(npy=None, detector=None, tile=640, overlap=160, postprocess="GRE
 
     img = np.load(npy) if npy else str(image)
     weights = Path(detector or DEFAULT_DETECTOR)
-    conf = sidecar_conf(read_sidecar(weights))  # our threshold, without loading the weights twice
+    meta = read_sidecar(weights)
+    conf = sidecar_conf(meta)  # our threshold, without loading the weights twice
+    # white cells only, as ours: a SAHI user drops the other classes of a 3-class detector
+    others = [n for n in meta.get("classes", ["WBC"]) if n != "WBC"] or None
     model = AutoDetectionModel.from_pretrained(
         model_type="ultralytics", model_path=str(weights),
         confidence_threshold=conf, device=DEVICE, image_size=tile)
     kw = dict(slice_height=tile, slice_width=tile, overlap_height_ratio=overlap / tile,
               overlap_width_ratio=overlap / tile, perform_standard_pred=False,
-              postprocess_type=postprocess, verbose=0)
+              postprocess_type=postprocess, exclude_classes_by_name=others, verbose=0)
     get_sliced_prediction(np.full((tile, tile, 3), 200, np.uint8), model, **kw)  # warm-up
     rss0 = RssSampler.rss()
     t = time.perf_counter()

@@ -7,6 +7,7 @@ xvfb``) and use Qt's offscreen platform with it; they are skipped when neither e
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
 
@@ -797,16 +798,19 @@ def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, class
     _wait_done(qtbot, w, timeout=30)
     assert w.status.value == "cancelled" and w.result is None
     assert _open_progress() == []
+    assert gc.get_freeze_count() == 0  # the heap frozen for the run is collectable again
 
 
 def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, data_dir, classifier_path):
     """A timer probe on the GUI thread during a whole run (detection, streaming cells,
-    masks, area map), started once the dock has imported the models' libraries in the
-    background (as while a user sets up the run). Our own work runs in workers (the
-    pipeline, the histogram's drawing, the masks layer itself); what is left on the GUI
-    thread is napari adding each layer, one per turn of the event loop: no gap reaches
-    0.75 s. On the 2-core CPU the longest is napari adding the masks layer: 0.33-0.45 s
-    for the first Labels layer of a process, ~0.13 s later (then no gap reaches 0.2 s)."""
+    masks, area map), started once the dock has imported the libraries a run needs in
+    the background (as while a user sets up the run). Our own work runs in workers (the
+    pipeline, the histogram's drawing, the masks layer itself) and the heap that existed
+    before the run is hidden from the garbage collector's full passes (one walking it
+    stalls every thread ~0.35 s here); what is left on the GUI thread is napari adding
+    each layer, one per turn of the event loop. On the 2-core CPU the longest gaps are
+    napari adding the masks layer (0.17-0.20 s) and the area map (0.13-0.15 s); the bound
+    leaves room for a loaded machine yet fails on a full collection's stall."""
     import time
 
     from qtpy.QtCore import QTimer
@@ -825,13 +829,15 @@ def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, 
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     w.run()
+    assert gc.get_freeze_count() > 0  # the heap before the run is out of the collector's way
     _wait_done(qtbot, w, timeout=600)
     qtbot.wait(300)
     timer.stop()
     assert w.last_error is None and w.labels_layer is not None and w.labels_layer.multiscale
+    assert gc.get_freeze_count() == 0
     gaps = np.diff(ticks)
     print(f"event-loop gaps: max {gaps.max():.3f} s, {int((gaps > 0.2).sum())} over 0.2 s")
-    assert gaps.max() < 0.75, gaps.max()
+    assert gaps.max() < 0.3, gaps.max()
 
 
 def test_widget_fields_come_from_the_analysis_options(viewer):
