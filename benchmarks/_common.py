@@ -68,9 +68,10 @@ def mb(n_bytes) -> float:
 
 # --- fresh processes -----------------------------------------------------------------
 
-def run_task(name: str, timeout: float = 3600, **kwargs) -> dict:
-    """Run ``_tasks.py NAME JSON`` in a fresh interpreter; return the JSON it prints last."""
-    cmd = [sys.executable, str(HERE / "_tasks.py"), name, json.dumps(kwargs)]
+def run_task(name: str, timeout: float = 3600, script: str = "_tasks.py", **kwargs) -> dict:
+    """Run ``SCRIPT NAME JSON`` (default ``_tasks.py``) in a fresh interpreter; return the
+    JSON it prints last."""
+    cmd = [sys.executable, str(HERE / script), name, json.dumps(kwargs)]
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -79,6 +80,11 @@ def run_task(name: str, timeout: float = 3600, **kwargs) -> dict:
     out = json.loads(p.stdout.strip().splitlines()[-1])
     out["process_wall_s"] = round(time.perf_counter() - t, 2)
     return out
+
+
+def run_napari_task(name: str, **kwargs) -> dict:
+    """A napari measurement of ``_napari_tasks.py`` in a fresh interpreter."""
+    return run_task(name, script="_napari_tasks.py", **kwargs)
 
 
 # --- mosaics -------------------------------------------------------------------------

@@ -220,6 +220,28 @@ def test_help_shows_defaults_and_verbose_goes_after_the_command(capsys):
     assert "--img-size IMG_SIZE network input side in px (default: 112)" in text
 
 
+def test_every_option_of_every_command_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    from napari_bm_cells.cli import build_parser
+
+    p = build_parser()
+    [sub] = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sp in sub.choices.items():
+        with pytest.raises(SystemExit):
+            p.parse_args([name, "--help"])
+        text = capsys.readouterr().out
+        fmt = sp.formatter_class(prog=name)
+        for act in sp._actions:
+            if isinstance(act, argparse._HelpAction):
+                continue
+            assert act.help and act.help != act.dest.replace("_", " "), (name, act.dest)
+            if act.option_strings and act.default not in (None, False, [], argparse.SUPPRESS):
+                shown = fmt._get_help_string(act) % {"default": act.default}
+                assert "default" in shown and shown.split("(default")[0].strip() in " ".join(text.split()), \
+                    (name, act.dest, shown)
+
+
 def test_out_that_is_a_file_is_one_line(bccd_jpeg, tmp_path, capsys):
     from napari_bm_cells.cli import main
 

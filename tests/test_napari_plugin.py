@@ -183,6 +183,10 @@ def test_run_on_bccd_field_fills_points_and_masks(viewer, qtbot, bccd_jpeg, clas
     assert isinstance(masks, napari.layers.Labels) and masks.data.shape == (480, 640)
     assert set(np.unique(masks.data)) - {0} <= set(res.cells["cell_id"])
     assert viewer.layers.index(masks) < viewer.layers.index(pts)
+    # one panel however it is opened: from the Plugins menu (before the run), by Run, and
+    # from the menu again
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Differential count")
+    assert viewer.window._qt_window.findChildren(DifferentialPanel) == [panel]
 
 
 def test_panel_counts_reviews_and_rolls_up_lineages(viewer, qtbot, bccd_jpeg, classifier_path):
@@ -504,14 +508,17 @@ def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells
         r = gal.grid.visualItemRect(gal.grid.item(k))
         assert r.width() >= THUMB_PX and r.height() >= THUMB_PX, (k, r)
 
-    # clicking a crop selects that cell and centres the viewer on it
+    # clicking a crop selects that cell, centres the viewer on it and zooms in to it
     item = gal.grid.item(1)
     cid = int(item.data(_user_role()))
     i = int(np.flatnonzero(pts.features["cell_id"].to_numpy() == cid)[0])
     rect = gal.grid.visualItemRect(item)
+    viewer.reset_view()
+    before = viewer.camera.zoom
     qtbot.mouseClick(gal.grid.viewport(), _left(), pos=rect.center())
     assert pts.selected_data == {i}
     _centred_on(viewer, pts, i)
+    assert viewer.camera.zoom > 1.5 * before
 
     # reassigning from the gallery: the cell changes class, is reviewed, leaves the grid
     other = next(c for c in L.layer_classes(pts) if c != code)
@@ -589,12 +596,35 @@ def test_widget_run_in_several_batches_adds_each_cell_once(viewer, qtbot, classi
     assert w.status.value.startswith("done")
 
 
-def test_a_field_without_white_cells_gives_an_empty_layer_not_an_error(viewer, qtbot, classifier_path):
-    """A grey image (no white cell): the run ends with 0 cells, an empty Points layer and
-    the panel's summary, no error and no "cancelled"."""
-    import numpy as np
+def _painted_out_field(data_dir):
+    """A real BCCD field whose white cells are painted over with the field's background."""
+    import xml.etree.ElementTree as ET
 
-    viewer.add_image(np.full((480, 640, 3), 200, np.uint8), name="grey", rgb=True)
+    from PIL import Image
+
+    name = "BloodImage_00001"
+    img = np.asarray(Image.open(data_dir / "bccd" / "JPEGImages" / f"{name}.jpg").convert("RGB")).copy()
+    bg = np.median(img.reshape(-1, 3), axis=0).astype(np.uint8)
+    n = 0
+    for obj in ET.parse(data_dir / "bccd" / "Annotations" / f"{name}.xml").getroot().iter("object"):
+        if obj.findtext("name") == "WBC":
+            x0, y0, x1, y1 = (int(float(obj.find("bndbox").findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+            img[max(0, y0 - 15):y1 + 15, max(0, x0 - 15):x1 + 15] = bg
+            n += 1
+    assert n >= 1
+    return img
+
+
+@pytest.mark.parametrize("kind", ["grey", "white", "white cells painted out"])
+def test_a_field_without_white_cells_gives_an_empty_layer_not_an_error(viewer, qtbot, classifier_path, data_dir,
+                                                                       kind):
+    """A grey image, an empty (white) field and a real field whose white cells are painted
+    out: the run ends with 0 cells, an empty Points layer and the panel's summary, no error
+    and no "cancelled"."""
+    img = {"grey": lambda: np.full((480, 640, 3), 200, np.uint8),
+           "white": lambda: np.full((480, 640, 3), 255, np.uint8),
+           "white cells painted out": lambda: _painted_out_field(data_dir)}[kind]()
+    viewer.add_image(img, name=kind, rgb=True)
     w, panel = _dock(viewer)
     _configure(w, classifier_path)
     n_errors = len(_error_records())

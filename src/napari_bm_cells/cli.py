@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ids", default=None, metavar="ID,ID,...",
                    help="cell ids of --cells to explain (no detection); --out is then a folder")
     s.add_argument("--method", choices=["gradcam", "integrated-gradients", "occlusion"],
-                   default="gradcam")
+                   default="gradcam", help="attribution method (captum): gradcam is the fast one; "
+                   "integrated-gradients and occlusion are pixel-level")
     s.add_argument("--out", required=True,
                    help="PNG to write (crop and heat-map overlay); a folder with --ids")
     s.add_argument("--target", default=None, help="class code to explain (default: the predicted class)")

@@ -102,9 +102,9 @@ class ChartView(QLabel):
         self.setPixmap(QPixmap.fromImage(img))
 
     def _failed(self, exc: BaseException) -> None:
-        from .panel import _notify_error
+        from .parts import notify_error
 
-        _notify_error("chart", exc)
+        notify_error("chart", exc)
 
     def _done(self) -> None:
         self._worker = None

@@ -20,7 +20,7 @@ from superqt.utils import qdebounced
 
 from . import layers as L
 from .cells_combo import CellsLayerCombo, shrinkable
-from .panel import _notify_error, _pixmap, guarded, reassign_row
+from .parts import guarded, notify_error, pixmap, reassign_row
 from ..cells_table import prob_column
 from ..crop import slide_square
 from ..review import gallery
@@ -194,7 +194,7 @@ class CellGallery(QWidget):
             item.setSizeHint(self.grid.gridSize())  # full size before its crop arrives
             self.grid.addItem(item)
             if (key, cid) in self._cache:
-                item.setIcon(QIcon(_pixmap(self._cache[(key, cid)], THUMB_PX)))
+                item.setIcon(QIcon(pixmap(self._cache[(key, cid)], THUMB_PX)))
             else:
                 todo.append((self.grid.count() - 1, cid, i))
         self.status.setText(f"{len(shown)} of {len(self._ids)} {code} cells")
@@ -222,12 +222,12 @@ class CellGallery(QWidget):
             self._cache[(key, cid)] = crop
             item = self.grid.item(k)
             if item is not None and int(item.data(Qt.UserRole)) == cid:
-                item.setIcon(QIcon(_pixmap(crop, THUMB_PX)))
+                item.setIcon(QIcon(pixmap(crop, THUMB_PX)))
 
         worker = thread_worker(read, start_thread=False)()
         worker.yielded.connect(show)
         worker.finished.connect(lambda w=worker: self._worker_done(w))
-        worker.errored.connect(lambda exc: _notify_error("gallery crops", exc))
+        worker.errored.connect(lambda exc: notify_error("gallery crops", exc))
         self._worker = worker
         worker.start()
 

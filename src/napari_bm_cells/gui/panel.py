@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor, QImage, QPixmap
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
                             QHeaderView, QLabel, QLineEdit, QPushButton, QScrollArea, QTableWidget,
                             QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
@@ -28,6 +28,7 @@ from . import layers as L
 from .. import runtime
 from .chart import ChartView, draw_histogram_figure, draw_probabilities_figure, theme_colours
 from .cells_combo import CellsLayerCombo, shrinkable
+from .parts import guarded, notify_error, pixmap, reassign_row
 from ..cells_table import probabilities
 from ..errors import InputError
 from ..taxonomy import CLASSES, colour_of, full_name
@@ -363,7 +364,7 @@ class DifferentialPanel(QWidget):
         try:
             self._update_inspector()
         except Exception as exc:  # noqa: BLE001
-            _notify_error("inspector", exc)
+            notify_error("inspector", exc)
 
     def _update_inspector(self):
         sel = sorted(self.layer.selected_data) if self.layer is not None else []
@@ -381,7 +382,7 @@ class DifferentialPanel(QWidget):
         if img is not None:
             try:
                 crop = L.cell_crop(img, self.layer, i)
-                self.crop_label.setPixmap(_pixmap(crop, CROP_VIEW_PX))
+                self.crop_label.setPixmap(pixmap(crop, CROP_VIEW_PX))
             except Exception:  # noqa: BLE001 -- e.g. a non-RGB image layer
                 self.crop_label.setText("(no crop)")
         probs = probabilities(r)
@@ -412,7 +413,7 @@ class DifferentialPanel(QWidget):
             return None
         img = self._image_layer()
         if img is None:
-            _notify_error("explain", ValueError("needs the image layer the cells came from"))
+            notify_error("explain", ValueError("needs the image layer the cells came from"))
             return None
         method = method or self.method_combo.currentText()
         layer, i = self.layer, self._index
@@ -422,7 +423,7 @@ class DifferentialPanel(QWidget):
 
         worker = thread_worker(work, start_thread=False)()
         worker.returned.connect(self._show_attribution)
-        worker.errored.connect(lambda exc: _notify_error("explain", exc))
+        worker.errored.connect(lambda exc: notify_error("explain", exc))
         worker.finished.connect(self._explain_finished)
         self._explain_worker = worker
         self.explain_button.setText("Explaining...")
@@ -497,7 +498,7 @@ class DifferentialPanel(QWidget):
             try:
                 L.delete_cells(self.layer, list(self.layer.selected_data))
             except Exception as exc:  # noqa: BLE001
-                _notify_error("delete", exc)
+                notify_error("delete", exc)
 
     # ---------------------------------------------------------------- sign-off
     def sign_off(self, by: str | None = None) -> dict | None:
@@ -586,42 +587,7 @@ class DifferentialPanel(QWidget):
             self.export_corrections(folder)
 
 
-def reassign_row(text: str, on_reassign):
-    """A row: a class combo box and a button calling ``on_reassign(chosen code)``;
-    returns ``(layout, combo, button)``."""
-    row = QHBoxLayout()
-    combo = shrinkable(QComboBox(), 12)
-    row.addWidget(combo, 1)
-    button = QPushButton(text)
-    button.clicked.connect(lambda: on_reassign(combo.currentData()))
-    row.addWidget(button)
-    return row, combo, button
-
-
-def guarded(what: str, fn, *args):
-    """Run a Qt slot's body; an exception becomes a napari error notification (a slot
-    must never raise into Qt)."""
-    try:
-        return fn(*args)
-    except Exception as exc:  # noqa: BLE001
-        _notify_error(what, exc)
-        return None
-
-
-def _notify_error(what: str, exc: BaseException) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(f"napari-bm-cells {what}: {type(exc).__name__}: {exc}")
-
-
 def _selection_signal(layer):
     """The selection-changed signal of a Points layer (psygnal in napari >= 0.6)."""
     ev = layer.selected_data.events
     return ev.items_changed if hasattr(ev, "items_changed") else ev.changed
-
-
-def _pixmap(rgb: np.ndarray, side: int) -> QPixmap:
-    a = np.ascontiguousarray(rgb[..., :3])
-    h, w = a.shape[:2]
-    qimg = QImage(a.data, w, h, 3 * w, QImage.Format_RGB888).copy()
-    return QPixmap.fromImage(qimg).scaled(side, side, Qt.KeepAspectRatio, Qt.SmoothTransformation)
