@@ -144,6 +144,12 @@ def test_cli_explain_writes_png(classifier_path, data_dir, bccd_jpeg, tmp_path, 
     text = capsys.readouterr().out
     assert "predicted" in text and " s " in text
     assert "px away" in text  # which cell the point picked, and how far from it
+    # a point far from any cell: the cell taken and its distance are said
+    assert main(["explain", str(bccd_jpeg), "--cell", "620,20", "--out", str(out), "--classifier",
+                 str(classifier_path), "--device", "cpu"]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if "nearest to (620, 20)" in t)
+    cx, cy = (float(v) for v in line.split(" is at (")[1].split(")")[0].split(","))
+    assert f"{np.hypot(cx - 620, cy - 20):.0f} px away" in line and np.hypot(cx - 620, cy - 20) > 100
     assert main(["explain", str(bccd_jpeg), "--cell", "oops", "--out", str(out)]) == 2
 
 

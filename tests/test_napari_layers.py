@@ -281,6 +281,44 @@ def test_histogram_lineage_view_rolls_up_the_differential():
     assert "PLT" not in whiskers
 
 
+def test_count_axis_has_whole_cell_ticks_and_the_png_names_the_sample(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from napari_bm_cells import plots
+    from napari_bm_cells.count import differential
+    from napari_bm_cells.gui.layers import draw_histogram, histogram_png
+
+    s = differential(["NGS", "NGS", "LYT"])  # small counts: matplotlib would tick 0.25, 0.5 ...
+    ax = Figure().add_subplot(111)
+    draw_histogram(ax, s)
+    ticks = [t for t in ax.get_yticks() if 0 <= t <= ax.get_ylim()[1]]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    titles = []
+    real = plots.histogram_png_bytes
+    monkeypatch.setattr(plots, "histogram_png_bytes",
+                        lambda summary, classes=None, title=None: titles.append(title) or real(summary, classes, title))
+    out = histogram_png({**s, "input": "/slides/patient 7.svs"}, tmp_path / "h.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert titles[0].startswith("patient 7.svs: 3 cells counted") and "95% CI" in titles[0]
+
+
+def test_class_colours_are_told_apart_and_from_red_cells():
+    """Neighbouring look-alikes get distinct colours (NGS vs EOS, NGS vs NGB, MYB vs MMZ),
+    and no white-cell class is drawn in the pink of red cells under the points."""
+    from matplotlib.colors import to_rgb
+
+    from napari_bm_cells.taxonomy import colour_of
+
+    def dist(a, b):
+        return float(np.linalg.norm(np.subtract(to_rgb(colour_of(a)), to_rgb(colour_of(b)))))
+
+    for a, b in (("NGS", "EOS"), ("NGS", "NGB"), ("MYB", "MMZ"), ("LYT", "MON"), ("BLA", "LYT")):
+        assert dist(a, b) > 0.3, (a, b, dist(a, b))
+    pink = (0.85, 0.62, 0.66)  # a red cell in a May-Grunwald-Giemsa smear
+    for code in ("NGS", "EOS", "LYT", "MON", "BLA", "NGB"):
+        assert np.linalg.norm(np.subtract(to_rgb(colour_of(code)), pink)) > 0.3, code
+
+
 def test_reopened_results_are_named_after_their_image(bccd_jpeg, classifier, detector, tmp_path):
     from napari_bm_cells.gui.reader import results_layer_data
     from napari_bm_cells.export import write_results

@@ -199,6 +199,11 @@ def test_panel_counts_reviews_and_rolls_up_lineages(viewer, qtbot, bccd_jpeg, cl
     assert panel.summary["n_cells"] == len(res.cells)
     heights = _bars(qtbot, panel)
     assert heights == {c: k for c, k in panel.summary["counts"].items() if k}
+    # the table's rows carry the classes' full names as tooltips
+    from napari_bm_cells.taxonomy import full_name
+    for r in range(panel.table.rowCount()):
+        code = panel.table.item(r, 0).text()
+        assert panel.table.item(r, 0).toolTip() == full_name(code) != code
     # the review queue walks cells in the documented order and centres the camera on each
     from napari_bm_cells.review import review_queue
     queue = review_queue(pts.features)

@@ -56,3 +56,21 @@ def test_offline_without_local_copy_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(pooch, "retrieve", offline)
     with pytest.raises(InputError, match="BM_CELLS_DATA"):
         samples.sample_path()
+
+
+def test_a_failed_download_prints_no_downloading_line(monkeypatch, tmp_path, capsys, caplog):
+    """Offline (here: a port nothing listens on), the sample loader says only why it failed:
+    no "Downloading ..." line from pooch before the error."""
+    import logging
+
+    import pooch
+
+    monkeypatch.setattr(samples, "_local_data_dir", lambda: None)
+    monkeypatch.setattr(samples, "BCCD_URL", "http://127.0.0.1:9/{name}")
+    monkeypatch.setattr(pooch, "os_cache", lambda name: tmp_path)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(InputError, match="download failed"):
+        samples.sample_path()
+    captured = capsys.readouterr()
+    said = captured.out + captured.err + caplog.text
+    assert "Downloading" not in said, said

@@ -59,7 +59,7 @@ def sample_path(name: str = "bccd-field") -> Path:
 
     import pooch
 
-    logging.getLogger("pooch").setLevel(logging.WARNING)  # no "Downloading ..." lines
+    pooch.get_logger().setLevel(logging.WARNING)  # no "Downloading ..." lines (pooch's own logger)
     try:
         return Path(pooch.retrieve(BCCD_URL.format(name=fname), known_hash=f"sha256:{sha}", fname=fname,
                                    path=pooch.os_cache("napari-bm-cells"), progressbar=False))

@@ -87,10 +87,10 @@ DEFAULT_TOLERANT_PAIRS = (("NGB", "NGS"), ("MYB", "MMZ"))
 
 #: fixed colour per class (RGB hex), chosen so neighbouring stages differ
 PALETTE = {
-    "ABE": "#ff7f0e", "ART": "#7f7f7f", "BAS": "#9467bd", "BLA": "#d62728", "EBO": "#8c564b",
+    "ABE": "#e6ab02", "ART": "#7f7f7f", "BAS": "#9467bd", "BLA": "#d62728", "EBO": "#8c564b",
     "EOS": "#e7298a", "FGC": "#e377c2", "HAC": "#17becf", "KSC": "#c7c7c7", "LYI": "#aec7e8",
     "LYT": "#1f77b4", "MMZ": "#bcbd22", "MON": "#2ca02c", "MYB": "#dbdb8d", "NGB": "#98df8a",
-    "NGS": "#ffbb78", "NIF": "#a0a0a0", "OTH": "#f7b6d2", "PEB": "#c49c94", "PLM": "#9edae5",
+    "NGS": "#ff7f0e", "NIF": "#a0a0a0", "OTH": "#f7b6d2", "PEB": "#c49c94", "PLM": "#9edae5",
     "PMO": "#c5b0d5", "LYA": "#393b79", "MOB": "#637939", "MYO": "#843c39", "PMB": "#7b4173",
     "PLT": "#e7ba52", "UNK": "#ffffff",
 }
