@@ -188,6 +188,12 @@ def test_analyze_writes_geojson_and_report_and_counts_to_a_target(bccd_jpeg, cla
     gj = json.loads((tmp_path / "o" / "cells.geojson").read_text())
     assert gj["features"][0]["geometry"]["type"] == "Polygon"  # a mask outline (masks are on)
     assert "<html" in (tmp_path / "o" / "report.html").read_text()[:200].lower()
+    # written with the user's umask, as any other program's files (not private 0600)
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (tmp_path / "o").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
     rc = main(["analyze", str(bccd_jpeg), "--out", str(tmp_path / "n"), "--classifier", str(classifier_path),
                "-q", "--no-report", "--no-masks"])
     assert rc == 0 and not (tmp_path / "n" / "report.html").exists()
@@ -277,3 +283,16 @@ def test_printed_differential_is_readable_without_the_code():
     assert "blast n/a (the model has no blast class)" in text
     empty = format_differential(differential([], ["NGS", "LYT"]))
     assert "n/a" in empty and "0.0%" not in empty and "0.0-0.0" not in empty
+
+
+def test_demo_analyses_a_real_field_and_says_where_it_wrote(tmp_path, capsys, monkeypatch):
+    """`bm-cells demo` (the README's first command): the sample field, the four result
+    files, and the absolute folder they are in."""
+    from napari_bm_cells.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "-q"]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "bm-cells-demo"
+    assert f"results are in {folder.resolve()}" in out and "sample image: " in out
+    assert {p.name for p in folder.iterdir()} == {"cells.csv", "summary.json", "cells.geojson", "report.html"}

@@ -429,3 +429,24 @@ def test_trained_cell_sizes_of_white_and_red_cells(data_dir):
     rbc = input_cell_px([data_dir / "bccd"], 320, "RBC")
     assert 90 < wbc < 130 and 0.35 < rbc / wbc < 0.65, (wbc, rbc)
     assert input_cell_px([data_dir / "bccd"], 320, "Neutrophil") is None
+
+
+def test_sources_without_a_validation_split_get_one_held_out_and_say_so(data_dir, tmp_path, caplog):
+    """A VOC folder without ImageSets/ (all fields train): a share of the fields moves to
+    the validation split, where the best epoch and the score threshold are chosen, and a
+    warning says so."""
+    import logging
+    import shutil
+
+    voc = tmp_path / "lab"
+    for sub in ("JPEGImages", "Annotations"):
+        (voc / sub).mkdir(parents=True)
+    for f in sorted((data_dir / "bccd" / "JPEGImages").glob("*.jpg"))[:10]:
+        shutil.copy(f, voc / "JPEGImages" / f.name)
+        shutil.copy(data_dir / "bccd" / "Annotations" / f"{f.stem}.xml", voc / "Annotations")
+    with caplog.at_level(logging.WARNING):
+        out = write_yolo_set([voc], tmp_path / "yolo", CLASS_SETS["wbc"], dedupe=False)
+    val = sorted((out.parent / "images" / "val").glob("*.jpg"))
+    train = sorted((out.parent / "images" / "train").glob("*.jpg"))
+    assert len(val) >= 1 and len(train) >= 5 and not {p.name for p in val} & {p.name for p in train}
+    assert "no validation split: held out" in caplog.text

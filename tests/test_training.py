@@ -443,6 +443,18 @@ def test_cli_train_classifier_takes_pretrained_extra_data_and_teacher(data_dir, 
     assert "extra" in meta.trained_on and "distilled from teacher.safetensors" in meta.trained_on
     split = read_split(split_path(out), data)
     assert len(split) == 18 and not split["path"].str.contains("pbc-extra").any()
+    # --pretrained FILE, as documented: the package's .pth by its path; a file of another
+    # architecture is one clear line, exit 2
+    from napari_bm_cells.training.pretrained import packaged_file
+
+    pth = packaged_file("efficientnet-lite0")
+    assert main(["train-classifier", str(data), "--out", str(tmp_path / "f.safetensors"),
+                 "--arch", "tf_efficientnet_lite0", "--pretrained", str(pth), *args]) == 0
+    capsys.readouterr()
+    assert main(["train-classifier", str(data), "--out", str(tmp_path / "g.safetensors"),
+                 "--arch", "resnet10t", "--pretrained", str(pth), *args]) == 2
+    err = [e for e in capsys.readouterr().err.strip().splitlines() if "error" in e]
+    assert len(err) == 1 and str(pth) in err[0] and "resnet10t" in err[0]
 
 
 def test_evaluate_classifier_on_english_named_folders(data_dir, tmp_path, classifier_path):

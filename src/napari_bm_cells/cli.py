@@ -150,7 +150,7 @@ def cmd_train_detector(a):
 
     train_detector(a.data, a.out, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch_size,
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
-                   resume=a.resume, init=a.init, lr0=a.lr0,
+                   init=a.init, lr0=a.lr0,
                    close_mosaic=a.close_mosaic, translate=a.translate, stain_copies=a.stain_copies,
                    leave_out=a.leave_out, hours=a.hours, workers=a.workers)
     print(f"wrote {a.out}")
@@ -379,7 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2, help="data-loading processes")
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resume", action="store_true")
     s.set_defaults(func=cmd_train_detector)
 
     s = sub.add_parser("crosslab", help="models on other labs' smears and magnifications "

@@ -78,8 +78,9 @@ def map_efficientnet_lite(sd: dict, stage_depths: list[int]) -> dict:
 def load_pretrained_state(spec: str | Path, model) -> tuple[dict, Path]:
     """Pretrained tensors for ``model`` in timm's naming, and the file they came from.
 
-    ``spec`` is a registry package name of :data:`PACKAGED` (its weights renamed with
-    :func:`map_efficientnet_lite`) or a local weights file in timm's naming.
+    ``spec`` is a registry package name of :data:`PACKAGED` or a local weights file: in
+    timm's naming, or an EfficientNet-Lite checkpoint in the original port's naming (such
+    as the packages' own ``.pth``), renamed with :func:`map_efficientnet_lite`.
     """
     from timm.models import load_state_dict
 
@@ -96,8 +97,14 @@ def load_pretrained_state(spec: str | Path, model) -> tuple[dict, Path]:
         raise InputError(f"{path}: pretrained weights not found; give a local weights file of the "
                          f"same timm architecture or one of {', '.join(PACKAGED)}")
     try:
-        return load_state_dict(str(path)), path
+        sd = load_state_dict(str(path))
     except Exception as exc:  # noqa: BLE001 -- torch/safetensors raise many kinds
         from ..errors import first_line
         raise InputError(f"{path}: cannot read pretrained weights ({first_line(exc)[:200]}); give a "
                          ".safetensors, .pth or .bin file of the same timm architecture") from None
+    if "_conv_stem.weight" in sd and hasattr(model, "blocks"):  # an EfficientNet-Lite file of the port
+        try:
+            sd = map_efficientnet_lite(sd, [len(b) for b in model.blocks])
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    return sd, path

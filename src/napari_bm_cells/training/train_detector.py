@@ -36,7 +36,7 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None =
 def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    imgsz: int = 320, batch: int = 16, device: str = "cpu",
                    model_yaml: str = "yolov8n.yaml", classes: str = "all", seed: int = 0,
-                   workers: int = 2, resume: bool = False, init: str | Path | None = None,
+                   workers: int = 2, init: str | Path | None = None,
                    lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1,
                    stain_copies: int = 1, leave_out: str | None = None,
                    hours: float | None = None) -> Path:
@@ -96,7 +96,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                 workers=workers, seed=seed, plots=False, amp=False, project=str(work),
                 name="run", exist_ok=True, **AUGMENT, translate=translate, cache=True,
                 patience=10_000 if hours else max(epochs, 5),  # no early stop: the schedule is fixed
-                resume=resume, verbose=False, close_mosaic=close_mosaic, **opt,
+                verbose=False, close_mosaic=close_mosaic, **opt,
                 **({"time": hours} if hours else {}))
     best = work / "run" / "weights" / "best.pt"
     shutil.copy2(best, out)
