@@ -296,3 +296,13 @@ def test_demo_analyses_a_real_field_and_says_where_it_wrote(tmp_path, capsys, mo
     folder = tmp_path / "bm-cells-demo"
     assert f"results are in {folder.resolve()}" in out and "sample image: " in out
     assert {p.name for p in folder.iterdir()} == {"cells.csv", "summary.json", "cells.geojson", "report.html"}
+    # the printed differential reads without the code: full names, the CI method, what
+    # "excluded" means, and no blast % where the model has no blast class
+    from napari_bm_cells.taxonomy import CLASSES, full_name
+
+    rows = [ln for ln in out.splitlines() if ln[:3] in CLASSES and ln[3:5] == "  "]
+    assert len(rows) >= 10
+    for ln in rows:
+        assert " ".join(ln.split()[1:]).startswith(full_name(ln[:3])), ln
+    assert "95% CI: Wilson score interval" in out and "'excluded' classes are not in the denominator" in out
+    assert "blast n/a (the model has no blast class)" in out

@@ -543,6 +543,24 @@ def test_gallery_shows_one_class_centres_and_reassigns(viewer, qtbot, many_cells
     assert pts.features.loc[i, "label"] == codes[k]
 
 
+def test_gallery_opens_as_a_tab_beside_the_panel(viewer, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_bm_cells.gui.gallery import CellGallery
+
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Differential count")
+    _, gal = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell gallery")
+    assert isinstance(gal, CellGallery)
+    main = viewer.window._qt_window
+
+    def dock_of(w):
+        while not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        return w
+
+    qtbot.waitUntil(lambda: dock_of(gal) in main.tabifiedDockWidgets(dock_of(panel)), timeout=5000)
+
+
 def test_explain_shows_an_attribution_layer_over_the_cell(viewer, qtbot, many_cells):
     img, res = many_cells
     image, pts = _add_cells(viewer, img, res)

@@ -11,7 +11,7 @@ never blocks the viewer; the grid shows a page of cells and grows on request.
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtGui import QIcon
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QLabel,
                             QListView, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout,
@@ -105,6 +105,27 @@ class CellGallery(QWidget):
         row, self.target_combo, self.reassign_button = reassign_row("Reassign selected", self.reassign_selected)
         lay.addLayout(row)
         self.layer_combo.update_choices()
+        QTimer.singleShot(0, self.tab_beside_panel)  # once napari has put the gallery in its dock
+
+    def tab_beside_panel(self) -> bool:
+        """Share the Differential count panel's place as a tab (raised), rather than
+        squeezing a further dock into the column; False when no panel is docked."""
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        from .panel import DifferentialPanel
+
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        main = dock.parentWidget() if dock is not None else None
+        if not isinstance(main, QMainWindow):
+            return False
+        for other in main.findChildren(QDockWidget):
+            if other is not dock and other.findChild(DifferentialPanel) is not None:
+                main.tabifyDockWidget(other, dock)
+                dock.raise_()
+                return True
+        return False
 
     # ------------------------------------------------------------------ layer / class
     def set_layer(self, layer):
