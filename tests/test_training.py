@@ -448,8 +448,11 @@ def test_cli_train_classifier_takes_pretrained_extra_data_and_teacher(data_dir, 
     from napari_bm_cells.training.pretrained import packaged_file
 
     pth = packaged_file("efficientnet-lite0")
-    assert main(["train-classifier", str(data), "--out", str(tmp_path / "f.safetensors"),
-                 "--arch", "tf_efficientnet_lite0", "--pretrained", str(pth), *args]) == 0
+    f = tmp_path / "f.safetensors"
+    assert main(["train-classifier", str(data), "--out", str(f), "--arch", "tf_efficientnet_lite0",
+                 "--pretrained", str(pth), "--max-per-class", "5", *args]) == 0
+    split = read_split(split_path(f), data)  # --max-per-class 5 gives 5 of each class, not 6
+    assert len(split) == 15 and split["label"].value_counts().tolist() == [5, 5, 5]
     capsys.readouterr()
     assert main(["train-classifier", str(data), "--out", str(tmp_path / "g.safetensors"),
                  "--arch", "resnet10t", "--pretrained", str(pth), *args]) == 2
