@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from napari_bm_cells import AnalysisOptions, analyze
-from napari_bm_cells.errors import Cancelled
 from napari_bm_cells.export import read_cells, write_results
+from napari_bm_cells.detect import Stage
 from napari_bm_cells.pipeline import iter_analysis
 
 BASE_COLUMNS = ["cell_id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "det_score",
@@ -124,16 +124,25 @@ def test_blank_image_yields_zero_cells(detector, classifier):
     assert res.summary["n_cells"] == 0 and res.summary["blast_pct"] == 0.0
 
 
-def test_should_stop_cancels_between_batches(data_dir, detector, classifier):
+def test_closing_the_generator_cancels_and_ends_its_threads(data_dir, detector, classifier):
+    """Cancelling is closing the pipeline generator (napari's worker quits, the widget
+    closes it): no further event, and the pipeline's reader threads end."""
+    import threading
+    import time
+
     from helpers import build_mosaic
 
     img, _ = build_mosaic(3, 3, source="bccd", split="test")
-    events = []
-    with pytest.raises(Cancelled):
-        for ev in iter_analysis(img, detector, classifier, AnalysisOptions(tile_size=256, overlap=96),
-                                should_stop=lambda: len(events) >= 2):
-            events.append(ev)
-    assert len(events) == 2
+    gen = iter_analysis(img, detector, classifier, AnalysisOptions(tile_size=256, overlap=96))
+    events = [next(gen) for _ in range(3)]
+    gen.close()
+    assert all(ev.stage != Stage.DONE for ev in events)
+    with pytest.raises(StopIteration):
+        next(gen)
+    end = time.perf_counter() + 5
+    while any(t.name.startswith("bm-cells") for t in threading.enumerate()) and time.perf_counter() < end:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("bm-cells")]
 
 
 def test_options_validation(data_dir, detector, classifier):

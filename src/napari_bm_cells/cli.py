@@ -461,7 +461,7 @@ _HELP = {"img_size": "network input side in px", "epochs": "passes over the trai
 
 
 def main(argv=None) -> int:
-    from .errors import Cancelled, InputError
+    from .errors import InputError
 
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"bm-cells: error: {exc}", file=sys.stderr)
         return 2
-    except (Cancelled, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("bm-cells: cancelled", file=sys.stderr)
         return 130
     return 0

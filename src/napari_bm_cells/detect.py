@@ -335,7 +335,6 @@ class Stage(str, Enum):
     CLASSIFY = "classify"  #: cells done; ``payload`` holds their new table rows
     DONE = "done"  #: ``payload`` is the :class:`~napari_bm_cells.pipeline.AnalysisResult`
     LOAD = "load"  #: models loading (the napari widget's job)
-    CANCELLED = "cancelled"  #: the widget's job stopped on request (``payload``: the exception)
     ERROR = "error"  #: the widget's job failed (``payload``: the exception)
 
 
@@ -458,7 +457,7 @@ def _detect_windows(slide, detector, windows, d: float, batch: int | None, measu
     batch = batch or default_det_batch(detector)
     batches = [list(range(i, min(i + batch, len(windows)))) for i in range(0, len(windows), batch)]
     n_measured, prev, meas = 0, None, None
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="bm-cells-reader") as pool:
         fut = pool.submit(read, batches[0])
         for bi, ks in enumerate(batches + [None]):
             imgs = fut.result() if ks is not None else None

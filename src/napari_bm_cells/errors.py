@@ -5,10 +5,6 @@ class InputError(ValueError):
     """Bad input file, weights or options; the message names the file and the fix."""
 
 
-class Cancelled(RuntimeError):
-    """Raised inside the pipeline when the caller asked it to stop."""
-
-
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     msg = str(exc).strip()

@@ -24,7 +24,7 @@ from .count import blast_atypical_scores, differential
 from .cut_cells import crop_scale, cut_cells
 from .detect import Detections, Progress, Stage, iter_detect, iter_detect_regions
 from .scale import detection_scale
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .io import Slide, open_slide
 from .taxonomy import UNCLASSIFIED
 from .options import AnalysisOptions  # noqa: F401 -- part of the pipeline's API
@@ -129,8 +129,7 @@ def _ahead(gen, depth: int = 2):
 
 
 def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptions | None = None,
-                  device: str = "auto", should_stop: Callable[[], bool] | None = None
-                  ) -> Iterator[Progress]:
+                  device: str = "auto") -> Iterator[Progress]:
     """Analyse one slide, yielding progress; the last event (stage ``"done"``) carries the
     :class:`AnalysisResult`.
 
@@ -141,8 +140,6 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         A loaded detector (reused across slides) or what :func:`load_detector` takes.
     classifier : Classifier or path, optional
     options : AnalysisOptions
-    should_stop : callable, optional
-        Polled between batches; when it returns True, :class:`Cancelled` is raised.
 
     Yields
     ------
@@ -159,10 +156,6 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     timings["load_models_s"] = time.perf_counter() - t
     min_conf = opts.min_confidence if opts.min_confidence is not None else cls.meta.min_confidence
     exclude = tuple(sorted(set(opts.exclude) | {UNCLASSIFIED}))  # UNK cells wait for review
-
-    def check():
-        if should_stop is not None and should_stop():
-            raise Cancelled("analysis cancelled")
 
     # 1. scale and counting-area map: one region per detection tile
     t = time.perf_counter()
@@ -219,7 +212,6 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     for dets in detections():
         if isinstance(dets, Progress):
             yield dets
-            check()
             continue
         t = time.perf_counter()
         if side is None and len(dets):
@@ -240,7 +232,6 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
             in_pass += len(idx)
             yield Progress(Stage.CLASSIFY, in_pass if visit is None else counted,
                            n if visit is None else (opts.target or counted), payload=rows)
-            check()
         timings["classify_s"] += time.perf_counter() - t
         all_boxes.append(dets.boxes)
         all_scores.append(dets.scores)

@@ -5,8 +5,9 @@ stardist-napari pattern): every yielded :class:`~napari_bm_cells.detect.Progress
 updates the progress bar, ``classify`` events append their cells to the Points layer
 (flushed at most every ``FLUSH_S`` seconds, so tens of thousands of cells stay
 interactive), and ``done`` puts the final table, the mask Labels layer and the
-summary in place. Cancel (or closing the widget / quitting napari) sets the pipeline's
-``should_stop`` flag and quits the worker; errors become napari notifications.
+summary in place. Cancel (or closing the widget / quitting napari) quits the worker, which
+stops at the pipeline's next event, and closes the pipeline generator (its reader threads
+end with it); errors become napari notifications.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from . import layers as L
 from .. import runtime
 from ..detect import Progress, Stage
-from ..errors import Cancelled, InputError, first_line
+from ..errors import InputError, first_line
 from ..options import user_options
 
 if TYPE_CHECKING:
@@ -61,12 +62,13 @@ def guard_triton() -> bool:
 guard_triton()
 
 
-def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Event,
-                 prepared: dict | None = None):
+def analysis_job(slide, det_spec, cls_spec, options, device, prepared: dict | None = None):
     """Generator run by the worker: model loading, then the pipeline's events.
 
-    Errors and cancellation are yielded as ``Stage.ERROR`` / ``Stage.CANCELLED`` events
-    (payload: the exception), so they reach the GUI thread like any event.
+    Errors are yielded as ``Stage.ERROR`` events (payload: the exception), shown as one
+    line (napari's worker would relay an exception it sees as a traceback notification).
+    Cancelling is the worker's ``quit()``: it stops at the next event and the widget
+    closes this generator.
     Before the final event, the masks layer itself (lazy arrays, class colours, and the
     name and transform the GUI put in ``prepared["labels_args"]``) is built here, in the
     worker, into ``prepared["labels"]``: the GUI thread only adds it to the viewer
@@ -79,14 +81,10 @@ def analysis_job(slide, det_spec, cls_spec, options, device, stop: threading.Eve
         det, cls = runtime.models(det_spec, cls_spec, device)
         _import_off_the_gui_thread()
         yield Progress(Stage.LOAD, 1, 1)
-        if stop.is_set():
-            raise Cancelled("analysis cancelled")
-        for ev in iter_analysis(slide, det, cls, options, device=cls.device, should_stop=stop.is_set):
+        for ev in iter_analysis(slide, det, cls, options, device=cls.device):
             if ev.stage == Stage.DONE and prepared is not None and ev.payload.labels is not None:
                 prepared["labels"] = (ev.payload, _masks_layer(ev.payload, prepared.get("labels_args", {})))
             yield ev
-    except Cancelled as exc:
-        yield Progress(Stage.CANCELLED, 0, 0, exc)
     except Exception as exc:  # noqa: BLE001 -- every failure becomes a notification
         yield Progress(Stage.ERROR, 0, 0, exc)
 
@@ -219,13 +217,11 @@ class _JobHandle:
     """What a running job needs to be stopped: holds no reference to the widget."""
 
     def __init__(self):
-        self.stop = threading.Event()
         self.worker = None
         self.gen = None
         self.prepared: dict = {}  # filled by the worker: layer arguments built off the GUI thread
 
     def cancel(self, *_):
-        self.stop.set()
         w = self.worker
         if w is not None:
             try:
@@ -290,6 +286,9 @@ class AnalyzeWidget(Container):
         self.result = None  #: AnalysisResult of the last finished run
         self._finishing: list = []  # steps still to run to show a finished run
         self._heap_frozen = False  # this widget's run holds freeze_heap()
+        #: how the last run ended: None while it runs, then "done", "error", "cancelling"
+        #: (asked, not yet stopped) or "cancelled"; the status line only shows it
+        self.outcome: str | None = None
         self._done_args = None
         self.last_error: str | None = None
         self.points_layer = None
@@ -396,7 +395,7 @@ class AnalyzeWidget(Container):
         self._cancel_when_dock_closes()
         job = _JobHandle()
         job.prepared["labels_args"] = self._masks_layer_args()
-        job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.stop, job.prepared)
+        job.gen = analysis_job(slide, det_spec, cls_spec, opts, self.device.value, job.prepared)
         self._job = job
         try:
             worker = create_worker(_drive, job.gen, _start_thread=False)
@@ -411,6 +410,7 @@ class AnalyzeWidget(Container):
         self.cancel_button.enabled = True
         self._t0 = time.perf_counter()
         self.status.value = "loading models..."
+        self.outcome = None
         freeze_heap()
         self._heap_frozen = True
         worker.start()
@@ -474,6 +474,7 @@ class AnalyzeWidget(Container):
         """Stop the running analysis (at the next tile batch or cell batch)."""
         if self._job is not None:
             self.status.value = "cancelling..."
+            self.outcome = self.outcome or "cancelling"
             self._job.cancel()
 
     # ---------------------------------------------------------------- events (GUI thread)
@@ -507,7 +508,7 @@ class AnalyzeWidget(Container):
         # progress queued before a cancel (or delivered after the worker finished) must
         # not overwrite "cancelling..." / "cancelled"
         if ev.stage in (Stage.LOAD, Stage.DETECT, Stage.CLASSIFY) and (
-                self.result is not None or self.status.value.startswith(("cancel", "error"))):
+                self.result is not None or self.outcome is not None):
             return
         # napari's progress bar may process Qt events, so later events (even "done") can
         # be handled inside self._progress: update state first, check it after
@@ -526,9 +527,6 @@ class AnalyzeWidget(Container):
                     self._flush()
             elif ev.stage == Stage.DONE:
                 self._on_done(ev.payload)
-            elif ev.stage == Stage.CANCELLED:
-                self._flush()
-                self.status.value = "cancelled"
             elif ev.stage == Stage.ERROR:
                 self._fail(ev.payload)
         except Exception as exc:  # noqa: BLE001 -- never let an event handler crash napari
@@ -642,6 +640,7 @@ class AnalyzeWidget(Container):
         self.result = result
         summary = result.summary
         n, k = summary["n_cells"], summary["n_counted"]
+        self.outcome = "done"
         self.status.value = f"done: {n} cells ({k} counted) in {time.perf_counter() - self._t0:.1f} s"
         self._done_args = None
 
@@ -663,6 +662,7 @@ class AnalyzeWidget(Container):
 
         msg = error_message(exc) if isinstance(exc, BaseException) else str(exc)
         self.last_error = msg
+        self.outcome = "error"
         self.status.value = f"error: {msg[:80]}"
         show_error(f"napari-bm-cells: {msg}")
 
@@ -674,8 +674,9 @@ class AnalyzeWidget(Container):
             except (RuntimeError, ValueError):
                 pass
         self._close_pbar()
-        if self.result is None and not self._finishing and not self.status.value.startswith(("error", "done")):
+        if self.result is None and not self._finishing and self.outcome not in ("error", "done"):
             self._flush()
+            self.outcome = "cancelled"
             self.status.value = "cancelled"
         self.worker = None
         self._job = None
