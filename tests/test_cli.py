@@ -181,7 +181,7 @@ def test_analyze_writes_geojson_and_report_and_counts_to_a_target(bccd_jpeg, cla
     out = capsys.readouterr().out
     assert rc == 0
     assert {p.name for p in (tmp_path / "o").iterdir()} == {"cells.csv", "summary.json", "cells.geojson",
-                                                            "report.html"}
+                                                            "report.html", "differential.png"}
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["target"]["n"] == 200 and summary["target"]["met"] is False
     assert "target 200: NOT met" in out
@@ -196,7 +196,7 @@ def test_analyze_writes_geojson_and_report_and_counts_to_a_target(bccd_jpeg, cla
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
     rc = main(["analyze", str(bccd_jpeg), "--out", str(tmp_path / "n"), "--classifier", str(classifier_path),
                "-q", "--no-report", "--no-masks"])
-    assert rc == 0 and not (tmp_path / "n" / "report.html").exists()
+    assert rc == 0 and not (tmp_path / "n" / "report.html").exists() and not (tmp_path / "n" / "differential.png").exists()
 
 
 def test_calibrate_confidence_command(data_dir, classifier_path, tmp_path, capsys):
@@ -295,7 +295,8 @@ def test_demo_analyses_a_real_field_and_says_where_it_wrote(tmp_path, capsys, mo
     out = capsys.readouterr().out
     folder = tmp_path / "bm-cells-demo"
     assert f"results are in {folder.resolve()}" in out and "sample image: " in out
-    assert {p.name for p in folder.iterdir()} == {"cells.csv", "summary.json", "cells.geojson", "report.html"}
+    assert {p.name for p in folder.iterdir()} == {"cells.csv", "summary.json", "cells.geojson", "report.html",
+                                                  "differential.png"}
     # the printed differential reads without the code: full names, the CI method, what
     # "excluded" means, and no blast % where the model has no blast class
     from napari_bm_cells.taxonomy import CLASSES, full_name

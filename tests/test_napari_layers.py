@@ -286,7 +286,8 @@ def test_count_axis_has_whole_cell_ticks_and_the_png_names_the_sample(tmp_path, 
 
     from napari_bm_cells import plots
     from napari_bm_cells.count import differential
-    from napari_bm_cells.gui.layers import draw_histogram, histogram_png
+    from napari_bm_cells.export import write_histogram_png
+    from napari_bm_cells.gui.layers import draw_histogram
 
     s = differential(["NGS", "NGS", "LYT"])  # small counts: matplotlib would tick 0.25, 0.5 ...
     ax = Figure().add_subplot(111)
@@ -297,7 +298,7 @@ def test_count_axis_has_whole_cell_ticks_and_the_png_names_the_sample(tmp_path, 
     real = plots.histogram_png_bytes
     monkeypatch.setattr(plots, "histogram_png_bytes",
                         lambda summary, classes=None, title=None: titles.append(title) or real(summary, classes, title))
-    out = histogram_png({**s, "input": "/slides/patient 7.svs"}, tmp_path / "h.png")
+    out = write_histogram_png({**s, "input": "/slides/patient 7.svs"}, tmp_path / "h.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert titles[0].startswith("patient 7.svs: 3 cells counted") and "95% CI" in titles[0]
 

@@ -72,10 +72,12 @@ def write_summary_json(summary: dict, path: str | Path) -> Path:
     return atomic_write(path, json.dumps(summary, indent=2, default=_json_default))
 
 
-def write_results(result, out_dir: str | Path, report: bool = True, geojson: bool = True) -> dict[str, Path]:
+def write_results(result, out_dir: str | Path, report: bool = True, geojson: bool = True,
+                  histogram: bool | None = None) -> dict[str, Path]:
     """Write an analysis into ``out_dir``: ``cells.csv``, ``summary.json``, ``cells.geojson``
-    (QuPath) and ``report.html`` (see :mod:`~napari_bm_cells.report`). The CLI, batch and
-    the napari panel all write through here."""
+    (QuPath), ``report.html`` (see :mod:`~napari_bm_cells.report`) and ``differential.png``
+    (the histogram, see :func:`write_histogram_png`; with the report unless ``histogram``
+    says otherwise). The CLI, batch and the napari panel all write through here."""
     out_dir = Path(out_dir)
     mpp = result.summary.get("mpp")
     paths = {"cells": write_cells_csv(result.cells, out_dir / "cells.csv", mpp),
@@ -89,7 +91,21 @@ def write_results(result, out_dir: str | Path, report: bool = True, geojson: boo
         paths["report"] = write_report(result.cells, result.summary, out_dir / "report.html",
                                        slide=getattr(result, "slide", None),
                                        area_scores=None if areas is None else areas.scores)
+    if report if histogram is None else histogram:
+        classes = (result.summary.get("classifier") or {}).get("classes")
+        paths["png"] = write_histogram_png(result.summary, out_dir / "differential.png", classes)
     return paths
+
+
+def write_histogram_png(summary: dict, path, classes=None) -> Path:
+    """Save the differential's histogram as a PNG (matplotlib, no Qt), titled with the
+    sample's name, the cells counted and the CI method."""
+    from .plots import histogram_png_bytes
+
+    sample = Path(str(summary.get("input") or "")).name
+    title = f"{sample}: " if sample else ""
+    title += f"{summary.get('n_counted', 0)} cells counted; bars: % with 95% CI (Wilson)"
+    return atomic_write(Path(path), histogram_png_bytes(summary, classes, title=title))
 
 
 def cell_polygon(row: dict, outline=None):

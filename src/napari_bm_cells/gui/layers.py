@@ -565,20 +565,6 @@ def default_crop_side(points_layer, index: int | None = None) -> float:
 
 
 # --------------------------------------------------------------------------- plots / export
-def histogram_png(summary: dict, path, classes=None) -> Path:
-    """Save the differential's histogram as a PNG (matplotlib, no Qt), titled with the
-    sample's name and the blast %."""
-    from ..plots import histogram_png_bytes
-
-    sample = Path(str(summary.get("input") or "")).name
-    title = f"{sample}: " if sample else ""
-    title += f"{summary.get('n_counted', 0)} cells counted; bars: % with 95% CI (Wilson)"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(histogram_png_bytes(summary, classes, title=title))
-    return path
-
-
 def layer_summary(layer) -> dict:
     """The run's summary updated with the differential of the layer's current cells."""
     meta = layer_meta(layer)
@@ -594,7 +580,7 @@ def export_results(layer, folder, figure=None, stem: str = "cells", image_layer=
     """Write a cells layer as it is now, as the CLI writes an analysis
     (:func:`~napari_bm_cells.export.write_results`: ``cells.csv``, ``summary.json``,
     ``cells.geojson``, ``report.html``; the report's thumbnails come from
-    ``image_layer``), plus ``differential.png`` (``figure``, else a new histogram)."""
+    ``image_layer``; ``differential.png`` is ``figure`` when given)."""
     from ..export import write_results
     from ..pipeline import AnalysisResult
 
@@ -611,16 +597,13 @@ def export_results(layer, folder, figure=None, stem: str = "cells", image_layer=
             slide = None
     res = AnalysisResult(cells, summary, slide=slide, areas=meta.get("areas"),
                          outlines=meta.get("outlines") or {})
-    out = write_results(res, folder)
+    out = write_results(res, folder, histogram=figure is None)
     if stem != "cells":
         for key in ("cells", "geojson"):
             out[key] = out[key].rename(out[key].with_name(stem + out[key].suffix))
-    png = folder / "differential.png"
-    if figure is not None:
-        figure.savefig(png, facecolor="white")
-        out["png"] = png
-    else:
-        out["png"] = histogram_png(summary, png, layer_classes(layer))
+    if figure is not None:  # the panel's own chart, as shown
+        out["png"] = folder / "differential.png"
+        figure.savefig(out["png"], facecolor="white")
     return out
 
 
