@@ -70,7 +70,7 @@ def cmd_batch(a):
 def cmd_demo(a):
     from .samples import sample_path
 
-    a.image = str(sample_path(a.sample))
+    a.image = str(sample_path(a.sample).resolve())
     print(f"sample image: {a.image}", flush=True)
     cmd_analyze(a)
     print(f"results are in {Path(a.out).resolve()}")
