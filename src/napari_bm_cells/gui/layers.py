@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cells_table import CELL_COLUMNS, classes_of, prob_column, prob_columns
+from ..cells_table import classes_of, prob_columns
 from ..count import differential
 from ..crop import slide_square
 from ..errors import InputError
@@ -32,8 +32,6 @@ SHORTCUT_ORDER = ("NGS", "LYT", "MON", "EOS", "BAS", "BLA", "MYO", "NGB", "EBO",
                   "MMZ", "PMO", "LYA", "MOB", "PEB", "LYI", "PLT", "ART", "KSC", "NIF", "OTH")
 #: columns of the pipeline's table that never become features (they are the coordinates)
 _COORD_COLS = ("x", "y", "x_um", "y_um")
-#: features every cells layer has, besides the ``prob_<CODE>`` columns
-BASE_FEATURES = ("cell_id", "label", "confidence", "p_blast", "p_atypical", "reviewed")
 
 
 # --------------------------------------------------------------------------- colours
@@ -239,15 +237,6 @@ def points_kwargs(cells: pd.DataFrame, image_layer=None, *, name: str = "cells",
                          "summary": summary or {}}},
         **tf,
     )
-
-
-def empty_cells(classes) -> pd.DataFrame:
-    """A cell table without rows, with the pipeline's columns."""
-
-    cols = CELL_COLUMNS + [prob_column(c) for c in classes]
-    df = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
-    df["label"] = df["label"].astype(object)
-    return df
 
 
 def is_cells_layer(layer) -> bool:

@@ -109,18 +109,6 @@ def colour_reference(checkpoint, data_dir) -> dict:
     return lab_reference(imgs[ok])
 
 
-def record_colour_reference(checkpoint, data_dir) -> dict:
-    """Write :func:`colour_reference` into a checkpoint's metadata (weights unchanged)."""
-    from safetensors.torch import load_file
-
-    from ..checkpoint import read_meta, save_checkpoint
-
-    meta = read_meta(checkpoint)
-    meta.lab_reference = colour_reference(checkpoint, data_dir)
-    save_checkpoint(checkpoint, load_file(str(checkpoint)), meta)
-    return meta.lab_reference
-
-
 def _copy_split(src: Path, dst: Path) -> None:
     """Keep the split file beside a calibrated copy, so its test split stays known."""
     from .train_classifier import split_path
