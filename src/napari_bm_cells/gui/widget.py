@@ -36,24 +36,23 @@ PLUGIN = "napari-bm-cells"
 
 
 def guard_triton() -> bool:
-    """Keep ``triton`` from being imported on machines without CUDA.
+    """Keep ``triton`` from being imported on machines without an NVIDIA GPU.
 
     torchvision / timm import ``torch._dynamo``, which imports triton when installed;
     triton bundles its own LLVM, and loading it after Mesa's software OpenGL (llvmpipe,
     also LLVM) is in the process -- as it is once napari has drawn -- crashes Python.
     Triton only serves ``torch.compile`` on GPUs, which inference here never uses, so
-    without CUDA it is marked missing (torch handles that). Returns True when blocked.
+    without an NVIDIA driver it is marked missing (torch handles that). Decided from the
+    driver's files rather than ``torch.cuda``: importing torch here, when the dock opens,
+    would hold napari's event loop for seconds. Returns True when blocked.
     """
+    import shutil
     import sys
+    from pathlib import Path
 
     if "triton" in sys.modules:
         return False
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return False
-    except Exception:  # noqa: BLE001 -- torch missing or broken: the run reports it
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
         return False
     sys.modules["triton"] = None
     return True
