@@ -432,6 +432,10 @@ def test_cli_train_classifier_takes_pretrained_extra_data_and_teacher(data_dir, 
     teacher = tmp_path / "teacher.safetensors"
     args = ["--img-size", "32", "--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--device", "cpu"]
     assert main(["train-classifier", str(data), "--out", str(teacher), "--arch", "resnet10t", *args]) == 0
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    assert teacher.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not private 0600
     out = tmp_path / "student.safetensors"
     rc = main(["train-classifier", str(data), "--out", str(out), "--arch", "tf_efficientnet_lite0",
                "--pretrained", "efficientnet-lite0", "--extra-data", str(extra),

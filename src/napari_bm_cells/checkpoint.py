@@ -83,6 +83,9 @@ def save_checkpoint(path: str | Path, state_dict: dict, meta: ClassifierMeta,
         tensors[k] = v
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"bm_cells": json.dumps(asdict(meta))})
+    from .export import set_usual_mode
+
+    set_usual_mode(tmp)
     tmp.replace(path)
     return path
 

@@ -23,7 +23,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual mode
+        set_usual_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -39,6 +39,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def set_usual_mode(path: str | Path) -> None:
+    """Give a file the mode new files get (0666 less the umask): temporary-file writers
+    (``mkstemp``, safetensors) make them private (0600)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def cells_table(cells: pd.DataFrame, mpp: float | None = None) -> pd.DataFrame:
