@@ -56,6 +56,7 @@ def test_a_grey_image_has_no_area_fit_for_counting():
     assert amap.shape == (3, 4) and not amap.scores.any()
 
 
+@pytest.mark.slow
 def test_target_counts_from_the_best_areas_and_stops(area_mosaic, detector, classifier):
     img, _, quads = area_mosaic
     slide = open_slide(img)

@@ -122,6 +122,7 @@ def _cli(*args):
     return [sys.executable, "-m", "napari_bm_cells", *args], env
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(serial, slides, classifier_path, tmp_path):
     """SIGKILL a CLI batch after its first finished slide; the re-run finishes the rest once."""
     ref_out, ref = serial
@@ -163,6 +164,7 @@ def _load_count():
     return runtime.LOAD_COUNT["n"]
 
 
+@pytest.mark.slow
 def test_local_cluster_matches_serial(serial, slides, classifier_path, detector, tmp_path):
     """Two dask worker processes: same cohort as the serial run; models loaded once per worker."""
     distributed = pytest.importorskip("distributed")

@@ -340,6 +340,7 @@ def test_evaluate_detector_counts_a_repeated_box_once(data_dir, tmp_path, detect
     assert m["recall"] == 1.0
 
 
+@pytest.mark.slow
 def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir, tmp_path):
     """``bm-cells train-detector --init``: one epoch on 8 real BCCD fields from the shipped
     weights, offline; the weights load, the sidecar records the classes (white cells, red

@@ -48,6 +48,7 @@ def test_overlap_must_be_smaller_than_tile():
         tile_grid(100, 100, 64, 64)
 
 
+@pytest.mark.slow
 def test_yolo_finds_annotated_white_cells_on_bccd_fields(data_dir, detector):
     from napari_bm_cells.pipeline import parse_level
 

@@ -16,6 +16,7 @@ ensure_display(97)  # before Qt starts: it reads $DISPLAY once
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("display")]
 
 
+@pytest.mark.slow
 def test_script_analyses_a_folder_without_a_window(data_dir, tmp_path, detector, classifier):
     from napari_bm_cells.pipeline import analyze
     from helpers import build_mosaic, write_ome_zarr

@@ -856,6 +856,7 @@ def test_closing_the_analyze_dock_cancels_its_run(viewer, qtbot, data_dir, class
     assert gc.get_freeze_count() == 0  # the heap frozen for the run is collectable again
 
 
+@pytest.mark.slow
 def test_event_loop_keeps_running_during_a_run_on_a_12x12_mosaic(viewer, qtbot, data_dir, classifier_path):
     """A timer probe on the GUI thread during a whole run (detection, streaming cells,
     masks, area map), started once the dock has imported the libraries a run needs in
