@@ -30,7 +30,7 @@ def mask_outline(mask: np.ndarray, y0: float, x0: float) -> np.ndarray | None:
     rings = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
     ring = max(rings, key=len)[:-1]  # closed: the last point repeats the first
     # Douglas-Peucker in OpenCV: scikit-image's approximate_polygon is a Python loop that
-    # holds the interpreter ~6 ms per cell (the viewer's event loop waits meanwhile)
+    # holds the interpreter per cell (and a viewer's event loop waits meanwhile)
     ring = cv2.approxPolyDP(ring.astype(np.float32).reshape(-1, 1, 2), 0.5, True)[:, 0].astype(float)
     ring = np.vstack([ring, ring[:1]])
     return np.column_stack([ring[:, 1] - 0.5 + x0, ring[:, 0] - 0.5 + y0])

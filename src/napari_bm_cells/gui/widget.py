@@ -146,8 +146,8 @@ def freeze_heap() -> None:
     :func:`thaw_heap` (``gc.freeze``; one call per run, nested runs counted).
 
     napari's process holds millions of long-lived objects (torch, napari, Qt); a full
-    collection walks them all, ~0.3 s on a 2-core CPU, and whichever thread triggers it
-    holds the interpreter meanwhile: a run's threads would stall the event loop that long.
+    collection walks them all, and whichever thread triggers it holds the interpreter
+    meanwhile: a run's threads would stall the event loop for longer than a frame.
     Frozen, a run's full collections walk only what the run made. Cyclic garbage among the
     frozen objects waits for :func:`thaw_heap`, which the end of the run calls.
     """
