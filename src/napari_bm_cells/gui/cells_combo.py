@@ -32,8 +32,18 @@ class CellsLayerCombo(QComboBox):
         return [L.unwrap(lyr) for lyr in self._viewer.layers if L.is_cells_layer(lyr)]
 
     def _on_layers_changed(self, event=None):
+        # on the next turn of the event loop: napari adding a layer is a long turn already,
+        # and the panel recounts and redraws when its cells layer changes
+        from qtpy.QtCore import QTimer
+
+        self._change = event
+        QTimer.singleShot(0, self._apply_change)
+
+    def _apply_change(self):
         try:
-            self.update_choices(event)
+            self.update_choices(self._change)
+        except RuntimeError:  # the combo itself is gone (its dock was closed)
+            pass
         except Exception as exc:  # noqa: BLE001 -- never break napari's layer list
             from napari.utils.notifications import show_error
 
