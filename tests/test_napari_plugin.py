@@ -587,6 +587,23 @@ def test_explain_shows_an_attribution_layer_over_the_cell(viewer, qtbot, many_ce
     assert L.unwrap(viewer.layers.selection.active) is pts
 
 
+def test_explain_on_a_micrometre_scaled_image_keeps_napari_in_units(viewer, qtbot, many_cells):
+    """An image in micrometres: the cells and the attribution map Explain adds share its
+    units, so napari keeps one unit for every layer (no "Inconsistent units" fallback)."""
+    img, res = many_cells
+    image = viewer.add_image(img, rgb=True, name="slide", scale=(0.1, 0.1), units=("micrometer", "micrometer"))
+    pts = L.unwrap(viewer.add_points(**L.points_kwargs(res.cells, image, name="slide cells", summary=res.summary)))
+    _, panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Differential count")
+    qtbot.waitUntil(lambda: panel.layer is pts, timeout=5000)
+    pts.selected_data = {0}
+    panel.update_inspector()
+    assert panel.explain_selected("gradcam") is not None
+    qtbot.waitUntil(lambda: panel.attribution_layer is not None and panel._explain_worker is None, timeout=60000)
+    assert len(viewer.layers) == 3
+    assert viewer.layers.extent.units is not None
+    assert [str(u) for u in viewer.layers.extent.units] == ["micrometer", "micrometer"]
+
+
 def _user_role():
     from qtpy.QtCore import Qt
     return Qt.UserRole
