@@ -102,12 +102,11 @@ def big_table(n=100_000, classifier=None, workdir="/tmp"):
     side = int(np.ceil(np.sqrt(reps)))
     k = np.repeat(np.arange(reps), len(cells))[:n]
     big = cells.iloc[np.tile(np.arange(len(cells)), reps)[:n]].reset_index(drop=True)
-    for c, step in (("x", W * (k % side)), ("y", H * (k // side))):
-        big[c] = big[c].to_numpy() + step
-    for c0, c1, c in (("bbox_x0", "bbox_x1", "x"), ("bbox_y0", "bbox_y1", "y")):
-        if c0 in big:
-            shift = (W if c == "x" else H) * ((k % side) if c == "x" else (k // side))
-            big[c0], big[c1] = big[c0].to_numpy() + shift, big[c1].to_numpy() + shift
+    dx, dy = W * (k % side), H * (k // side)  # copy k sits in tile (k // side, k % side)
+    for cols, shift in ((("x", "bbox_x0", "bbox_x1"), dx), (("y", "bbox_y0", "bbox_y1"), dy)):
+        for c in cols:
+            if c in big:
+                big[c] = big[c].to_numpy() + shift
     big["cell_id"] = np.arange(1, n + 1)
     out_dir = Path(workdir) / f"big_table_{n}"
     out_dir.mkdir(parents=True, exist_ok=True)

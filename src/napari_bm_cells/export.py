@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cells_table import prob_columns
+from .cells_table import classes_of, prob_columns
 from .taxonomy import colour_of
 
 
@@ -98,7 +98,7 @@ def write_results(result, out_dir: str | Path, report: bool = True, geojson: boo
                                        slide=getattr(result, "slide", None),
                                        area_scores=None if areas is None else areas.scores)
     if report if histogram is None else histogram:
-        classes = (result.summary.get("classifier") or {}).get("classes")
+        classes = (result.summary.get("classifier") or {}).get("classes") or classes_of(result.cells)
         paths["png"] = write_histogram_png(result.summary, out_dir / "differential.png", classes)
     return paths
 

