@@ -86,7 +86,7 @@ def cmd_train_classifier(a):
                          max_per_class=a.max_per_class, precision=a.precision, init=a.init,
                          field_cells=a.field_cells, field_weight=a.field_weight,
                          ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
-                         teacher=a.teacher, distil=a.distil, workers=a.workers,
+                         teacher=a.teacher, distil=a.distil, workers=a.workers, mixstyle=a.mixstyle,
                          time_limit_s=a.minutes * 60 if a.minutes else None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil from this checkpoint (same classes): learn its softened outputs too")
     s.add_argument("--distil", type=float, default=0.7,
                    help="weight of the teacher's outputs in the loss with --teacher (default 0.7)")
+    s.add_argument("--mixstyle", type=float, default=0.0, metavar="P",
+                   help="MixStyle: with probability P after each of the first two stages, the crops of a "
+                        "batch swap part of their feature statistics (0: off; default 0)")
     s.add_argument("--workers", type=int, default=0,
                    help="processes that augment the crops (0: in the training loop; a GPU run needs several)")
     s.add_argument("--minutes", type=float, default=None,

@@ -197,7 +197,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      pretrained: str | Path | None = None, extra_data=(),
                      teacher: str | Path | None = None, distil: float = 0.7,
                      workers: int = 0, time_limit_s: float | None = None,
-                     progress=print) -> dict:
+                     mixstyle: float = 0.0, progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -251,6 +251,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     time_limit_s : float, optional
         Time budget: after the first epoch, the number of epochs (and the learning-rate
         schedule) is cut to what fits in it.
+    mixstyle : float
+        Probability of MixStyle after each of the first two stages (0: off): the crops of
+        a batch swap part of their feature statistics (:mod:`~napari_bm_cells.training.mixstyle`).
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -337,6 +340,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                              f"{src_meta.classes}; this run needs {arch} and {classes}")
         model.load_state_dict(src.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
+    if mixstyle:
+        from .mixstyle import add_mixstyle
+        add_mixstyle(model, p=mixstyle)
     from timm.utils import ModelEmaV3
     ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -361,6 +367,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             raise InputError(f"{teacher}: teacher classes {tmeta.classes} differ from {classes}")
         teach.eval()
         meta.trained_on += f", distilled from {Path(teacher).name}"
+    if mixstyle:
+        meta.trained_on += f", MixStyle p={mixstyle:g}"
     state_file = out.with_name(out.stem + ".state.pt")
     start, best_f1, history = 0, -1.0, []
     if resume and state_file.is_file():
