@@ -10,8 +10,13 @@ real-data folder, ``--field`` for the single BCCD sample field), runs "Analyze s
 with the shipped models (or ``--classifier``), selects a cell so the inspector shows
 it, and saves the whole window including the docks. ``--review`` shows the review tools
 instead: the Cell gallery of the commonest class and the Grad-CAM attribution layer of
-the selected cell, zoomed in on it. Needs OpenGL: without a display it
-starts Xvfb (``apt-get install xvfb``) and uses Qt's offscreen platform.
+the selected cell, zoomed in on it. Needs OpenGL and a real X window: without a display
+it starts Xvfb, and Qt's ``xcb`` platform needs its X libraries::
+
+    apt-get install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
+        libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0
+
+(``--platform offscreen`` runs without them, but napari's canvas then stays empty.)
 """
 from __future__ import annotations
 
@@ -49,10 +54,11 @@ def main(argv=None) -> Path:
     ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "screenshot.png"))
     ap.add_argument("--size", default="1800x1350", help="window size WxH")
     ap.add_argument("--review", action="store_true", help="gallery and attribution map instead")
+    ap.add_argument("--platform", default="xcb", help="Qt platform (default xcb: a real X window)")
     args = ap.parse_args(argv)
 
     ensure_display()
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["QT_QPA_PLATFORM"] = args.platform
     import napari_bm_cells.gui.widget  # noqa: F401 -- keeps triton away from Mesa's LLVM
 
     import napari
@@ -104,8 +110,7 @@ def main(argv=None) -> Path:
         while (panel._explain_worker is not None or not gallery.loaded()) and time.time() - t0 < 120:
             _process(app, 0.1)
     # Lay the unshown window out at its size without painting the OpenGL canvas (grab a
-    # pixel of the menu bar), fit the view, then grab once: with Qt's offscreen platform
-    # only the canvas' first paint into the grab comes out (later ones are black).
+    # pixel of the menu bar), fit the view, then grab once.
     viewer.window._qt_window.grab(QRect(0, 0, 1, 1))
     _process(app, 0.3)
     viewer.reset_view()
@@ -113,7 +118,7 @@ def main(argv=None) -> Path:
         from napari_bm_cells.gui.layers import focus_cell
 
         focus_cell(viewer, pts, next(iter(pts.selected_data)))
-        viewer.camera.zoom *= 4
+        viewer.camera.zoom *= 1.5
     _process(app, 1.0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

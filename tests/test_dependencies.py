@@ -50,3 +50,22 @@ def test_every_imported_library_is_declared():
             names = {d.lower().replace("_", "-") for d in dists.get(mod, [])}
             assert names, f"{rel}: imports {mod}, which no installed distribution provides"
             assert names & allowed, f"{rel}: imports {mod} ({', '.join(sorted(names))}), not declared for it"
+
+
+def test_importing_the_package_leaves_qts_plugin_path_alone(tmp_path):
+    """opencv-python points Qt at its own plugins when cv2 is imported; a napari window
+    opened after the pipeline was imported must still find Qt's own platform plugins."""
+    import subprocess
+
+    code = ("import os, cv2, napari_bm_cells.pipeline, napari_bm_cells.training.det_data\n"
+            "d = os.path.dirname(cv2.__file__)\n"
+            "bad = {k: v for k, v in os.environ.items() if k.startswith('QT_QPA') and v.startswith(d)}\n"
+            "print(bad)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("QT_QPA")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{}"
+    # and every cv2 import in the package goes through the module that undoes it
+    direct = [p.relative_to(SRC) for p in SRC.rglob("*.py")
+              if p.name != "_opencv.py" and re.search(r"^\s*import cv2\b", p.read_text(), re.M)]
+    assert not direct, f"import cv2 through napari_bm_cells._opencv in {direct}"

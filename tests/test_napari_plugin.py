@@ -707,7 +707,17 @@ def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot,
     # the area map: an image layer between the image and the cells
     areas = viewer.layers["mosaic counting areas"]
     assert viewer.layers.index(image) < viewer.layers.index(areas) < viewer.layers.index(pts)
-    assert areas.data.shape == w.result.areas.shape
+    amap = w.result.areas
+    # the map lies over exactly the image: its far edge is the image's, not a whole region past it
+    lo = areas.data_to_world((-0.5, -0.5))
+    hi = areas.data_to_world((areas.data.shape[0] - 0.5, areas.data.shape[1] - 0.5))
+    np.testing.assert_allclose(lo, image.data_to_world((-0.5, -0.5)), atol=1e-6)
+    np.testing.assert_allclose(hi, image.data_to_world((img.shape[0] - 0.5, img.shape[1] - 0.5)), atol=1e-6)
+    assert amap.region_px * amap.shape[1] > img.shape[1]  # the last column of regions is clipped
+    # each pixel shows the score of the region under it
+    for (y, x) in ((5, 5), (img.shape[0] - 3, img.shape[1] - 3), (img.shape[0] // 2, img.shape[1] // 3)):
+        k = np.floor(np.asarray(areas.world_to_data(image.data_to_world((y, x)))) + 0.5).astype(int)
+        assert areas.data[tuple(k)] == np.float32(amap.score_at(x, y))
 
     panel.signer.setText("dr test")
     n_err = len(_error_records())

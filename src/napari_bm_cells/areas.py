@@ -139,7 +139,7 @@ def _read_binned(slide, y0: float, x0: float, side: float, downsample: float) ->
     ds = float(slide.downsamples[slide.level_for(downsample)])
     k = max(1, int(round(downsample / ds)))
     n = max(1, int(side / (ds * k)))  # output pixels
-    import cv2
+    from ._opencv import cv2
 
     a = slide.read_region(y0, x0, y0 + n * k * ds, x0 + n * k * ds, downsample=ds)[:n * k, :n * k]
     return cv2.resize(np.ascontiguousarray(a), (n, n), interpolation=cv2.INTER_AREA) if k > 1 else a

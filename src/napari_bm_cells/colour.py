@@ -76,14 +76,14 @@ def white_balance_gain(slide_bg, reference) -> np.ndarray | None:
 
 def _to_lab(crops: np.ndarray) -> np.ndarray:
     """uint8 RGB image(s) (..., H, W, 3) -> float32 CIELAB (L* 0-100, a*, b*)."""
-    import cv2
+    from ._opencv import cv2
 
     f = np.ascontiguousarray(crops, np.float32).reshape(-1, *crops.shape[-3:]) / 255
     return np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2LAB) for x in f]).reshape(crops.shape)
 
 
 def _from_lab(lab: np.ndarray) -> np.ndarray:
-    import cv2
+    from ._opencv import cv2
 
     f = lab.reshape(-1, *lab.shape[-3:])
     rgb = np.stack([cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_LAB2RGB) for x in f])

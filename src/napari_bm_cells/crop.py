@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
+from ._opencv import cv2
 import numpy as np
 
 

@@ -157,7 +157,7 @@ def to_bgr(rgb: np.ndarray) -> np.ndarray:
     Tiles of a ``c, y, x`` array are channel-planar views (planes merged); interleaved
     tiles take cvtColor.
     """
-    import cv2
+    from ._opencv import cv2
 
     from .io import merge_planes
 

@@ -22,7 +22,7 @@ def mask_outline(mask: np.ndarray, y0: float, x0: float) -> np.ndarray | None:
     """The outline of the largest blob of a boolean mask whose top-left pixel is level-0
     (``y0``, ``x0``), as an (N, 2) array of level-0 x, y (pixel edges, simplified to
     within half a pixel); None for an empty mask."""
-    import cv2
+    from ._opencv import cv2
     from skimage.measure import find_contours
 
     if not mask.any():

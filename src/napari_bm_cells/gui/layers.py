@@ -431,16 +431,31 @@ def mask_colormap(cells: pd.DataFrame):
 
 
 # --------------------------------------------------------------------------- counting areas
-def area_map_kwargs(areas, image_layer=None, *, name: str = "counting areas") -> dict:
-    """Keyword arguments of ``viewer.add_image`` for an :class:`~napari_bm_cells.areas.AreaMap`:
-    one pixel per region, placed over the regions of the image (green: fit for counting)."""
+def area_map_kwargs(areas, image_layer=None, *, name: str = "counting areas",
+                    per_region: int = 8) -> dict:
+    """Keyword arguments of ``viewer.add_image`` for an :class:`~napari_bm_cells.areas.AreaMap`
+    (green: fit for counting), placed over exactly the mapped part of the image.
+
+    The regions along the far edges are clipped to the image; drawn one data pixel per
+    region they would spill past it. So the map is drawn on a finer grid (about
+    ``per_region`` pixels per region side) whose pixels tile the mapped extent exactly,
+    each taking the score of the region its centre falls in.
+    """
     rp = float(areas.region_px)
-    # region (i, j) spans level-0 pixels [origin + i * rp, ...); napari centres data pixel k on k
-    t = (areas.origin[0] + rp / 2 - 0.5, areas.origin[1] + rp / 2 - 0.5)
+    grids, steps = [], []
+    for n_regions, lo, hi in zip(areas.shape, areas.origin, areas.extent):
+        length = float(hi - lo)
+        n = max(1, int(round(length / rp * per_region)))
+        step = length / n
+        grids.append(np.minimum(((np.arange(n) + 0.5) * step // rp).astype(int), n_regions - 1))
+        steps.append(step)
+    data = np.asarray(areas.scores, np.float32)[np.ix_(*grids)]
+    # napari centres data pixel k on k: pixel k spans level-0 [origin + k * step, ...)
+    t = [o + st / 2 - 0.5 for o, st in zip(areas.origin, steps)]
     tf = transform_kwargs(image_layer) if image_layer is not None else {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
     s, T = tf.pop("scale"), tf.pop("translate")
-    tf.update(scale=(s[0] * rp, s[1] * rp), translate=(T[0] + s[0] * t[0], T[1] + s[1] * t[1]))
-    return dict(data=np.asarray(areas.scores, np.float32), name=name, colormap="RdYlGn",
+    tf.update(scale=(s[0] * steps[0], s[1] * steps[1]), translate=(T[0] + s[0] * t[0], T[1] + s[1] * t[1]))
+    return dict(data=data, name=name, colormap="RdYlGn",
                 contrast_limits=(0.0, 1.0), opacity=0.3, blending="translucent",
                 metadata={META: {"kind": "areas"}}, **tf)
 
@@ -526,7 +541,7 @@ def explain_point(image_layer, points_layer, index: int, classifier, method: str
     # map pixel r covers level-0 edges [y0 + r s, y0 + (r + 1) s]; data = edge - 0.5
     y0, x0 = y - side / 2, x - side / 2
     kwargs = {"scale": tuple(sc * s), "translate": tuple(tr + sc * (np.array([y0, x0]) + s / 2 - 0.5)),
-              "colormap": "turbo", "opacity": 0.5, "blending": "translucent",
+              "colormap": "turbo", "opacity": 0.35, "blending": "translucent",
               "contrast_limits": (0.0, 1.0),
               "metadata": {META: {"explained_cell": int(points_layer.features["cell_id"].iloc[index])
                                   if "cell_id" in points_layer.features else int(index),

@@ -149,7 +149,7 @@ def read_detection_set(path: str | Path) -> dict[str, list[Sample]]:
 
 def image_signature(path: str | Path) -> np.ndarray:
     """A 32×24 standardised grey thumbnail: equal for re-encoded copies of one image."""
-    import cv2
+    from .._opencv import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:
