@@ -4,13 +4,15 @@ Usage::
 
     python docs/screenshot.py [--classifier PATH] [--field] [--out docs/images/screenshot.png]
     python docs/screenshot.py --review --out docs/images/review.png
+    python docs/screenshot.py --panel --out docs/images/panel.png
 
 Opens napari, loads real smear fields (by default a 2 x 3 mosaic of BCCD fields from the
 real-data folder, ``--field`` for the single BCCD sample field), runs "Analyze smear"
 with the shipped models (or ``--classifier``), selects a cell so the inspector shows
 it, and saves the whole window including the docks. ``--review`` shows the review tools
 instead: the Cell gallery of the commonest class and the Grad-CAM attribution layer of
-the selected cell, zoomed in on it. Needs OpenGL and a real X window: without a display
+the selected cell, zoomed in on it; ``--panel`` the *Differential count* panel alone at a
+dock's usual size (368 x 720 px). Needs OpenGL and a real X window: without a display
 it starts Xvfb, and Qt's ``xcb`` platform needs its X libraries::
 
     apt-get install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
@@ -54,6 +56,7 @@ def main(argv=None) -> Path:
     ap.add_argument("--out", default=str(ROOT / "docs" / "images" / "screenshot.png"))
     ap.add_argument("--size", default="1800x1350", help="window size WxH")
     ap.add_argument("--review", action="store_true", help="gallery and attribution map instead")
+    ap.add_argument("--panel", action="store_true", help="the differential panel alone, 368 x 720 px")
     ap.add_argument("--platform", default="xcb", help="Qt platform (default xcb: a real X window)")
     args = ap.parse_args(argv)
 
@@ -109,6 +112,22 @@ def main(argv=None) -> Path:
         t0 = time.time()
         while (panel._explain_worker is not None or not gallery.loaded()) and time.time() - t0 < 120:
             _process(app, 0.1)
+    if args.panel:
+        from napari_bm_cells.gui.panel import DifferentialPanel
+
+        alone = DifferentialPanel(viewer)
+        alone.set_layer(pts)
+        alone.resize(368, 720)
+        alone.show()
+        _process(app, 0.5)
+        alone.refresh()
+        _process(app, 1.0)
+        out = Path(args.out)
+        alone.grab().save(str(out))
+        print(f"{out}: the panel of {len(pts.data)} cells")
+        alone.close()
+        viewer.close()
+        return out
     # Lay the unshown window out at its size without painting the OpenGL canvas (grab a
     # pixel of the menu bar), fit the view, then grab once.
     viewer.window._qt_window.grab(QRect(0, 0, 1, 1))
