@@ -626,13 +626,11 @@ class AnalyzeWidget(Container):
         owner, layer = self._done_args[1]
         if owner is not result:  # a result handed in, not built by the worker
             layer = _masks_layer(result, self._masks_layer_args())
-        self.labels_layer = L.unwrap(self._viewer.add_layer(layer))
+        # inserted under the points (moving it there afterwards redraws every layer again)
+        layers = self._viewer.layers
+        layers.insert(layers.index(self.points_layer) if self.points_layer in layers else len(layers), layer)
+        self.labels_layer = L.unwrap(layer)
         _recolour_masks_on_reassign(self.points_layer, self.labels_layer)
-        # keep the points on top of the masks
-        i = self._viewer.layers.index(self.points_layer)
-        j = self._viewer.layers.index(self.labels_layer)
-        if j > i:
-            self._viewer.layers.move(j, i)
 
     def _finish(self, result):
         self._viewer.layers.selection.active = self.points_layer
@@ -649,12 +647,12 @@ class AnalyzeWidget(Container):
             return
         if self._areas_name() in self._viewer.layers:
             self._viewer.layers.remove(self._areas_name())
-        kw = L.area_map_kwargs(result.areas, self._image_layer, name=self._areas_name())
-        self.areas_layer = L.unwrap(self._viewer.add_image(**kw))
+        from napari.layers import Image
+
+        layer = Image(**L.area_map_kwargs(result.areas, self._image_layer, name=self._areas_name()))
         layers = self._viewer.layers
-        j, i = layers.index(self.areas_layer), layers.index(self._image_layer)
-        if j > i + 1:
-            layers.move(j, i + 1)
+        layers.insert(layers.index(self._image_layer) + 1 if self._image_layer in layers else 0, layer)
+        self.areas_layer = layer
 
     def _fail(self, exc):
         from napari.utils.notifications import show_error
