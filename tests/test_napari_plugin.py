@@ -714,6 +714,9 @@ def test_unclassified_cells_are_reviewed_first_and_block_sign_off(viewer, qtbot,
     np.testing.assert_allclose(lo, image.data_to_world((-0.5, -0.5)), atol=1e-6)
     np.testing.assert_allclose(hi, image.data_to_world((img.shape[0] - 0.5, img.shape[1] - 0.5)), atol=1e-6)
     assert amap.region_px * amap.shape[1] > img.shape[1]  # the last column of regions is clipped
+    # fit regions are left clear (the cells keep their colours), unfit ones tinted
+    alpha = areas.colormap.map(np.array([0.0, 0.5, 1.0]))[:, 3]
+    assert alpha[0] > alpha[1] > 0 and alpha[2] == 0
     # each pixel shows the score of the region under it
     for (y, x) in ((5, 5), (img.shape[0] - 3, img.shape[1] - 3), (img.shape[0] // 2, img.shape[1] // 3)):
         k = np.floor(np.asarray(areas.world_to_data(image.data_to_world((y, x)))) + 0.5).astype(int)

@@ -433,8 +433,10 @@ def mask_colormap(cells: pd.DataFrame):
 # --------------------------------------------------------------------------- counting areas
 def area_map_kwargs(areas, image_layer=None, *, name: str = "counting areas",
                     per_region: int = 8) -> dict:
-    """Keyword arguments of ``viewer.add_image`` for an :class:`~napari_bm_cells.areas.AreaMap`
-    (green: fit for counting), placed over exactly the mapped part of the image.
+    """Keyword arguments of ``viewer.add_image`` for an :class:`~napari_bm_cells.areas.AreaMap`,
+    placed over exactly the mapped part of the image: regions unfit for counting tinted
+    red, fair ones yellow, fit ones left clear (:func:`area_colormap`), so the cells where
+    one counts keep their stain's colours.
 
     The regions along the far edges are clipped to the image; drawn one data pixel per
     region they would spill past it. So the map is drawn on a finer grid (about
@@ -455,9 +457,18 @@ def area_map_kwargs(areas, image_layer=None, *, name: str = "counting areas",
     tf = transform_kwargs(image_layer) if image_layer is not None else {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
     s, T = tf.pop("scale"), tf.pop("translate")
     tf.update(scale=(s[0] * steps[0], s[1] * steps[1]), translate=(T[0] + s[0] * t[0], T[1] + s[1] * t[1]))
-    return dict(data=data, name=name, colormap="RdYlGn",
-                contrast_limits=(0.0, 1.0), opacity=0.3, blending="translucent",
+    return dict(data=data, name=name, colormap=area_colormap(),
+                contrast_limits=(0.0, 1.0), opacity=1.0, blending="translucent",
                 metadata={META: {"kind": "areas"}}, **tf)
+
+
+def area_colormap():
+    """Counting-area score 0-1 -> translucent red (0), yellow (0.5), clear (from 0.75)."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[[0.85, 0.1, 0.1, 0.45], [1.0, 0.85, 0.0, 0.25], [1.0, 1.0, 1.0, 0.0],
+                            [1.0, 1.0, 1.0, 0.0]],
+                    controls=[0.0, 0.5, 0.75, 1.0], name="counting areas")
 
 
 # --------------------------------------------------------------------------- crops
