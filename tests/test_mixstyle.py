@@ -59,6 +59,32 @@ def test_hooks_act_only_in_training_and_leave_the_weights_alone(batch):
         assert torch.equal(model(batch), plain)
 
 
-def test_an_architecture_without_stages_is_refused():
-    with pytest.raises(ValueError, match="no 'stages' or 'blocks'"):
+def test_classic_resnets_and_other_architectures(batch):
+    import timm
+
+    from napari_bm_cells.errors import InputError
+
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4)
+    assert early_stages(model) == [model.layer1, model.layer2]
+    with pytest.raises(InputError, match="no 'stages', 'blocks' or 'layer1'"):
         early_stages(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
+
+
+def test_training_with_mixstyle_records_it_and_keeps_the_checkpoints_tensors(data_dir, tmp_path):
+    from napari_bm_cells.checkpoint import load_model
+    from napari_bm_cells.training.train_classifier import train_classifier
+
+    data = tmp_path / "pbc3"
+    for c in ("EOS", "LYT", "NGS"):
+        (data / c).mkdir(parents=True)
+        for p in sorted((data_dir / "pbc" / c).glob("*.jpg"))[:6]:
+            (data / c / p.name).symlink_to(p)
+    outs = {}
+    for p in (0.0, 0.5):
+        out = tmp_path / f"m{p}.safetensors"
+        train_classifier(data, out, arch="resnet10t", img_size=32, batch_size=4, epochs=1, max_steps=2,
+                         mixstyle=p, progress=lambda s: None)
+        outs[p] = load_model(out, "cpu")
+    (plain, plain_meta), (mixed, mixed_meta) = outs[0.0], outs[0.5]
+    assert "MixStyle p=0.5" in mixed_meta.trained_on and "MixStyle" not in plain_meta.trained_on
+    assert list(mixed.state_dict()) == list(plain.state_dict())

@@ -35,12 +35,25 @@ def mix_styles(x: torch.Tensor, alpha: float = 0.1, eps: float = 1e-6,
 
 
 def early_stages(model: torch.nn.Module, n: int = 2) -> list[torch.nn.Module]:
-    """The first ``n`` stages of a timm ResNeXt / CoAtNet (``stages``) or EfficientNet (``blocks``)."""
+    """The first ``n`` stages of a timm network: ``stages`` (ResNeXt-ts, CoAtNet), ``blocks``
+    (EfficientNet) or ``layer1``, ``layer2`` ... (classic ResNet / ResNeXt).
+
+    Raises
+    ------
+    InputError
+        The architecture has none of these.
+    """
+    from ..errors import InputError
+
     for name in ("stages", "blocks"):
         stages = getattr(model, name, None)
         if stages is not None and len(stages) >= n:
             return list(stages)[:n]
-    raise ValueError(f"{type(model).__name__}: no 'stages' or 'blocks' to apply MixStyle after")
+    layers = [getattr(model, f"layer{i}", None) for i in range(1, n + 1)]
+    if all(layer is not None for layer in layers):
+        return layers
+    raise InputError(f"{type(model).__name__}: no 'stages', 'blocks' or 'layer1' to apply MixStyle "
+                     "after; train without --mixstyle or choose a ResNeXt / CoAtNet / EfficientNet --arch")
 
 
 def add_mixstyle(model: torch.nn.Module, p: float = 0.5, alpha: float = 0.1, n_stages: int = 2):
