@@ -527,3 +527,32 @@ def test_time_budget_shortens_the_schedule_and_workers_augment(data_dir, tmp_pat
     assert any("1 epochs fit" in s for s in lines), lines
     assert read_meta(out).metrics["test"]["n"] > 0
     assert not (tmp_path / "t.state.pt").exists()  # every (fitted) epoch done
+
+
+def test_one_size_crops_bring_each_cell_to_the_typical_diameter(data_dir, tmp_path):
+    """Real PBC crops of small and large cells, magnified by ``one_size_zoom``: each
+    measured cell then has the reference diameter, as a one-cell field's cell is shown."""
+    from PIL import Image
+
+    from napari_bm_cells.crop import cell_diameter
+    from napari_bm_cells.training.train_classifier import one_size_zoom, zoom_centre
+
+    paths = [p for c in ("LYT", "MON", "NGS", "PLT") for p in sorted((data_dir / "pbc" / c).glob("*.jpg"))[:5]]
+    imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((128, 128))) for p in paths])
+    ref = 50.0
+    zoom = one_size_zoom(imgs, ref)
+    before = [cell_diameter(im) for im in imgs]
+    measured = [i for i, d in enumerate(before) if d is not None]
+    assert len(measured) >= 12
+    assert zoom[measured].min() < 0.95 and zoom[measured].max() > 1.05  # cells of other sizes were found
+    for i in measured:
+        after = cell_diameter(zoom_centre(imgs[i], zoom[i]))
+        if 0.5 < zoom[i] < 2.0:  # not clipped
+            assert after is not None and abs(after / ref - 1) < 0.1, (paths[i].name, before[i], after)
+    assert all(zoom[i] == 1.0 for i, d in enumerate(before) if d is None)
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)
+    out = tmp_path / "one.safetensors"
+    train_classifier(data, out, epochs=1, max_steps=2, one_size=0.5, **FAST)
+    from napari_bm_cells.checkpoint import read_meta
+    assert "one size in 50% of crops" in read_meta(out).trained_on

@@ -87,6 +87,7 @@ def cmd_train_classifier(a):
                          field_cells=a.field_cells, field_weight=a.field_weight,
                          ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
                          teacher=a.teacher, distil=a.distil, workers=a.workers, mixstyle=a.mixstyle,
+                         one_size=a.one_size,
                          time_limit_s=a.minutes * 60 if a.minutes else None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mixstyle", type=float, default=0.0, metavar="P",
                    help="MixStyle: with probability P after each of the first two stages, the crops of a "
                         "batch swap part of their feature statistics (0: off; default 0)")
+    s.add_argument("--one-size", type=float, default=0.0, metavar="P",
+                   help="with probability P a training crop is magnified so its cell has the typical "
+                        "diameter, as analyze shows the white cell of a one-cell field (0: off; default 0)")
     s.add_argument("--workers", type=int, default=0,
                    help="processes that augment the crops (0: in the training loop; a GPU run needs several)")
     s.add_argument("--minutes", type=float, default=None,

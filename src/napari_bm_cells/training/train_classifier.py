@@ -63,17 +63,44 @@ class _Batches:
     """Augmented batches of ``imgs[order]`` (a map-style dataset of whole batches, so
     DataLoader workers each build one batch)."""
 
-    def __init__(self, imgs, order, batch_size, aug):
+    def __init__(self, imgs, order, batch_size, aug, zoom=None, p_zoom: float = 0.0):
         self.imgs, self.order, self.batch_size, self.aug = imgs, order, batch_size, aug
+        self.zoom, self.p_zoom = zoom, p_zoom
 
     def __len__(self):
         return len(self.order) // self.batch_size
+
+    def _image(self, i, rng):
+        img = self.imgs[i]
+        if self.zoom is not None and rng.random() < self.p_zoom:
+            img = zoom_centre(img, self.zoom[i])
+        return img
 
     def __getitem__(self, b):
         import torch
 
         idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
-        return torch.stack([self.aug(torch.from_numpy(self.imgs[i]).permute(2, 0, 1)) for i in idx]), idx
+        rng = np.random.default_rng([int(b), int(idx[0])])
+        return torch.stack([self.aug(torch.from_numpy(np.ascontiguousarray(self._image(i, rng))).permute(2, 0, 1))
+                            for i in idx]), idx
+
+
+def zoom_centre(img: np.ndarray, factor: float) -> np.ndarray:
+    """``img`` magnified ``factor`` times about its centre, same size, borders reflected."""
+    from .._opencv import cv2
+
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), 0.0, float(factor))
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def one_size_zoom(imgs: np.ndarray, ref_px: float, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
+    """Per image, the magnification that gives its centre cell the diameter ``ref_px``
+    (1 where no centre cell is found), clipped to [lo, hi]."""
+    from ..crop import cell_diameter
+
+    d = np.array([cell_diameter(im) or ref_px for im in imgs], float)
+    return np.clip(ref_px / np.maximum(d, 1.0), lo, hi)
 
 
 def _one_cycle(opt, lr: float, total_steps: int, done: int = 0):
@@ -90,9 +117,9 @@ def _one_thread(_):
     torch.set_num_threads(1)
 
 
-def _augmented_batches(imgs, order, batch_size, aug, workers: int = 0):
+def _augmented_batches(imgs, order, batch_size, aug, workers: int = 0, zoom=None, p_zoom: float = 0.0):
     """Yield ``(augmented float batch, indices)`` for ``order``, in ``workers`` processes."""
-    batches = _Batches(imgs, order, batch_size, aug)
+    batches = _Batches(imgs, order, batch_size, aug, zoom, p_zoom)
     if workers <= 0:
         yield from (batches[b] for b in range(len(batches)))
         return
@@ -197,7 +224,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      pretrained: str | Path | None = None, extra_data=(),
                      teacher: str | Path | None = None, distil: float = 0.7,
                      workers: int = 0, time_limit_s: float | None = None,
-                     mixstyle: float = 0.0, progress=print) -> dict:
+                     mixstyle: float = 0.0, one_size: float = 0.0, progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -254,6 +281,10 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     mixstyle : float
         Probability of MixStyle after each of the first two stages (0: off): the crops of
         a batch swap part of their feature statistics (:mod:`~napari_bm_cells.training.mixstyle`).
+    one_size : float
+        Probability that a training crop is magnified so its cell has the typical
+        diameter (``ref_cell_px``), as the pipeline shows the white cell of a field that
+        holds only one (its crop is scaled by that cell's own size); 0: off.
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -387,6 +418,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         weights = weights / per_class[y_all[tr]]
     weights /= weights.sum()
     aug = train_transform()
+    zoom = None
+    if one_size:
+        zoom = np.ones(len(imgs))
+        zoom[tr] = one_size_zoom(imgs[tr], ref_cell_px * img_size / crop_size_px)
+        progress(f"one-size crops: median magnification {np.median(zoom[tr]):.2f} "
+                 f"({np.mean(zoom[tr] != 1):.0%} of the training crops measured)")
+        meta.trained_on += f", cells shown at one size in {one_size:.0%} of crops"
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     amp_dtype = autocast_dtype(device, precision, training=True)
     step = 0
@@ -396,7 +434,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         model.train()
         t0, losses = time.time(), []
         order = rng.choice(tr, size=steps_per_epoch * batch_size, replace=True, p=weights)
-        for x, idx in _augmented_batches(imgs, order, batch_size, aug, workers):
+        for x, idx in _augmented_batches(imgs, order, batch_size, aug, workers, zoom, one_size):
             x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_all[idx]).to(device)
             with autocast(device, amp_dtype):
