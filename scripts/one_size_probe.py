@@ -1,0 +1,66 @@
+"""A classifier on PBC's held-back test crops at their natural size and shown as a
+one-cell field shows them (each cell magnified to the checkpoint's typical diameter),
+per class (docs/models.md, "Cells shown at one size").
+
+    python scripts/one_size_probe.py CHECKPOINT [--split SPLIT_CSV] [--data ../shared/data/pbc]
+
+The split defaults to the checkpoint's own ``<stem>.split.csv``; a checkpoint trained on a
+packed copy (``scripts/pack_training_set.py``) and restated to a 250 px field of view
+takes the shipped split (the same seed gives the same test crops).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from napari_bm_cells._opencv import cv2
+from napari_bm_cells.classify import Classifier
+from napari_bm_cells.crop import cell_diameter, resize_square
+from napari_bm_cells.training.train_classifier import read_split, split_path
+
+
+def centre_square(img: np.ndarray, side: float) -> np.ndarray:
+    """The central ``side`` x ``side`` square of ``img``, borders reflected where it is larger."""
+    H, W = img.shape[:2]
+    s = int(round(side))
+    y0, x0 = int(round(H / 2 - s / 2)), int(round(W / 2 - s / 2))
+    pad = max(0, -y0, -x0, y0 + s - H, x0 + s - W)
+    if pad:
+        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    return img[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--split", default=None, help="split CSV (default: the checkpoint's)")
+    ap.add_argument("--data", default="../shared/data/pbc")
+    a = ap.parse_args(argv)
+    cls = Classifier(a.checkpoint, device="cpu")
+    fov, ref, n = cls.meta.crop_size_px, cls.meta.ref_cell_px, cls.input_size
+    df = read_split(a.split or split_path(a.checkpoint), a.data)
+    df = df[df["split"] == "test"]
+    natural, one_size, ratios = [], [], []
+    for p in df["path"]:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        d = cell_diameter(centre_square(img, fov))
+        r = d / ref if d else 1.0
+        ratios.append(r)
+        natural.append(resize_square(centre_square(img, fov), n))
+        one_size.append(resize_square(centre_square(img, fov * r), n))
+    labels = df["label"].to_numpy()
+    print("cell diameter / typical, median per class:",
+          pd.Series(ratios).groupby(labels).median().round(2).to_dict())
+    for name, x in (("natural size", natural), ("one size", one_size)):
+        x = np.stack(x)
+        probs = np.concatenate([cls.predict(np.ascontiguousarray(x[i:i + 64])) for i in range(0, len(x), 64)])
+        pred = np.array(cls.classes)[probs.argmax(1)]
+        per = pd.Series(pred == labels).groupby(labels).mean().round(2).to_dict()
+        print(f"{name:13s} accuracy {np.mean(pred == labels):.3f}", per)
+
+
+if __name__ == "__main__":
+    main()
