@@ -1,6 +1,7 @@
 """A classifier on PBC's held-back test crops at their natural size and shown as a
 one-cell field shows them (each cell magnified to the checkpoint's typical diameter),
-per class (docs/models.md, "Cells shown at one size").
+per class (docs/models.md, "Cells shown at one size"). Crops are cut by the package's
+one crop rule (:func:`napari_bm_cells.crop.square_crop`).
 
     python scripts/one_size_probe.py CHECKPOINT [--split SPLIT_CSV] [--data ../shared/data/pbc]
 
@@ -16,21 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from napari_bm_cells._opencv import cv2
 from napari_bm_cells.classify import Classifier
-from napari_bm_cells.crop import cell_diameter, resize_square
+from napari_bm_cells.crop import cell_diameter, resize_square, square_crop
 from napari_bm_cells.training.train_classifier import read_split, split_path
-
-
-def centre_square(img: np.ndarray, side: float) -> np.ndarray:
-    """The central ``side`` x ``side`` square of ``img``, borders reflected where it is larger."""
-    H, W = img.shape[:2]
-    s = int(round(side))
-    y0, x0 = int(round(H / 2 - s / 2)), int(round(W / 2 - s / 2))
-    pad = max(0, -y0, -x0, y0 + s - H, x0 + s - W)
-    if pad:
-        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    return img[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s]
 
 
 def main(argv=None):
@@ -46,11 +35,12 @@ def main(argv=None):
     natural, one_size, ratios = [], [], []
     for p in df["path"]:
         img = np.asarray(Image.open(p).convert("RGB"))
-        d = cell_diameter(centre_square(img, fov))
+        centre = (img.shape[0] / 2, img.shape[1] / 2)
+        d = cell_diameter(square_crop(img, centre, fov))
         r = d / ref if d else 1.0
         ratios.append(r)
-        natural.append(resize_square(centre_square(img, fov), n))
-        one_size.append(resize_square(centre_square(img, fov * r), n))
+        natural.append(resize_square(square_crop(img, centre, fov), n))
+        one_size.append(resize_square(square_crop(img, centre, fov * r), n))  # cut as analyze cuts
     labels = df["label"].to_numpy()
     print("cell diameter / typical, median per class:",
           pd.Series(ratios).groupby(labels).median().round(2).to_dict())
