@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 
-def mix_styles(x: torch.Tensor, alpha: float = 0.1, eps: float = 1e-6,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def mix_styles(x: torch.Tensor, alpha: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
     """Give each sample of ``x`` (B, C, H, W) channel statistics mixed with another's.
 
     The mixing weight of each sample is drawn from Beta(alpha, alpha); the partner is a
@@ -28,7 +27,7 @@ def mix_styles(x: torch.Tensor, alpha: float = 0.1, eps: float = 1e-6,
     normed = (x - mu) / sig
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
     lam = beta.sample((b, 1, 1, 1)).to(x.device, x.dtype)
-    perm = torch.randperm(b, generator=generator).to(x.device)
+    perm = torch.randperm(b).to(x.device)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sig_mix = lam * sig + (1 - lam) * sig[perm]
     return normed * sig_mix + mu_mix
