@@ -556,3 +556,42 @@ def test_one_size_crops_bring_each_cell_to_the_typical_diameter(data_dir, tmp_pa
     train_classifier(data, out, epochs=1, max_steps=2, one_size=0.5, **FAST)
     from napari_bm_cells.checkpoint import read_meta
     assert "one size in 50% of crops" in read_meta(out).trained_on
+
+
+def test_virtual_slides_recolour_alike_and_standardise_each_group(data_dir, tmp_path, monkeypatch):
+    """Real PBC crops cut into virtual slides of 8: with recolouring only, the eight copies
+    of one crop in a group come out identical and two groups differ; with the
+    standardisation too, every group's CIELAB mean and spread land on the reference."""
+    import torch
+    from PIL import Image
+
+    from napari_bm_cells.colour import lab_stats
+    from napari_bm_cells.training import augment
+    from napari_bm_cells.training.train_classifier import lab_reference
+
+    paths = [p for c in ("EOS", "LYT", "MON", "NGS") for p in sorted((data_dir / "pbc" / c).glob("*.jpg"))[:8]]
+    imgs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in paths])
+    ref = lab_reference(imgs)
+    monkeypatch.setattr(augment, "SLIDE_SIZES", (8,))
+
+    same = torch.from_numpy(np.repeat(imgs[:1], 32, 0)).permute(0, 3, 1, 2).float() / 255
+    out = augment.virtual_slides(same, ref, np.random.default_rng(1), p_stain=1.0, p_standardise=0.0)
+    assert out.shape == same.shape
+    for g in range(4):
+        assert torch.equal(out[8 * g], out[8 * g + 7])
+    assert not torch.allclose(out[0], out[8], atol=0.02) and not torch.allclose(out[0], same[0], atol=0.02)
+
+    mixed = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255  # 8 crops of each class
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(mixed)))
+    out = augment.virtual_slides(mixed[order], ref, np.random.default_rng(2), p_stain=1.0)
+    u8 = (out.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    for g in range(4):
+        st = lab_stats(u8[8 * g:8 * g + 8])
+        assert np.allclose(st["mean"], ref["mean"], atol=2.0), (st, ref)
+        assert np.allclose(st["std"], ref["std"], rtol=0.15, atol=1.0), (st, ref)
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)
+    model = tmp_path / "vs.safetensors"
+    train_classifier(data, model, epochs=1, max_steps=2, virtual_slides=1.0, workers=1, **FAST)
+    from napari_bm_cells.checkpoint import read_meta
+    assert "virtual slides standardised with p=1" in read_meta(model).trained_on

@@ -87,7 +87,7 @@ def cmd_train_classifier(a):
                          field_cells=a.field_cells, field_weight=a.field_weight,
                          ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
                          teacher=a.teacher, distil=a.distil, workers=a.workers, mixstyle=a.mixstyle,
-                         one_size=a.one_size,
+                         one_size=a.one_size, virtual_slides=a.virtual_slides,
                          time_limit_s=a.minutes * 60 if a.minutes else None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--one-size", type=float, default=0.0, metavar="P",
                    help="with probability P a training crop is magnified so its cell has the typical "
                         "diameter, as analyze shows the white cell of a one-cell field (0: off; default 0)")
+    s.add_argument("--virtual-slides", type=float, default=0.0, metavar="P",
+                   help="cut each batch into groups of 1-64 crops recoloured alike as one lab's smear and, "
+                        "with probability P, standardised from their own colour statistics as analyze "
+                        "standardises a slide (0: off; default 0)")
     s.add_argument("--workers", type=int, default=0,
                    help="processes that augment the crops (0: in the training loop; a GPU run needs several)")
     s.add_argument("--minutes", type=float, default=None,

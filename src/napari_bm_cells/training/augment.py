@@ -108,8 +108,11 @@ class ReflectAffine(torch.nn.Module):
         return big[..., ph:ph + h, pw:pw + w]
 
 
-def train_transform() -> torch.nn.Module:
-    """Augmentation for uint8 CHW tensors at the network's input size -> float [0, 1]."""
+def train_transform(stain: bool = True) -> torch.nn.Module:
+    """Augmentation for uint8 CHW tensors at the network's input size -> float [0, 1].
+
+    ``stain=False`` leaves out the per-crop :func:`random_stain` (:func:`virtual_slides`
+    recolours whole groups of crops instead)."""
     return v2.Compose([
         v2.ToDtype(torch.float32, scale=True),
         ReflectAffine(),
@@ -117,10 +120,49 @@ def train_transform() -> torch.nn.Module:
         v2.RandomVerticalFlip(),
         v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.35, hue=0.06),
         v2.RandomApply([StainJitter()], p=0.8),
-        v2.RandomApply([RandomStain()], p=0.5),
+        *([v2.RandomApply([RandomStain()], p=0.5)] if stain else []),
         v2.RandomApply([RandomGamma()], p=0.5),
         v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
         v2.RandomAdjustSharpness(2.0, p=0.2),
         v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3),
         v2.Lambda(lambda t: t.clamp(0, 1)),
     ])
+
+
+#: sizes of the virtual slides a batch is cut into: 1-3 cells (a camera field, each
+#: its own slide) up to the first 64 cells of a slide, from which the pipeline takes the
+#: colour statistics (:data:`napari_bm_cells.colour.FIT_CELLS`)
+SLIDE_SIZES = (1, 2, 3, 4, 8, 16, 32, 64)
+
+
+def virtual_slides(batch: torch.Tensor, reference: dict, rng, p_stain: float = 0.5,
+                   p_standardise: float = 1.0) -> torch.Tensor:
+    """Treat a batch of augmented crops as several slides, as ``analyze`` sees them.
+
+    The batch (N, 3, H, W float in [0, 1]) is cut into consecutive groups of a size
+    drawn from :data:`SLIDE_SIZES`; each group is recoloured alike as one other lab's
+    smear (:func:`random_stain` with one seed, probability ``p_stain``) and then, with
+    probability ``p_standardise``, standardised in CIELAB onto ``reference`` from its
+    own statistics (:class:`napari_bm_cells.colour.LabStandard`, the run-time colour
+    adaptation). The model so learns on what the standardisation leaves of another
+    lab's colours, with as few cells as a one-cell field gives it. Geometry and labels
+    are untouched.
+    """
+    import numpy as np
+
+    from ..colour import LabStandard, lab_stats
+
+    out, start, n = batch.clone(), 0, len(batch)
+    while start < n:
+        stop = min(n, start + int(rng.choice(SLIDE_SIZES)))
+        group = out[start:stop]
+        if rng.random() < p_stain:
+            seed = int(rng.integers(2 ** 31))
+            group = torch.stack([random_stain(x, torch.Generator().manual_seed(seed)) for x in group])
+        if rng.random() < p_standardise:
+            u8 = (group.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+            u8 = LabStandard(lab_stats(u8), reference)(u8)
+            group = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255
+        out[start:stop] = group
+        start = stop
+    return out

@@ -63,9 +63,11 @@ class _Batches:
     """Augmented batches of ``imgs[order]`` (a map-style dataset of whole batches, so
     DataLoader workers each build one batch)."""
 
-    def __init__(self, imgs, order, batch_size, aug, zoom=None, p_zoom: float = 0.0):
+    def __init__(self, imgs, order, batch_size, aug, zoom=None, p_zoom: float = 0.0,
+                 slides: dict | None = None, p_slides: float = 0.0):
         self.imgs, self.order, self.batch_size, self.aug = imgs, order, batch_size, aug
         self.zoom, self.p_zoom = zoom, p_zoom
+        self.slides, self.p_slides = slides, p_slides
 
     def __len__(self):
         return len(self.order) // self.batch_size
@@ -81,8 +83,12 @@ class _Batches:
 
         idx = self.order[b * self.batch_size:(b + 1) * self.batch_size]
         rng = np.random.default_rng([int(b), int(idx[0])])
-        return torch.stack([self.aug(torch.from_numpy(np.ascontiguousarray(self._image(i, rng))).permute(2, 0, 1))
-                            for i in idx]), idx
+        x = torch.stack([self.aug(torch.from_numpy(np.ascontiguousarray(self._image(i, rng))).permute(2, 0, 1))
+                         for i in idx])
+        if self.slides is not None:
+            from .augment import virtual_slides
+            x = virtual_slides(x, self.slides, rng, p_standardise=self.p_slides)
+        return x, idx
 
 
 def zoom_centre(img: np.ndarray, factor: float) -> np.ndarray:
@@ -117,9 +123,10 @@ def _one_thread(_):
     torch.set_num_threads(1)
 
 
-def _augmented_batches(imgs, order, batch_size, aug, workers: int = 0, zoom=None, p_zoom: float = 0.0):
+def _augmented_batches(imgs, order, batch_size, aug, workers: int = 0, zoom=None, p_zoom: float = 0.0,
+                       slides: dict | None = None, p_slides: float = 0.0):
     """Yield ``(augmented float batch, indices)`` for ``order``, in ``workers`` processes."""
-    batches = _Batches(imgs, order, batch_size, aug, zoom, p_zoom)
+    batches = _Batches(imgs, order, batch_size, aug, zoom, p_zoom, slides, p_slides)
     if workers <= 0:
         yield from (batches[b] for b in range(len(batches)))
         return
@@ -224,7 +231,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      pretrained: str | Path | None = None, extra_data=(),
                      teacher: str | Path | None = None, distil: float = 0.7,
                      workers: int = 0, time_limit_s: float | None = None,
-                     mixstyle: float = 0.0, one_size: float = 0.0, progress=print) -> dict:
+                     mixstyle: float = 0.0, one_size: float = 0.0, virtual_slides: float = 0.0,
+                     progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -285,6 +293,12 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         Probability that a training crop is magnified so its cell has the typical
         diameter (``ref_cell_px``), as the pipeline shows the white cell of a field that
         holds only one (its crop is scaled by that cell's own size); 0: off.
+    virtual_slides : float
+        0: off. Otherwise each batch is cut into groups of 1-64 crops, each group
+        recoloured alike as another lab's smear (half of them) and, with this
+        probability, standardised in CIELAB from its own statistics, as ``analyze``
+        standardises a slide (:func:`~napari_bm_cells.training.augment.virtual_slides`);
+        the per-crop recolouring is then left out.
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -417,7 +431,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         per_class = np.bincount(y_all[tr], weights=weights, minlength=len(classes))
         weights = weights / per_class[y_all[tr]]
     weights /= weights.sum()
-    aug = train_transform()
+    aug = train_transform(stain=not virtual_slides)
+    if virtual_slides:
+        meta.trained_on += f", virtual slides standardised with p={virtual_slides:g}"
     zoom = None
     if one_size:
         zoom = np.ones(len(imgs))
@@ -434,7 +450,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         model.train()
         t0, losses = time.time(), []
         order = rng.choice(tr, size=steps_per_epoch * batch_size, replace=True, p=weights)
-        for x, idx in _augmented_batches(imgs, order, batch_size, aug, workers, zoom, one_size):
+        for x, idx in _augmented_batches(imgs, order, batch_size, aug, workers, zoom, one_size,
+                                         meta.lab_reference if virtual_slides else None, virtual_slides):
             x = _normalise(x, meta.mean, meta.std).to(device).contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_all[idx]).to(device)
             with autocast(device, amp_dtype):
