@@ -2,8 +2,9 @@
 
 The labelled white cell of each BCCD field (``wbc_subtypes.csv``), cut as ``analyze``
 cuts it, typed by CHECKPOINT: without adaptation, with the CIELAB standardisation
-(statistics of all the crops), then sharpened towards the training crops (unsharp mask)
-or averaged over flips and rotations. Prints accuracy, balanced accuracy and per type.
+(statistics of all the crops, or of each crop alone as on a one-cell field), then
+sharpened towards the training crops (unsharp mask) or averaged over flips and rotations.
+Prints accuracy, balanced accuracy and per type.
 
     python scripts/bccd_crop_adaptations.py CHECKPOINT [--data ../shared/data] [--work /tmp/bccd_cells]
 """
@@ -64,6 +65,8 @@ def main(argv=None):
     print(f"{len(crops)} cells; sharpness median {np.median([sharpness(c) for c in crops]):.3f}")
     print("none                 ", score([crops]))
     print("standardise          ", score([std]))
+    alone = np.stack([LabStandard(lab_stats(c), cls.meta.lab_reference)(c[None])[0] for c in crops])
+    print("standardise each crop", score([alone]), " (as a one-cell field is)")
     for amount in (0.5, 1.0, 1.5):
         print(f"+ unsharp {amount}         ", score([np.stack([unsharp(c, amount) for c in std])]))
     flips = [std, std[:, :, ::-1], std[:, ::-1], np.rot90(std, 1, axes=(1, 2))]

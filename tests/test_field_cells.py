@@ -1,10 +1,12 @@
 """Cells cut from another lab's annotated fields (BCCD) for training, and the held-out
-fields the cross-lab check scores."""
+fields the cross-lab check scores, and other labs' white cells typed by a teacher."""
 from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from napari_bm_cells.errors import InputError
 from napari_bm_cells.crop import cell_diameter, centre_contour
 from napari_bm_cells.training.det_data import DuplicateFinder, read_voc
 from napari_bm_cells.training.field_cells import LABEL_TO_CODES, export_field_cells, read_subtypes
@@ -96,3 +98,51 @@ def test_bccd_field_types_use_the_model_class_and_report_review(data_dir, classi
     assert m["n"] == len(df) >= 4
     r = m["review"]
     assert r["unclassified_fraction"] == pytest.approx(df.loc[df["pred"] != "none", "unclassified"].mean())
+
+
+def _txl_subset(data_dir, dst, per_lab=4):
+    """A YOLO set of the first TXL-PBC train fields of Raabin-WBC (575x575) and BCD (416x416)."""
+    from PIL import Image
+
+    src = data_dir / "txl-pbc"
+    want = {(575, 575): per_lab, (416, 416): per_lab}
+    for sub in ("images/train", "labels/train"):
+        (dst / sub).mkdir(parents=True)
+    for img in sorted((src / "images" / "train").iterdir()):
+        with Image.open(img) as im:
+            size = im.size
+        if want.get(size, 0) > 0:
+            want[size] -= 1
+            (dst / "images/train" / img.name).symlink_to(img)
+            (dst / "labels/train" / f"{img.stem}.txt").symlink_to(src / "labels/train" / f"{img.stem}.txt")
+    (dst / "data.yaml").write_text("train: ./images/train/\nnames: ['WBC', 'RBC', 'Platelets']\n")
+    return dst / "data.yaml"
+
+
+def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_dir, tmp_path, classifier_path):
+    """White cells of real Raabin-WBC and BCD fields: one crop per white-cell box, its
+    cell in the middle at the training crops' apparent size, typed by the teacher; the
+    confidence threshold keeps only the cells the teacher is sure of."""
+    from napari_bm_cells.checkpoint import read_meta
+    from napari_bm_cells.crop import cell_diameter
+    from napari_bm_cells.training.det_data import read_yolo
+    from napari_bm_cells.training.pseudo_labels import pseudo_label_fields
+
+    yaml = _txl_subset(data_dir, tmp_path / "txl")
+    n_wbc = sum(b.cls == "WBC" for s in read_yolo(yaml)["train"] for b in s.boxes)
+    meta = read_meta(classifier_path)
+    df = pseudo_label_fields(yaml, tmp_path / "all", classifier_path, splits=("train",), out_px=112,
+                             min_confidence=0.0)
+    assert 0.75 * n_wbc <= len(df) <= n_wbc  # platelet calls are the only cells left out
+    assert set(df["lab"]) == {"Raabin-WBC", "BCD"} and set(df["label"]) <= set(meta.classes) - {"PLT"}
+    ref = meta.ref_cell_px * 112 / meta.crop_size_px
+    sizes = []
+    for p in df["path"]:
+        crop = np.asarray(Image.open(p).convert("RGB"))
+        assert crop.shape == (112, 112, 3)
+        sizes.append(cell_diameter(crop) or 0)
+    assert 0.8 < np.median(sizes) / ref < 1.25, (np.median(sizes), ref)
+    sure = pseudo_label_fields(yaml, tmp_path / "sure", classifier_path, splits=("train",), min_confidence=0.9)
+    assert len(sure) < len(df) and (sure["confidence"] >= 0.9).all()
+    with pytest.raises(InputError, match="no field of lab 'PBC'"):
+        pseudo_label_fields(yaml, tmp_path / "none", classifier_path, labs=("PBC",), splits=("train",))

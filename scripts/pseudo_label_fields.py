@@ -1,0 +1,31 @@
+"""Cut the white cells of other labs' detection fields and type them with a teacher
+(pseudo-labels for ``train-classifier --extra-data``); prints the types per lab.
+
+    python scripts/pseudo_label_fields.py TEACHER OUT [--data .pack/txl-pbc/data.yaml]
+        [--labs Raabin-WBC BCD] [--min-confidence P] [--crop-px 112]
+"""
+from __future__ import annotations
+
+import argparse
+
+from napari_bm_cells.training.pseudo_labels import pseudo_label_fields
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("teacher")
+    ap.add_argument("out")
+    ap.add_argument("--data", default=".pack/txl-pbc/data.yaml")
+    ap.add_argument("--labs", nargs="+", default=["Raabin-WBC", "BCD"])
+    ap.add_argument("--min-confidence", type=float, default=None,
+                    help="default: the teacher's review threshold")
+    ap.add_argument("--crop-px", type=int, default=112, help="the student's --crop-size-px")
+    a = ap.parse_args(argv)
+    df = pseudo_label_fields(a.data, a.out, a.teacher, labs=tuple(a.labs), out_px=a.crop_px,
+                             min_confidence=a.min_confidence)
+    df.to_csv(f"{a.out}/cells.csv", index=False)
+    print(df.groupby(["lab", "label"]).size().unstack(0).fillna(0).astype(int).T.to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""White cells of other labs' fields, typed by a teacher model (pseudo-labels).
+
+The detection sets hold white cells of labs our class-labelled crops do not come from
+(TXL-PBC: Raabin-WBC and BCD, told apart by image size), boxed but not typed. Cut as
+``analyze`` cuts them and typed by a classifier that is sure of itself, they add those
+labs' stains, cameras and blur to a classifier's training crops
+(``train-classifier --extra-data``). The teacher sees each lab's crops standardised in
+CIELAB from the statistics of all of them (``colour.LabStandard``); the crops are written
+as the fields show them, so the student learns the lab's own colours.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .labs import field_source
+
+log = logging.getLogger(__name__)
+
+
+def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str]]:
+    """Every white-cell box of ``samples`` (detection fields), cut as ``analyze`` cuts
+    cells for a classifier with ``meta``'s field of view and cell size (the crop scaled by
+    the field's white cells' measured size), at ``out_px`` px.
+
+    Returns the crops (N, out_px, out_px, 3) and a name per crop (``<field>_<box>``).
+    """
+    from ..cut_cells import crop_side, read_cell_crops
+    from ..detect import Detections
+    from ..io import open_slide
+    from ..options import AnalysisOptions
+
+    crops, names = [], []
+    for s in samples:
+        wbc = [b for b in s.boxes if b.cls == "WBC"]
+        if not wbc:
+            continue
+        dets = Detections(np.array([[b.x0, b.y0, b.x1, b.y1] for b in wbc], np.float32),
+                          np.ones(len(wbc), np.float32))
+        slide = open_slide(s.image)
+        side = crop_side(meta, slide, dets, AnalysisOptions())
+        cut = read_cell_crops(slide, dets, np.arange(len(wbc)), side, out_px, meta.crop_size_px)[0]
+        crops += list(cut)
+        names += [f"{s.image.stem}_{i}" for i in range(len(wbc))]
+    return (np.stack(crops) if crops else np.zeros((0, out_px, out_px, 3), np.uint8)), names
+
+
+def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str | Path,
+                        labs: tuple[str, ...] = ("Raabin-WBC", "BCD"),
+                        splits: tuple[str, ...] = ("train", "val"), out_px: int = 112,
+                        min_confidence: float | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Write the white cells of ``labs``' fields that ``teacher`` types with confidence
+    into ``out_dir/<CODE>/<lab>_<field>_<box>.png``.
+
+    Parameters
+    ----------
+    data_yaml : path
+        YOLO detection set with white-cell boxes (TXL-PBC's ``data.yaml``).
+    teacher : path
+        Classifier checkpoint; its class codes name the folders. It should not have seen
+        a lab that the student is to be tested on.
+    labs : tuple of str
+        Which labs' fields (:func:`~napari_bm_cells.training.labs.field_source`).
+    splits : tuple of str
+        Which splits of the detection set (keep its test split for evaluation).
+    out_px : int
+        Side of the written crops: the ``--crop-size-px`` the student is trained with
+        (112 for the packed crops of ``scripts/pack_training_set.py``).
+    min_confidence : float, optional
+        Cells whose top probability is lower are left out (default: the teacher's review
+        threshold). Cells typed as platelets are left out too (every box is a white cell).
+
+    Returns
+    -------
+    DataFrame with ``path``, ``label``, ``lab``, ``confidence`` of the written crops.
+    """
+    from PIL import Image
+
+    from ..classify import Classifier
+    from ..colour import LabStandard, lab_stats
+    from ..crop import resize_square
+    from .det_data import read_yolo
+
+    clf = Classifier(teacher, device=device)
+    threshold = clf.meta.min_confidence if min_confidence is None else min_confidence
+    fields = read_yolo(data_yaml)
+    out_dir = Path(out_dir)
+    rows = []
+    for lab in labs:
+        samples = [s for sp in splits for s in fields.get(sp, []) if field_source(s).lower() == lab.lower()]
+        if not samples:
+            raise InputError(f"{data_yaml}: no field of lab {lab!r} in splits {list(splits)}")
+        crops, names = cut_lab_cells(samples, clf.meta, out_px)
+        x = np.stack([resize_square(c, clf.input_size) for c in crops])
+        if clf.meta.lab_reference is not None:
+            x = LabStandard(lab_stats(x), clf.meta.lab_reference)(x)
+        probs = np.concatenate([clf.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
+        label, conf = np.array(clf.classes)[probs.argmax(1)], probs.max(1)
+        keep = (conf >= (threshold or 0.0)) & (label != "PLT")
+        for c, n, lb, p in zip(crops[keep], np.array(names)[keep], label[keep], conf[keep]):
+            path = out_dir / lb / f"{lab}_{n}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(c).save(path)
+            rows.append((str(path), lb, lab, round(float(p), 4)))
+        log.info("%s: %d of %d white cells typed with confidence >= %.2f", lab, keep.sum(), len(crops),
+                 threshold or 0.0)
+    return pd.DataFrame(rows, columns=["path", "label", "lab", "confidence"])
