@@ -63,6 +63,14 @@ if [[ $RUN == *cls* ]]; then
     [[ ${CLASSIFIERS:-pbc pbc_bccd} == *pbc_bccd* ]] &&
         (cli train-classifier "${CLS[@]}" --field-cells "$PACK/bccd" --out "$W/cls_pbc_bccd.safetensors") \
             >"$W/cls_pbc_bccd.log" 2>&1 &
+    # CLS_VARIANTS: more PBC-only classifiers for the cross-lab comparison, "NAME=ARGS"
+    # separated by ";", e.g. "vs=--virtual-slides 1;os=--one-size 0.5" -> cls_pbc_vs, cls_pbc_os
+    IFS=';' read -ra variants <<< "${CLS_VARIANTS:-}"
+    for v in "${variants[@]}"; do
+        [ -n "$v" ] || continue
+        (cli train-classifier "${CLS[@]}" ${v#*=} --out "$W/cls_pbc_${v%%=*}.safetensors") \
+            >"$W/cls_pbc_${v%%=*}.log" 2>&1 &
+    done
 fi
 # DEADLINE (s, default 540): stop what still runs and keep what it saved (best epoch so far)
 while [ -n "$(jobs -r)" ] && [ "$SECONDS" -lt "${DEADLINE:-540}" ]; do sleep 15
