@@ -43,7 +43,7 @@ def trained(data_dir, tmp_path_factory):
     out = tmp / "model" / "clf.safetensors"
     msgs = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(augment, "train_transform", lambda: v2.ToDtype(torch.float32, scale=True))
+        mp.setattr(augment, "train_transform", lambda **_: v2.ToDtype(torch.float32, scale=True))
         r = train_classifier(data, out, img_size=64, batch_size=8, epochs=5, seed=0,
                              ema_decay=None, progress=msgs.append)
     return {"data": data, "out": out, "result": r, "progress": msgs}
@@ -595,3 +595,44 @@ def test_virtual_slides_recolour_alike_and_standardise_each_group(data_dir, tmp_
     train_classifier(data, model, epochs=1, max_steps=2, virtual_slides=1.0, workers=1, **FAST)
     from napari_bm_cells.checkpoint import read_meta
     assert "virtual slides standardised with p=1" in read_meta(model).trained_on
+
+
+def test_field_edge_fills_bands_as_the_crop_cutter_fills_outside_the_image(data_dir, tmp_path):
+    """Real PBC crops through ``FieldEdge``: one, two or four sides lose a band of 2-30%,
+    filled with one colour (the median of the kept part's border, as ``square_crop`` fills
+    the part of a crop outside the image); the centre cell is untouched."""
+    import torch
+    from PIL import Image
+
+    from napari_bm_cells.training.augment import FieldEdge
+
+    paths = [p for c in ("LYT", "NGS") for p in sorted((data_dir / "pbc" / c).glob("*.jpg"))[:10]]
+    torch.manual_seed(0)
+    edge, sides_seen = FieldEdge(), set()
+    for p in paths * 3:
+        img = torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((100, 100)))).permute(2, 0, 1)
+        img = img.float() / 255
+        out = edge(img)
+        assert torch.equal(out[:, 30:70, 30:70], img[:, 30:70, 30:70])
+
+        def flat(lines):  # leading lines of one colour
+            n = 0
+            while n < 50 and (lines[:, n] == lines[:, n, :1]).all():
+                n += 1
+            return n
+        bands = [flat(out), flat(out.flip(1)), flat(out.transpose(1, 2)), flat(out.transpose(1, 2).flip(1))]
+        sides_seen.add(sum(b > 0 for b in bands))
+        assert all(b == 0 or 1 <= b <= 30 for b in bands), bands
+        kept = out[:, bands[0]:100 - bands[1], bands[2]:100 - bands[3]]
+        assert torch.equal(kept, img[:, bands[0]:100 - bands[1], bands[2]:100 - bands[3]])
+        if any(bands):
+            fill = out[:, 0, 0] if bands[0] or bands[2] else out[:, -1, -1]
+            border = torch.cat([kept[:, 0], kept[:, -1], kept[:, :, 0], kept[:, :, -1]], 1)
+            assert torch.allclose(fill, border.median(1).values)
+    assert {1, 2, 4} <= sides_seen
+
+    data = _pbc_subset(data_dir, tmp_path / "d", n=6)
+    model = tmp_path / "edge.safetensors"
+    train_classifier(data, model, epochs=1, max_steps=2, field_edges=0.5, **FAST)
+    from napari_bm_cells.checkpoint import read_meta
+    assert "50% of crops cut as at a field's edge" in read_meta(model).trained_on

@@ -87,7 +87,7 @@ def cmd_train_classifier(a):
                          field_cells=a.field_cells, field_weight=a.field_weight,
                          ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
                          teacher=a.teacher, distil=a.distil, workers=a.workers, mixstyle=a.mixstyle,
-                         one_size=a.one_size, virtual_slides=a.virtual_slides,
+                         one_size=a.one_size, virtual_slides=a.virtual_slides, field_edges=a.field_edges,
                          time_limit_s=a.minutes * 60 if a.minutes else None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
     t = r["test"]
@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut each batch into groups of 1-64 crops recoloured alike as one lab's smear and, "
                         "with probability P, standardised from their own colour statistics as analyze "
                         "standardises a slide (0: off; default 0)")
+    s.add_argument("--field-edges", type=float, default=0.0, metavar="P",
+                   help="share P of the training crops cut as at a field's edge: 1-4 sides filled with the "
+                        "background colour, as analyze fills the part of a crop outside the image (0: off; default 0)")
     s.add_argument("--workers", type=int, default=0,
                    help="processes that augment the crops (0: in the training loop; a GPU run needs several)")
     s.add_argument("--minutes", type=float, default=None,

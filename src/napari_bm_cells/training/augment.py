@@ -108,16 +108,41 @@ class ReflectAffine(torch.nn.Module):
         return big[..., ph:ph + h, pw:pw + w]
 
 
-def train_transform(stain: bool = True) -> torch.nn.Module:
+class FieldEdge(torch.nn.Module):
+    """A cell crop as :func:`napari_bm_cells.crop.square_crop` cuts it at a field's edge:
+    the part of the square outside the image filled with the median colour of the real
+    part's border. One to four sides (a cell near an edge or a corner, or a camera image
+    smaller than the crop) lose a band of 2-30% of the side each; the centre cell stays."""
+
+    def __init__(self, max_band: float = 0.3):
+        super().__init__()
+        self.max_band = max_band
+
+    def forward(self, img):
+        h, w = img.shape[-2:]
+        n_sides = int(torch.multinomial(torch.tensor([0.5, 0.2, 0.0, 0.3]), 1)) + 1
+        bands = torch.zeros(4)
+        bands[torch.randperm(4)[:n_sides]] = 0.02 + (self.max_band - 0.02) * torch.rand(n_sides)
+        top, bottom, left, right = (int(b * s) for b, s in zip(bands, (h, h, w, w)))
+        real = img[..., top:h - bottom, left:w - right]
+        border = torch.cat([real[..., 0, :], real[..., -1, :], real[..., :, 0], real[..., :, -1]], -1)
+        out = border.median(-1).values[:, None, None].expand_as(img).clone()
+        out[..., top:h - bottom, left:w - right] = real
+        return out
+
+
+def train_transform(stain: bool = True, field_edge: float = 0.0) -> torch.nn.Module:
     """Augmentation for uint8 CHW tensors at the network's input size -> float [0, 1].
 
     ``stain=False`` leaves out the per-crop :func:`random_stain` (:func:`virtual_slides`
-    recolours whole groups of crops instead)."""
+    recolours whole groups of crops instead); ``field_edge`` is the share of crops cut as
+    at a field's edge (:class:`FieldEdge`)."""
     return v2.Compose([
         v2.ToDtype(torch.float32, scale=True),
         ReflectAffine(),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
+        *([v2.RandomApply([FieldEdge()], p=field_edge)] if field_edge else []),
         v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.35, hue=0.06),
         v2.RandomApply([StainJitter()], p=0.8),
         *([v2.RandomApply([RandomStain()], p=0.5)] if stain else []),

@@ -232,7 +232,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      teacher: str | Path | None = None, distil: float = 0.7,
                      workers: int = 0, time_limit_s: float | None = None,
                      mixstyle: float = 0.0, one_size: float = 0.0, virtual_slides: float = 0.0,
-                     progress=print) -> dict:
+                     field_edges: float = 0.0, progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
     Parameters
@@ -299,6 +299,10 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         probability, standardised in CIELAB from its own statistics, as ``analyze``
         standardises a slide (:func:`~napari_bm_cells.training.augment.virtual_slides`);
         the per-crop recolouring is then left out.
+    field_edges : float
+        Share of the training crops cut as at a field's edge: one to four sides filled
+        with the background colour, as the pipeline fills the part of a crop outside the
+        image (:class:`~napari_bm_cells.training.augment.FieldEdge`); 0: off.
     precision : {"auto", "fp32", "bf16"}
         ``auto``: bfloat16 autocast where the CPU or GPU supports it (about 1.6x faster
         training on an AVX512-BF16 CPU), else float32.
@@ -431,7 +435,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         per_class = np.bincount(y_all[tr], weights=weights, minlength=len(classes))
         weights = weights / per_class[y_all[tr]]
     weights /= weights.sum()
-    aug = train_transform(stain=not virtual_slides)
+    aug = train_transform(stain=not virtual_slides, field_edge=field_edges)
+    if field_edges:
+        meta.trained_on += f", {field_edges:.0%} of crops cut as at a field's edge"
     if virtual_slides:
         meta.trained_on += f", virtual slides standardised with p={virtual_slides:g}"
     zoom = None
