@@ -1,5 +1,6 @@
 """Cut the white cells of other labs' detection fields and type them with a teacher
-(pseudo-labels for ``train-classifier --extra-data``); prints the types per lab.
+(pseudo-labels for ``train-classifier --extra-data``); prints the types per lab (of all
+the white cells, so also how many the teacher takes for platelets: a sure error).
 
     python scripts/pseudo_label_fields.py TEACHER OUT [--data .pack/txl-pbc/data.yaml]
         [--labs Raabin-WBC BCD] [--min-confidence P] [--crop-px 112]
@@ -25,6 +26,7 @@ def main(argv=None):
                              min_confidence=a.min_confidence)
     df.to_csv(f"{a.out}/cells.csv", index=False)
     print(df.groupby(["lab", "label"]).size().unstack(0).fillna(0).astype(int).T.to_string())
+    print(f"written (confident, not platelets): {dict(df.groupby('lab')['kept'].sum())}")
 
 
 if __name__ == "__main__":

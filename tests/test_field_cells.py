@@ -131,10 +131,12 @@ def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_d
     yaml = _txl_subset(data_dir, tmp_path / "txl")
     n_wbc = sum(b.cls == "WBC" for s in read_yolo(yaml)["train"] for b in s.boxes)
     meta = read_meta(classifier_path)
-    df = pseudo_label_fields(yaml, tmp_path / "all", classifier_path, splits=("train",), out_px=112,
-                             min_confidence=0.0)
-    assert 0.75 * n_wbc <= len(df) <= n_wbc  # platelet calls are the only cells left out
-    assert set(df["lab"]) == {"Raabin-WBC", "BCD"} and set(df["label"]) <= set(meta.classes) - {"PLT"}
+    every = pseudo_label_fields(yaml, tmp_path / "all", classifier_path, splits=("train",), out_px=112,
+                                min_confidence=0.0)
+    assert len(every) == n_wbc and set(every["lab"]) == {"Raabin-WBC", "BCD"}
+    df = every[every["kept"]]
+    assert (df["label"] != "PLT").all() and len(df) == (every["label"] != "PLT").sum() >= 0.75 * n_wbc
+    assert set(df["label"]) <= set(meta.classes) and (every.loc[~every["kept"], "path"] == "").all()
     ref = meta.ref_cell_px * 112 / meta.crop_size_px
     sizes = []
     for p in df["path"]:
@@ -143,6 +145,7 @@ def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_d
         sizes.append(cell_diameter(crop) or 0)
     assert 0.8 < np.median(sizes) / ref < 1.25, (np.median(sizes), ref)
     sure = pseudo_label_fields(yaml, tmp_path / "sure", classifier_path, splits=("train",), min_confidence=0.9)
+    sure = sure[sure["kept"]]
     assert len(sure) < len(df) and (sure["confidence"] >= 0.9).all()
     with pytest.raises(InputError, match="no field of lab 'PBC'"):
         pseudo_label_fields(yaml, tmp_path / "none", classifier_path, labs=("PBC",), splits=("train",))

@@ -76,7 +76,8 @@ def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str
 
     Returns
     -------
-    DataFrame with ``path``, ``label``, ``lab``, ``confidence`` of the written crops.
+    DataFrame with ``path`` (empty where not written), ``label``, ``lab``, ``confidence``
+    and ``kept`` (written) of every white cell.
     """
     from PIL import Image
 
@@ -101,11 +102,12 @@ def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str
         probs = np.concatenate([clf.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
         label, conf = np.array(clf.classes)[probs.argmax(1)], probs.max(1)
         keep = (conf >= (threshold or 0.0)) & (label != "PLT")
-        for c, n, lb, p in zip(crops[keep], np.array(names)[keep], label[keep], conf[keep]):
+        for c, n, lb, p, k in zip(crops, names, label, conf, keep):
             path = out_dir / lb / f"{lab}_{n}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(c).save(path)
-            rows.append((str(path), lb, lab, round(float(p), 4)))
+            if k:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(c).save(path)
+            rows.append((str(path) if k else "", lb, lab, round(float(p), 4), bool(k)))
         log.info("%s: %d of %d white cells typed with confidence >= %.2f", lab, keep.sum(), len(crops),
                  threshold or 0.0)
-    return pd.DataFrame(rows, columns=["path", "label", "lab", "confidence"])
+    return pd.DataFrame(rows, columns=["path", "label", "lab", "confidence", "kept"])
