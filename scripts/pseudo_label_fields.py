@@ -26,7 +26,7 @@ def main(argv=None):
                              min_confidence=a.min_confidence)
     df.to_csv(f"{a.out}/cells.csv", index=False)
     print(df.groupby(["lab", "label"]).size().unstack(0).fillna(0).astype(int).T.to_string())
-    print(f"written (confident, not platelets): {dict(df.groupby('lab')['kept'].sum())}")
+    print("written (confident, not platelets):", {k: int(v) for k, v in df.groupby("lab")["kept"].sum().items()})
 
 
 if __name__ == "__main__":
