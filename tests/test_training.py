@@ -550,6 +550,16 @@ def test_one_size_crops_bring_each_cell_to_the_typical_diameter(data_dir, tmp_pa
         if 0.5 < zoom[i] < 2.0:  # not clipped
             assert after is not None and abs(after / ref - 1) < 0.1, (paths[i].name, before[i], after)
     assert all(zoom[i] == 1.0 for i, d in enumerate(before) if d is None)
+    # platelets whose centre contour is found would be brought to a white cell's size ...
+    plts = [im for im in (np.asarray(Image.open(p).convert("RGB").resize((128, 128)))
+                          for p in sorted((data_dir / "pbc" / "PLT").glob("*.jpg"))[:60]) if cell_diameter(im)]
+    assert len(plts) >= 2
+    both = np.concatenate([imgs, np.stack(plts)])
+    labels = [p.parent.name for p in paths] + ["PLT"] * len(plts)
+    plt = np.array(labels) == "PLT"
+    assert (one_size_zoom(both, ref)[len(imgs):] > 1.2).all()
+    kept = one_size_zoom(both, ref, labels)  # ... which never happens in analyze
+    assert (kept[plt] == 1.0).all() and np.array_equal(kept[~plt], one_size_zoom(both, ref)[~plt])
 
     data = _pbc_subset(data_dir, tmp_path / "d", n=6)
     out = tmp_path / "one.safetensors"

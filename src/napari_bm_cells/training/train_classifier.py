@@ -100,13 +100,19 @@ def zoom_centre(img: np.ndarray, factor: float) -> np.ndarray:
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def one_size_zoom(imgs: np.ndarray, ref_px: float, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
+def one_size_zoom(imgs: np.ndarray, ref_px: float, labels=None, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
     """Per image, the magnification that gives its centre cell the diameter ``ref_px``
-    (1 where no centre cell is found), clipped to [lo, hi]."""
+    (1 where no centre cell is found), clipped to [lo, hi]. With ``labels``, crops of
+    platelets and other non-leukocytes keep their size (1): the pipeline scales crops by
+    the white cells' size, which such a cell never sets."""
     from ..crop import cell_diameter
+    from ..taxonomy import NON_LEUKOCYTE_CODES
 
     d = np.array([cell_diameter(im) or ref_px for im in imgs], float)
-    return np.clip(ref_px / np.maximum(d, 1.0), lo, hi)
+    zoom = np.clip(ref_px / np.maximum(d, 1.0), lo, hi)
+    if labels is not None:
+        zoom[np.isin(np.asarray(labels), list(NON_LEUKOCYTE_CODES))] = 1.0
+    return zoom
 
 
 def _one_cycle(opt, lr: float, total_steps: int, done: int = 0):
@@ -290,9 +296,10 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         Probability of MixStyle after each of the first two stages (0: off): the crops of
         a batch swap part of their feature statistics (:mod:`~napari_bm_cells.training.mixstyle`).
     one_size : float
-        Probability that a training crop is magnified so its cell has the typical
-        diameter (``ref_cell_px``), as the pipeline shows the white cell of a field that
-        holds only one (its crop is scaled by that cell's own size); 0: off.
+        Probability that a training crop of a white cell is magnified so its cell has the
+        typical diameter (``ref_cell_px``), as the pipeline shows the white cell of a field
+        that holds only one (its crop is scaled by that cell's own size); platelets and
+        other non-leukocytes keep their size; 0: off.
     virtual_slides : float
         0: off. Otherwise each batch is cut into groups of 1-64 crops, each group
         recoloured alike as another lab's smear (half of them) and, with this
@@ -443,7 +450,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     zoom = None
     if one_size:
         zoom = np.ones(len(imgs))
-        zoom[tr] = one_size_zoom(imgs[tr], ref_cell_px * img_size / crop_size_px)
+        zoom[tr] = one_size_zoom(imgs[tr], ref_cell_px * img_size / crop_size_px, df["label"].to_numpy()[tr])
         progress(f"one-size crops: median magnification {np.median(zoom[tr]):.2f} "
                  f"({np.mean(zoom[tr] != 1):.0%} of the training crops measured)")
         meta.trained_on += f", cells shown at one size in {one_size:.0%} of crops"
