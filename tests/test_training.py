@@ -30,9 +30,9 @@ def _messages(record):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """3 PBC classes x 20 crops, 64 px, batch 8, 5 epochs of 5 steps, augmentation off so the
-    training loss measures fitting rather than augmentation noise; raw weights kept (no
-    moving average, which lags behind in a 25-step run)."""
+    """3 PBC classes x 20 crops, 64 px, batch 8, 5 epochs of 5 steps, augmentation and
+    virtual slides off so the training loss measures fitting rather than augmentation
+    noise; raw weights kept (no moving average, which lags behind in a 25-step run)."""
     import torch
     from torchvision.transforms import v2
 
@@ -45,7 +45,7 @@ def trained(data_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(augment, "train_transform", lambda **_: v2.ToDtype(torch.float32, scale=True))
         r = train_classifier(data, out, img_size=64, batch_size=8, epochs=5, seed=0,
-                             ema_decay=None, progress=msgs.append)
+                             ema_decay=None, virtual_slides=0.0, progress=msgs.append)
     return {"data": data, "out": out, "result": r, "progress": msgs}
 
 

@@ -328,10 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--one-size", type=float, default=0.0, metavar="P",
                    help="with probability P a training crop is magnified so its cell has the typical "
                         "diameter, as analyze shows the white cell of a one-cell field (0: off; default 0)")
-    s.add_argument("--virtual-slides", type=float, default=0.0, metavar="P",
+    s.add_argument("--virtual-slides", type=float, default=1.0, metavar="P",
                    help="cut each batch into groups of 1-64 crops recoloured alike as one lab's smear and, "
                         "with probability P, standardised from their own colour statistics as analyze "
-                        "standardises a slide (0: off; default 0)")
+                        "standardises a slide (0: off, each crop recoloured on its own; default 1)")
     s.add_argument("--field-edges", type=float, default=0.0, metavar="P",
                    help="share P of the training crops cut as at a field's edge: 1-4 sides filled with the "
                         "background colour, as analyze fills the part of a crop outside the image (0: off; default 0)")

@@ -237,7 +237,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      pretrained: str | Path | None = None, extra_data=(),
                      teacher: str | Path | None = None, distil: float = 0.7,
                      workers: int = 0, time_limit_s: float | None = None,
-                     mixstyle: float = 0.0, one_size: float = 0.0, virtual_slides: float = 0.0,
+                     mixstyle: float = 0.0, one_size: float = 0.0, virtual_slides: float = 1.0,
                      field_edges: float = 0.0, progress=print) -> dict:
     """Train, keep the best epoch by validation macro-F1, evaluate it on the test split.
 
@@ -301,11 +301,11 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         that holds only one (its crop is scaled by that cell's own size); platelets and
         other non-leukocytes keep their size; 0: off.
     virtual_slides : float
-        0: off. Otherwise each batch is cut into groups of 1-64 crops, each group
-        recoloured alike as another lab's smear (half of them) and, with this
-        probability, standardised in CIELAB from its own statistics, as ``analyze``
-        standardises a slide (:func:`~napari_bm_cells.training.augment.virtual_slides`);
-        the per-crop recolouring is then left out.
+        Each batch is cut into groups of 1-64 crops, each group recoloured alike as
+        another lab's smear (half of them) and, with this probability (default 1),
+        standardised in CIELAB from its own statistics, as ``analyze`` standardises a slide
+        (:func:`~napari_bm_cells.training.augment.virtual_slides`). 0: off, each crop
+        recoloured on its own instead and never standardised.
     field_edges : float
         Share of the training crops cut as at a field's edge: one to four sides filled
         with the background colour, as the pipeline fills the part of a crop outside the
