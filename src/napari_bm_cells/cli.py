@@ -333,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with probability P, standardised from their own colour statistics as analyze "
                         "standardises a slide (0: off, each crop recoloured on its own; default 1)")
     s.add_argument("--field-edges", type=float, default=0.0, metavar="P",
-                   help="share P of the training crops cut as at a field's edge: 1-4 sides filled with the "
-                        "background colour, as analyze fills the part of a crop outside the image (0: off; default 0)")
+                   help="share P of the training crops cut as at a field's edge: one, two or four sides filled "
+                        "with the background colour, as analyze fills the part of a crop outside the image "
+                        "(0: off; default 0)")
     s.add_argument("--workers", type=int, default=0,
                    help="processes that augment the crops (0: in the training loop; a GPU run needs several)")
     s.add_argument("--minutes", type=float, default=None,

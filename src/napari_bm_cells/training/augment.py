@@ -111,7 +111,7 @@ class ReflectAffine(torch.nn.Module):
 class FieldEdge(torch.nn.Module):
     """A cell crop as :func:`napari_bm_cells.crop.square_crop` cuts it at a field's edge:
     the part of the square outside the image filled with the median colour of the real
-    part's border. One to four sides (a cell near an edge or a corner, or a camera image
+    part's border. One side (a cell near an edge), two (a corner) or four (a camera image
     smaller than the crop) lose a band of 2-30% of the side each; the centre cell stays."""
 
     def __init__(self, max_band: float = 0.3):

@@ -307,7 +307,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         (:func:`~napari_bm_cells.training.augment.virtual_slides`). 0: off, each crop
         recoloured on its own instead and never standardised.
     field_edges : float
-        Share of the training crops cut as at a field's edge: one to four sides filled
+        Share of the training crops cut as at a field's edge: one, two or four sides filled
         with the background colour, as the pipeline fills the part of a crop outside the
         image (:class:`~napari_bm_cells.training.augment.FieldEdge`); 0: off.
     precision : {"auto", "fp32", "bf16"}
