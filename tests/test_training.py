@@ -302,6 +302,7 @@ def test_cli_train_classifier(data_dir, tmp_path, capsys):
     assert f"wrote {out}" in cap.out and "test split: macro-F1" in cap.out
     assert "epoch 1/1" in cap.err
     assert read_meta(out).classes == list(PBC3) and read_meta(out).input_size == 32
+    assert "virtual slides standardised with p=1" in read_meta(out).trained_on  # on by default
 
 
 def test_cli_train_classifier_on_one_class_exits_2_without_traceback(data_dir, tmp_path, capsys):
