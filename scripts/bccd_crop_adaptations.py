@@ -54,8 +54,7 @@ def main(argv=None):
     truth = rows["label"].to_numpy()
 
     def score(views):
-        probs = sum(np.concatenate([cls.predict(np.ascontiguousarray(v[i:i + 64])) for i in range(0, len(v), 64)])
-                    for v in views)
+        probs = sum(cls.predict_in_batches(v) for v in views)
         pred = np.array(cls.classes)[probs.argmax(1)]
         hit = np.array([p in RIGHT[t] for p, t in zip(pred, truth)])
         per = {t: round(float(hit[truth == t].mean()), 2) for t in RIGHT if (truth == t).any()}

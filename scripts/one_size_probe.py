@@ -46,7 +46,7 @@ def main(argv=None):
           pd.Series(ratios).groupby(labels).median().round(2).to_dict())
     for name, x in (("natural size", natural), ("one size", one_size)):
         x = np.stack(x)
-        probs = np.concatenate([cls.predict(np.ascontiguousarray(x[i:i + 64])) for i in range(0, len(x), 64)])
+        probs = cls.predict_in_batches(x)
         pred = np.array(cls.classes)[probs.argmax(1)]
         per = pd.Series(pred == labels).groupby(labels).mean().round(2).to_dict()
         print(f"{name:13s} accuracy {np.mean(pred == labels):.3f}", per)

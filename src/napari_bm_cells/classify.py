@@ -77,3 +77,11 @@ class Classifier:
         if len(crops) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.forward(self.prepare(crops))
+
+    def predict_in_batches(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """:meth:`predict` over any number of crops, ``batch_size`` at a time (bounded
+        memory); views such as flipped crops are made contiguous first."""
+        if len(crops) == 0:
+            return self.predict(crops)
+        return np.concatenate([self.predict(np.ascontiguousarray(crops[i:i + batch_size]))
+                               for i in range(0, len(crops), batch_size)])

@@ -77,7 +77,7 @@ def calibrate_checkpoint(checkpoint, data_dir, out=None, split: str = "val", dev
     names = folder_codes(rows["label"].unique(), clf.classes, data_dir)
     imgs, ok = load_images(rows["path"].tolist(), clf.input_size, fov=clf.meta.crop_size_px)
     rows, imgs = rows[ok].reset_index(drop=True), imgs[ok]
-    probs = np.concatenate([clf.predict(imgs[i:i + batch_size]) for i in range(0, len(imgs), batch_size)])
+    probs = clf.predict_in_batches(imgs, batch_size)
     pred = np.asarray(clf.classes, object)[probs.argmax(1)]
     correct = np.array([p in names[f] for f, p in zip(rows["label"], pred)])
     res = choose_min_confidence(probs.max(1), correct, target_accuracy, max_reject)

@@ -97,8 +97,7 @@ def evaluate_classifier(data_dir, out, checkpoint=None, device: str = "cpu", spl
     imgs, ok = load_images(rows["path"].tolist(), clf.input_size, fov=clf.meta.crop_size_px)
     rows = rows[ok].reset_index(drop=True)
     imgs = imgs[ok]
-    probs = np.concatenate([clf.predict(imgs[i:i + batch_size]) for i in range(0, len(imgs), batch_size)]) \
-        if len(imgs) else np.zeros((0, len(clf.classes)))
+    probs = clf.predict_in_batches(imgs, batch_size)
     pred = np.asarray(clf.classes, object)[probs.argmax(1)] if len(probs) else np.zeros(0, object)
     # a folder standing for several codes ("neutrophil": NGS or NGB) is right with any of them
     truth = np.array([p if p in names[f] else names[f][0] for f, p in zip(rows["label"], pred)], object)

@@ -99,7 +99,7 @@ def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str
         x = np.stack([resize_square(c, clf.input_size) for c in crops])
         if clf.meta.lab_reference is not None:
             x = LabStandard(lab_stats(x), clf.meta.lab_reference)(x)
-        probs = np.concatenate([clf.predict(x[i:i + 64]) for i in range(0, len(x), 64)])
+        probs = clf.predict_in_batches(x)
         label, conf = np.array(clf.classes)[probs.argmax(1)], probs.max(1)
         keep = (conf >= (threshold or 0.0)) & (label != "PLT")
         for c, n, lb, p, k in zip(crops, names, label, conf, keep):

@@ -54,9 +54,7 @@ def predict_array(model, images: np.ndarray, meta: ClassifierMeta, batch_size: i
     from ..classify import Classifier
 
     model.eval()
-    clf = Classifier.from_model(model, meta, device)
-    out = [clf.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, len(meta.classes)), np.float32)
+    return Classifier.from_model(model, meta, device).predict_in_batches(images, batch_size)
 
 
 class _Batches:
