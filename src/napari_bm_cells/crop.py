@@ -167,10 +167,16 @@ def square_crop(image, centre: tuple[float, float], side: float, valid=None) -> 
         return out
     window = np.asarray(image[rr0:rr1, cc0:cc1])
     if window.shape[:2] != (side, side):
-        border = np.concatenate([window[0], window[-1], window[:, 0], window[:, -1]])
-        out[:] = np.median(border, axis=0).astype(np.uint8)
+        out[:] = border_colour(window).astype(np.uint8)
     out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = window
     return out
+
+
+def border_colour(window: np.ndarray) -> np.ndarray:
+    """Median colour of the outermost rows and columns of an (H, W, 3) image: what
+    :func:`square_crop` fills the part of a square outside the slide with."""
+    border = np.concatenate([window[0], window[-1], window[:, 0], window[:, -1]])
+    return np.median(border, axis=0)
 
 
 def square_origin(centre: tuple[float, float], side: float) -> tuple[int, int]:

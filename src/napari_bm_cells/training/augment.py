@@ -124,9 +124,11 @@ class FieldEdge(torch.nn.Module):
         bands = torch.zeros(4)
         bands[torch.randperm(4)[:n_sides]] = 0.02 + (self.max_band - 0.02) * torch.rand(n_sides)
         top, bottom, left, right = (int(b * s) for b, s in zip(bands, (h, h, w, w)))
+        from ..crop import border_colour
+
         real = img[..., top:h - bottom, left:w - right]
-        border = torch.cat([real[..., 0, :], real[..., -1, :], real[..., :, 0], real[..., :, -1]], -1)
-        out = border.median(-1).values[:, None, None].expand_as(img).clone()
+        fill = torch.from_numpy(border_colour(real.permute(1, 2, 0).numpy())).to(img.dtype)
+        out = fill[:, None, None].expand_as(img).clone()
         out[..., top:h - bottom, left:w - right] = real
         return out
 
