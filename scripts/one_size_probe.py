@@ -36,10 +36,11 @@ def main(argv=None):
     for p in df["path"]:
         img = np.asarray(Image.open(p).convert("RGB"))
         centre = (img.shape[0] / 2, img.shape[1] / 2)
-        d = cell_diameter(square_crop(img, centre, fov))
+        crop = square_crop(img, centre, fov)
+        d = cell_diameter(crop)
         r = d / ref if d else 1.0
         ratios.append(r)
-        natural.append(resize_square(square_crop(img, centre, fov), n))
+        natural.append(resize_square(crop, n))
         one_size.append(resize_square(square_crop(img, centre, fov * r), n))  # cut as analyze cuts
     labels = df["label"].to_numpy()
     print("cell diameter / typical, median per class:",
