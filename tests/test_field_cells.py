@@ -149,3 +149,36 @@ def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_d
     assert len(sure) < len(df) and (sure["confidence"] >= 0.9).all()
     with pytest.raises(InputError, match="no field of lab 'PBC'"):
         pseudo_label_fields(yaml, tmp_path / "none", classifier_path, labs=("PBC",), splits=("train",))
+
+
+def test_crosslab_types_labelled_single_cell_images(data_dir, classifier_path, tmp_path, capsys):
+    """``crosslab --images``: class folders under common English names, each image analysed
+    whole as its own slide; platelet folders are left out (not a white cell); a resized
+    condition runs too; ``wide<k>`` is refused for labelled images."""
+    import pandas as pd
+
+    from napari_bm_cells.cli import main
+    from napari_bm_cells.errors import InputError
+    from napari_bm_cells.training.crosslab import labelled_images, type_images
+
+    imgs = tmp_path / "cells"
+    for folder, code in (("eosinophil", "EOS"), ("lymphocytes", "LYT"), ("neutrophil", "NGS"),
+                         ("platelet", "PLT")):
+        (imgs / folder).mkdir(parents=True)
+        for p in sorted((data_dir / "pbc" / code).glob("*.jpg"))[:2]:
+            (imgs / folder / p.name).symlink_to(p)
+    rows = labelled_images(imgs, classifier_path)
+    assert sorted(set(rows["truth"])) == ["eosinophil", "lymphocytes", "neutrophil"]
+    assert set(rows.loc[rows["truth"] == "neutrophil", "codes"].iloc[0]) == {"NGS", "NGB"}
+    rc = main(["crosslab", "--images", str(imgs), "--conditions", "x1,x0.5,wide2", "--out", str(tmp_path / "o"),
+               "--classifier", str(classifier_path)])
+    assert rc in (0, None)
+    out = capsys.readouterr().out
+    assert "x0.5: type accuracy" in out and "wide2" not in out
+    df = pd.read_csv(tmp_path / "o" / "images_cells_x1.csv")
+    assert len(df) == 6 and set(df["truth"]) == {"eosinophil", "lymphocytes", "neutrophil"}
+    # PBC's own cells, whole images: the shipped model types them as on its crops
+    if classifier_path.name == "pbc_resnext26ts.safetensors":
+        assert df["correct"].sum() >= 5
+    with pytest.raises(InputError, match="wide3"):
+        type_images(rows, condition="wide3", classifier=classifier_path)

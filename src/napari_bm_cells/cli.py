@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .options import COLOUR_CHOICES, add_flags, from_flags
+from .options import COLOUR_CHOICES, AnalysisOptions, add_flags, from_flags
 from .training.labs import source_names
 
 
@@ -124,10 +124,10 @@ def cmd_evaluate_classifier(a):
 
 def cmd_crosslab(a):
     from .errors import InputError
-    from .training.crosslab import evaluate_detector_crosslab, evaluate_fields
+    from .training.crosslab import evaluate_detector_crosslab, evaluate_fields, labelled_images, type_images
 
-    if not a.detection_data and not a.bccd:
-        raise InputError("crosslab: give --detection-data (VOC folders or YOLO sets) and/or --bccd")
+    if not a.detection_data and not a.bccd and not a.images:
+        raise InputError("crosslab: give --detection-data (VOC folders or YOLO sets), --bccd and/or --images")
     if a.detection_data:
         df = evaluate_detector_crosslab(a.detection_data, a.out, a.detector, device=_dev(a.device),
                                         conditions=tuple(a.conditions.split(",")), limit=a.limit,
@@ -136,13 +136,21 @@ def cmd_crosslab(a):
                                         lab=a.lab)
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if a.bccd:
-        from .options import AnalysisOptions
         splits = None if a.splits == "all" else tuple(a.splits.split(","))
         m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device), splits=splits,
                             options=AnalysisOptions(colour=a.colour).check())
         per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
         print(f"BCCD fields: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
               f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
+    for folder in a.images:
+        rows = labelled_images(folder, a.classifier, a.limit)
+        for cond in (c for c in a.conditions.split(",") if not c.startswith("wide")):
+            m = type_images(rows, a.out, f"images_{Path(folder).name}_{cond}", a.detector, a.classifier,
+                            device=_dev(a.device), options=AnalysisOptions(colour=a.colour).check(),
+                            condition=cond, progress=lambda s: print(s, file=sys.stderr, flush=True))
+            per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
+            print(f"{folder} {cond}: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+                  f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
     print(f"wrote {a.out}")
 
 
@@ -397,22 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train_detector)
 
     s = sub.add_parser("crosslab", help="models on other labs' smears and magnifications "
-                                        "(per source lab; resized and wide fields; BCCD field types)")
-    s.add_argument("--out", required=True, help="folder for detector_crosslab.csv/.json, bccd_fields.csv")
+                                        "(per source lab; resized and wide fields; BCCD field types; labelled images)")
+    s.add_argument("--out", required=True, help="folder for detector_crosslab.csv/.json, bccd_fields.csv, images_*.csv")
     s.add_argument("--detection-data", action="append", default=[], metavar="SET",
                    help="VOC folder or YOLO data.yaml (test, else val, else all images; TXL-PBC is "
                         "split into its labs by image size); repeatable")
     s.add_argument("--bccd", default=None, metavar="DIR",
                    help="BCCD folder with wbc_subtypes.csv: type of each val/test field's white cell")
+    s.add_argument("--images", action="append", default=[], metavar="DIR",
+                   help="class-named folders of whole images, one white cell each (single-cell images, "
+                        "camera fields); each analysed as its own slide at each non-wide --conditions "
+                        "entry, its most confident leukocyte against the folder; repeatable")
     s.add_argument("--splits", default="val,test",
                    help="BCCD splits whose fields are typed, comma-separated, or 'all' (a classifier that "
                         "saw no BCCD cell); default val,test")
     s.add_argument("--colour", default="standardise", choices=COLOUR_CHOICES,
-                   help="run-time colour adaptation of the BCCD runs (as analyze's --colour)")
+                   help="run-time colour adaptation of the BCCD and --images runs (as analyze's --colour)")
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
                    help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one; rb: red and blue "
                         "swapped (a blue-grey stain); grey: no stain colour (default: x1,x0.5,x2,wide2,wide3)")
-    s.add_argument("--limit", type=int, default=None, help="at most N images per source")
+    s.add_argument("--limit", type=int, default=None,
+                   help="at most N images per source (--images: per class folder)")
     s.add_argument("--detection-split", default="auto", choices=["auto", "all", "train", "val", "test"],
                    help="images of each --detection-data set: auto = test, else val, else all (default); "
                         "all for a lab the detector never saw")

@@ -67,11 +67,11 @@ def calibrate_checkpoint(checkpoint, data_dir, out=None, split: str = "val", dev
     from ..classify import Classifier
     from ..errors import InputError
     from .cls_data import load_images
-    from .evaluate import _test_rows, folder_codes
+    from .evaluate import evaluation_rows, folder_codes
 
     ckpt = Path(checkpoint)
     clf = Classifier(ckpt, device=device)
-    rows = _test_rows(Path(data_dir), ckpt, split)
+    rows = evaluation_rows(Path(data_dir), ckpt, split)
     if not len(rows):
         raise InputError(f"{data_dir}: no images to calibrate on")
     names = folder_codes(rows["label"].unique(), clf.classes, data_dir)
@@ -99,11 +99,11 @@ def colour_reference(checkpoint, data_dir) -> dict:
     crops of its training split in ``data_dir`` as training computes it."""
     from ..checkpoint import read_meta
     from .cls_data import load_images
-    from .evaluate import _test_rows
+    from .evaluate import evaluation_rows
     from .train_classifier import lab_reference
 
     meta = read_meta(checkpoint)
-    rows = _test_rows(Path(data_dir), Path(checkpoint), "train").reset_index(drop=True)
+    rows = evaluation_rows(Path(data_dir), Path(checkpoint), "train").reset_index(drop=True)
     pick = np.sort(np.random.default_rng(0).permutation(len(rows))[:800])
     imgs, ok = load_images(rows["path"].iloc[pick].tolist(), meta.input_size, fov=meta.crop_size_px)
     return lab_reference(imgs[ok])

@@ -54,33 +54,75 @@ def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: i
     """Accuracy of the most confident leukocyte's class against the field label,
     on the fields of ``splits`` (``None``: every labelled field); ``classifier`` a
     checkpoint path or a :class:`~napari_bm_cells.classify.Classifier`, ``options`` the
-    :class:`~napari_bm_cells.pipeline.AnalysisOptions` of the runs."""
-    from ..classify import Classifier
-    from ..detect import load_detector
-    from ..pipeline import analyze
-
+    :class:`~napari_bm_cells.pipeline.AnalysisOptions` of the runs. Writes
+    ``bccd_fields.csv`` and ``bccd_fields_metrics.json`` into ``out``."""
     rows = held_out_fields(bccd_dir, splits) if splits else read_subtypes(bccd_dir)
     if limit:
         rows = rows.groupby("truth", group_keys=False).head(max(1, limit // len(LABEL_TO_CODES)))
+    rows = rows.assign(codes=rows["truth"].map(LABEL_TO_CODES))
+    return type_images(rows, out, "bccd_fields", detector, classifier, device, options)
+
+
+def type_images(rows: pd.DataFrame, out=None, name: str = "images", detector=None, classifier=None,
+                device: str = "cpu", options=None, condition: str = "x1", progress=None) -> dict:
+    """Whole-pipeline type accuracy on images that each hold one labelled white cell.
+
+    Each image is analysed as its own slide (detection, scale, crops, colour adaptation,
+    classification); its most confident leukocyte (a box the model calls a platelet is not
+    the image's white cell, nor counted in a differential) is compared with the label.
+    An image where none is found counts as wrong.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        ``image`` (path), ``truth`` (label name) and ``codes`` (the class codes that are
+        right for it: "neutrophil" is NGS or NGB).
+    name : str
+        Files written into ``out``: ``<name>.csv`` (one row per image) and
+        ``<name>_metrics.json``.
+    condition : str
+        A :data:`CONDITIONS` entry other than ``wide<k>``: ``x<f>`` resizes each image by
+        f, ``rb``/``grey`` recolour it; never with a pixel size.
+    progress : callable, optional
+        Called with a line every 100 images.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``balanced_accuracy`` (mean over labels), ``per_class``,
+        ``no_cell_found`` and review statistics.
+    """
+    from ..classify import Classifier
+    from ..detect import load_detector
+    from ..pipeline import analyze
+    from .evaluate import rescaled_slide
+
+    kind, value = parse_condition(condition)
+    if kind == "wide":
+        raise InputError(f"crosslab: {condition} joins fields of several cells; labelled images "
+                         "take x<f>, rb or grey")
     det = load_detector(detector, device=device)
     clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
     preds = []
-    for r in rows.itertuples():
-        cells = analyze(r.image, detector=det, classifier=clf, options=options).cells
-        # the most confident leukocyte: a box the model calls a platelet is not the
-        # field's white cell (nor counted in a differential)
+    for i, r in enumerate(rows.itertuples()):
+        slide = (rescaled_slide(r.image, value) if kind == "rescale"
+                 else rescaled_slide(r.image, 1.0, recolour=value))
+        cells = analyze(slide, detector=det, classifier=clf, options=options).cells
         leuko = cells[~cells["model_label"].isin(NON_LEUKOCYTE_CODES)]
         top = leuko.sort_values("confidence", ascending=False).head(1)
         # the model's class, also for a cell left to review (UNK)
         pred = top["model_label"].iloc[0] if len(top) else "none"
-        preds.append({"image": r.image.name, "truth": r.truth, "pred": pred, "n_cells": len(cells),
+        preds.append({"image": Path(r.image).name, "truth": r.truth, "pred": pred, "n_cells": len(cells),
                       "confidence": float(top["confidence"].iloc[0]) if len(top) else None,
                       "unclassified": bool(len(top) and top["label"].iloc[0] == "UNK"),
-                      "correct": pred in LABEL_TO_CODES[r.truth]})
+                      "correct": pred in r.codes})
+        if progress and (i + 1) % 100 == 0:
+            progress(f"{name} {condition}: {i + 1} of {len(rows)} images")
     df = pd.DataFrame(preds)
     per_class = df.groupby("truth")["correct"].agg(["mean", "size"]).rename(
-        columns={"mean": "accuracy", "size": "n"}).to_dict("index")
-    m = {"n": int(len(df)), "accuracy": float(df["correct"].mean()) if len(df) else 0.0,
+        columns={"mean": "accuracy", "size": "n"}).to_dict("index") if len(df) else {}
+    m = {"n": int(len(df)), "condition": condition,
+         "accuracy": float(df["correct"].mean()) if len(df) else 0.0,
          "balanced_accuracy": float(pd.Series({k: v["accuracy"] for k, v in per_class.items()}).mean())
          if per_class else 0.0,
          "per_class": per_class, "no_cell_found": int((df["pred"] == "none").sum()) if len(df) else 0,
@@ -88,9 +130,40 @@ def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: i
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out / "bccd_fields.csv", index=False)
-        (out / "bccd_fields_metrics.json").write_text(json.dumps(m, indent=2))
+        df.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}_metrics.json").write_text(json.dumps(m, indent=2))
     return m
+
+
+def labelled_images(folder, classifier=None, limit: int | None = None) -> pd.DataFrame:
+    """Whole images in class-named subfolders (``eosinophil/``, ``LYT/``, ...; names as
+    ``evaluate-classifier`` reads them), one white cell each: single-cell images such as
+    CellaVision exports, or camera fields around one cell.
+
+    When the folder is the one a checkpoint was trained on, only its held-back test
+    split is used. Folders of cells that are not white cells (platelets) are left out:
+    the pipeline's answer for an image is its most confident leukocyte.
+
+    Returns
+    -------
+    DataFrame with ``image``, ``truth`` (the folder name) and ``codes``; at most
+    ``limit`` images per folder (evenly spaced).
+    """
+    from ..checkpoint import read_meta
+    from ..classify import DEFAULT_CLASSIFIER
+    from .evaluate import evaluation_rows, folder_codes
+
+    ckpt = Path(classifier or DEFAULT_CLASSIFIER)
+    rows = evaluation_rows(Path(folder), ckpt, "auto")
+    names = folder_codes(rows["label"].unique(), read_meta(ckpt).classes, folder)
+    white = {f: c for f, c in names.items() if not set(c) <= NON_LEUKOCYTE_CODES}
+    rows = rows[rows["label"].isin(list(white))]
+    if limit:
+        keep = [i for _, idx in rows.groupby("label").groups.items()
+                for i in idx[::max(1, int(np.ceil(len(idx) / limit)))]]
+        rows = rows.loc[sorted(keep)]
+    return pd.DataFrame({"image": rows["path"].to_numpy(), "truth": rows["label"].to_numpy(),
+                         "codes": rows["label"].map(white).to_numpy()})
 
 
 def main(argv=None):

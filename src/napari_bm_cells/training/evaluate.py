@@ -16,7 +16,7 @@ from .metrics import classification_metrics
 log = logging.getLogger(__name__)
 
 
-def _test_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
+def evaluation_rows(data_dir: Path, ckpt: Path, split: str) -> pd.DataFrame:
     """Images to evaluate: the checkpoint's held-back test split when it lists files of
     ``data_dir`` (``split="auto"`` or ``"test"``), else every image of ``data_dir``."""
     from .train_classifier import read_split, split_path
@@ -92,7 +92,7 @@ def evaluate_classifier(data_dir, out, checkpoint=None, device: str = "cpu", spl
 
     ckpt = Path(checkpoint or DEFAULT_CLASSIFIER)
     clf = Classifier(ckpt, device=device)
-    rows = _test_rows(Path(data_dir), ckpt, split)
+    rows = evaluation_rows(Path(data_dir), ckpt, split)
     names = folder_codes(rows["label"].unique(), clf.classes, data_dir)
     imgs, ok = load_images(rows["path"].tolist(), clf.input_size, fov=clf.meta.crop_size_px)
     rows = rows[ok].reset_index(drop=True)
