@@ -412,7 +412,9 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     if pretrained is not None:  # the statistics the pretrained weights were trained with
         meta.mean = [float(v) for v in model.pretrained_cfg["mean"]]
         meta.std = [float(v) for v in model.pretrained_cfg["std"]]
-        meta.trained_on += f" (backbone from {pretrained} ImageNet weights)"
+        from .pretrained import PACKAGED
+        meta.trained_on += (f" (backbone from {pretrained} ImageNet weights)" if str(pretrained) in PACKAGED
+                            else f" (backbone from {Path(pretrained).name})")
     teach = None
     if teacher is not None:
         from ..checkpoint import load_model as _load
