@@ -142,8 +142,9 @@ def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_d
     for p in df["path"]:
         crop = np.asarray(Image.open(p).convert("RGB"))
         assert crop.shape == (112, 112, 3)
-        sizes.append(cell_diameter(crop) or 0)
-    assert 0.8 < np.median(sizes) / ref < 1.25, (np.median(sizes), ref)
+        sizes.append(cell_diameter(crop))
+    measured = [d for d in sizes if d]  # None: no centre contour found in the crop
+    assert len(measured) >= len(sizes) // 2 and 0.8 < np.median(measured) / ref < 1.25, (sizes, ref)
     sure = pseudo_label_fields(yaml, tmp_path / "sure", classifier_path, splits=("train",), min_confidence=0.9)
     sure = sure[sure["kept"]]
     assert len(sure) < len(df) and (sure["confidence"] >= 0.9).all()
