@@ -5,6 +5,7 @@ Usage::
     python docs/screenshot.py [--classifier PATH] [--field] [--out docs/images/screenshot.png]
     python docs/screenshot.py --review --out docs/images/review.png
     python docs/screenshot.py --panel --out docs/images/panel.png
+    python docs/screenshot.py --report --out docs/images/report.png
 
 Opens napari, loads real smear fields (by default a 2 x 3 mosaic of BCCD fields from the
 real-data folder, ``--field`` for the single BCCD sample field), runs "Analyze smear"
@@ -12,7 +13,8 @@ with the shipped models (or ``--classifier``), selects a cell so the inspector s
 it, and saves the whole window including the docks. ``--review`` shows the review tools
 instead: the Cell gallery of the commonest class and the Grad-CAM attribution layer of
 the selected cell, zoomed in on it; ``--panel`` the *Differential count* panel alone at a
-dock's usual size (368 x 720 px). Needs OpenGL and a real X window: without a display
+dock's usual size (368 x 720 px); ``--report`` the HTML report of the 3 x 4 mosaic,
+photographed by headless Chromium (no napari). Needs OpenGL and a real X window: without a display
 it starts Xvfb, and Qt's ``xcb`` platform needs its X libraries::
 
     apt-get install xvfb libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
@@ -49,6 +51,28 @@ def _process(app, seconds: float) -> None:
         time.sleep(0.02)
 
 
+def report_screenshot(out: Path, classifier=None) -> Path:
+    """The report of the shipped models' analysis of a 3 x 4 mosaic of BCCD test fields."""
+    import tempfile
+
+    from helpers import build_mosaic
+    from PIL import Image
+
+    from napari_bm_cells.pipeline import analyze
+    from napari_bm_cells.report import chromium_screenshot, write_report
+
+    img, _ = build_mosaic(3, 4, "bccd", split="test", seed=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "bccd_mosaic_3x4.png"
+        Image.fromarray(img).save(src)
+        res = analyze(str(src), classifier=classifier)
+        write_report(res.cells, res.summary, Path(tmp) / "report.html", slide=res.slide,
+                     area_scores=res.areas.scores)
+        chromium_screenshot(Path(tmp) / "report.html", out, size=(1000, 1400))
+    print(f"{out}: {res.summary['n_counted']} of {len(res.cells)} cells counted")
+    return out
+
+
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classifier", help="checkpoint (.safetensors); default: the shipped one")
@@ -58,7 +82,10 @@ def main(argv=None) -> Path:
     ap.add_argument("--review", action="store_true", help="gallery and attribution map instead")
     ap.add_argument("--panel", action="store_true", help="the differential panel alone, 368 x 720 px")
     ap.add_argument("--platform", default="xcb", help="Qt platform (default xcb: a real X window)")
+    ap.add_argument("--report", action="store_true", help="the HTML report of a 3 x 4 mosaic (Chromium)")
     args = ap.parse_args(argv)
+    if args.report:
+        return report_screenshot(Path(args.out), args.classifier)
 
     ensure_display()
     os.environ["QT_QPA_PLATFORM"] = args.platform
