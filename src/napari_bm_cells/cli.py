@@ -122,6 +122,12 @@ def cmd_evaluate_classifier(a):
     print(f"wrote {Path(a.out) / 'metrics.json'}")
 
 
+def _print_type_accuracy(title: str, m: dict) -> None:
+    per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
+    print(f"{title}: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+          f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
+
+
 def cmd_crosslab(a):
     from .errors import InputError
     from .training.crosslab import evaluate_detector_crosslab, evaluate_fields, labelled_images, type_images
@@ -135,22 +141,19 @@ def cmd_crosslab(a):
                                         split=None if a.detection_split == "auto" else a.detection_split,
                                         lab=a.lab)
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    options = AnalysisOptions(colour=a.colour).check()
     if a.bccd:
         splits = None if a.splits == "all" else tuple(a.splits.split(","))
         m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device), splits=splits,
-                            options=AnalysisOptions(colour=a.colour).check())
-        per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
-        print(f"BCCD fields: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
-              f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
+                            options=options)
+        _print_type_accuracy("BCCD fields", m)
     for folder in a.images:
         rows = labelled_images(folder, a.classifier, a.limit)
         for cond in (c for c in a.conditions.split(",") if not c.startswith("wide")):
             m = type_images(rows, a.out, f"images_{Path(folder).name}_{cond}", a.detector, a.classifier,
-                            device=_dev(a.device), options=AnalysisOptions(colour=a.colour).check(),
-                            condition=cond, progress=lambda s: print(s, file=sys.stderr, flush=True))
-            per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
-            print(f"{folder} {cond}: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
-                  f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
+                            device=_dev(a.device), options=options, condition=cond,
+                            progress=lambda s: print(s, file=sys.stderr, flush=True))
+            _print_type_accuracy(f"{folder} {cond}", m)
     print(f"wrote {a.out}")
 
 
