@@ -343,14 +343,14 @@ def bench_speedups(ckpt: Path, n: int) -> dict:
     from napari_bm_cells.classify import Classifier
     from helpers import data_dir
     from napari_bm_cells.training.cls_data import load_images
-    from napari_bm_cells.training.evaluate import _test_rows
+    from napari_bm_cells.training.evaluate import evaluation_rows
     from napari_bm_cells.training.metrics import classification_metrics
 
     fp32 = Classifier(ckpt, device="cpu", precision="fp32")
     from napari_bm_cells.training.cls_data import scan_class_folders
     from napari_bm_cells.training.train_classifier import split_path
 
-    rows = _test_rows(data_dir() / "pbc", ckpt, "auto")
+    rows = evaluation_rows(data_dir() / "pbc", ckpt, "auto")
     source = "the checkpoint's held-back test split"
     if len(rows) < n:  # e.g. the tiny smoke-test checkpoint: any PBC image it was not trained on
         rows = scan_class_folders(data_dir() / "pbc")
@@ -394,8 +394,11 @@ def bench_speedups(ckpt: Path, n: int) -> dict:
             outs.append(e / e.sum(1, keepdims=True))
         return np.concatenate(outs)
 
+    from napari_bm_cells.checkpoint import load_model
+
+    unfolded = Classifier.from_model(*load_model(ckpt), device="cpu", precision="fp32")  # batch norms kept
     variants = {"torch_fp32": lambda a: run_torch(fp32, a), "torch_bf16_autocast": lambda a: run_torch(bf16, a),
-                "onnxruntime_fp32": run_onnx}
+                "onnxruntime_fp32": run_onnx, "torch_fp32_batchnorm_unfolded": lambda a: run_torch(unfolded, a)}
     probs, times = {}, {k: [] for k in variants}
     for fn in variants.values():  # warm-up on one batch
         fn(imgs[:bs])
@@ -412,7 +415,7 @@ def bench_speedups(ckpt: Path, n: int) -> dict:
                      "accuracy": round(m["accuracy"], 4),
                      "argmax_agreement_with_fp32": round(float((probs[name].argmax(1) == base.argmax(1)).mean()), 4),
                      "max_abs_prob_diff": round(float(np.abs(probs[name] - base).max()), 5)}
-    for name in ("torch_bf16_autocast", "onnxruntime_fp32"):
+    for name in ("torch_bf16_autocast", "onnxruntime_fp32", "torch_fp32_batchnorm_unfolded"):
         out[name]["speedup_vs_fp32"] = round(out["torch_fp32"]["s"] / out[name]["s"], 3)
         out[name]["macro_f1_minus_fp32"] = round(out[name]["macro_f1"] - out["torch_fp32"]["macro_f1"], 4)
     onnx_path.unlink(missing_ok=True)
@@ -605,7 +608,9 @@ def summary_lines(r: dict) -> list[str]:
     for model, key, rate, unit, n in (("classifier", "speedups", "crops_per_s", "crops/s", "n_crops"),
                                       ("detector", "detector_backends", "fields_per_s", "fields/s", "n_fields")):
         x = r.get(key)
-        for k in ("torch_bf16_autocast", "onnxruntime_fp32") if x else ():
+        for k in ("torch_bf16_autocast", "onnxruntime_fp32", "torch_fp32_batchnorm_unfolded") if x else ():
+            if k not in x:  # the detector has no unfolded variant
+                continue
             same = (f"macro-F1 {x[k]['macro_f1_minus_fp32']:+.4f}, argmax agreement "
                     f"{x[k]['argmax_agreement_with_fp32']:.3f}" if model == "classifier" else
                     f"{x[k]['boxes_matching_fp32_iou90']:.3f} of boxes match fp32's (IoU >= 0.9)")
@@ -633,6 +638,9 @@ def main(argv=None):
     p.add_argument("--gpu", action="store_true",
                    help="the GPU preset: --device cuda, sections stages,sahi,memory,target at sizes that "
                         "run in a few minutes on one GPU (give --device to pick another)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the models' precision in the stages section (auto: bf16 autocast on CPUs with "
+                        "native bf16); fp32 measures an fp32-only CPU's pipeline on any CPU")
     p.add_argument("--threads", type=int, default=None,
                    help="torch / OpenMP threads in every process (default: torch's default). "
                         "On a machine whose cores are busy, 1 avoids spin-waiting threads")
@@ -662,7 +670,7 @@ def main(argv=None):
     detector = a.detector or str(DEFAULT_DETECTOR)
     preset = "quick" if a.quick else "gpu" if a.gpu else "full"
     results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "preset": preset,
-               "device": a.device,
+               "device": a.device, "precision": a.precision,
                "machine": machine(), "classifier": {"path": str(ckpt), "kind": ckpt_kind},
                "detector": {"path": detector,
                             "meta": read_sidecar(detector) or None},
@@ -671,8 +679,8 @@ def main(argv=None):
     if "stages" in sections:
         log("stages: building mosaic ...")
         z, _, _ = stage_mosaic(workdir, cfg["stage_grid"], "s")
-        cls = Classifier(ckpt, device=a.device)
-        det = load_detector(detector, device=a.device)
+        cls = Classifier(ckpt, device=a.device, precision=a.precision)
+        det = load_detector(detector, device=a.device, precision=a.precision)
         log("stages: measuring ...")
         results["stages"] = bench_stages(z, det, cls)
         del cls, det
