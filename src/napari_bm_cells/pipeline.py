@@ -249,8 +249,11 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     probs = np.concatenate([np.zeros((0, nc), np.float32)] + all_probs)
     centres = np.concatenate([np.zeros((0, 2))] + all_centres)
     cells = _rows(dets, np.arange(len(dets)), centres, probs, cls.classes, min_conf)
-    cells.insert(cells.columns.get_loc("p_atypical") + 1, "area_score",
-                 areas.score_at(cells["x"].to_numpy(), cells["y"].to_numpy()).astype(np.float32))
+    # the region a cell was counted from holds its box centre (as iter_detect_regions
+    # assigns it), which its contour's centre (x, y) may lie just outside of
+    cells.insert(cells.columns.get_loc("p_atypical") + 1, "area_score", areas.score_at(
+        (cells["bbox_x0"] + cells["bbox_x1"]).to_numpy() / 2,
+        (cells["bbox_y0"] + cells["bbox_y1"]).to_numpy() / 2).astype(np.float32))
     # with a review threshold the differential always has an UNK row (0 when none)
     summary = differential(cells["label"], list(cls.classes) + ([UNCLASSIFIED] if min_conf else []), exclude=exclude,
                            p_blast=cells["p_blast"].to_numpy(), p_atypical=cells["p_atypical"].to_numpy())
