@@ -151,3 +151,22 @@ def test_an_edge_cells_crop_is_the_same_everywhere(data_dir, classifier, detecto
         outside = full[:, :max(0, int(np.ceil(side / 2 - r["x"])) - 1)]
         if outside.size:
             assert np.ptp(outside.reshape(-1, 3), axis=0).max() == 0
+
+
+def test_outside_a_tight_camera_field_is_filled_with_its_glass_colour(data_dir):
+    """A Raabin-WBC field (575 x 575 px, red cells over most of its border) whose white
+    cell's crop is larger than the field: the fill is the glass between the red cells, as
+    light as the border's lightest quarter, not the red cells' darker median."""
+    from PIL import Image
+
+    path = next((data_dir / "txl-pbc" / "images").rglob("a288af9e-4088-52ce-af7b-3687b0360848.jpg"))
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape[:2] == (575, 575)
+    crop = square_crop(img, (287, 287), 761)  # the side analyze cuts for this field's cell
+    fill = crop[0, 0].astype(float)
+    assert (crop[:90] == crop[0, 0]).all() and (crop[-90:] == crop[0, 0]).all()
+    np.testing.assert_array_equal(crop[93:93 + 575, 93:93 + 575], img)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).astype(float)
+    light = border.sum(1)
+    assert fill.sum() >= np.quantile(light, 0.75) - 3
+    assert fill.sum() > np.median(border, 0).sum() + 30  # the red cells' median is darker

@@ -150,8 +150,8 @@ def square_crop(image, centre: tuple[float, float], side: float, valid=None) -> 
     :func:`slide_square`): only the needed window is read. The square's top-left pixel is
     ``floor(centre - side / 2 + 0.5)`` (the same pixel for a window of the slide and for
     the slide itself). Outside ``valid`` (row0, col0, row1, col1: the part of ``image``
-    that is real slide; default all of it) the square is filled with the median colour of
-    the real part's border, the smear background: cells at the slide edge are kept, with
+    that is real slide; default all of it) the square is filled with the smear background's
+    colour on the real part's border (:func:`border_colour`): cells at the slide edge are kept, with
     neither mirrored copies of the cell nor streaks of repeated edge pixels.
     """
     H, W = image.shape[:2]
@@ -173,10 +173,16 @@ def square_crop(image, centre: tuple[float, float], side: float, valid=None) -> 
 
 
 def border_colour(window: np.ndarray) -> np.ndarray:
-    """Median colour of the outermost rows and columns of an (H, W, 3) image: what
-    :func:`square_crop` fills the part of a square outside the slide with."""
+    """The smear background's colour on the outermost rows and columns of an (H, W, 3)
+    image: the median of their lightest quarter (glass is the lightest thing in a
+    smear). What :func:`square_crop` fills the part of a square outside the slide with.
+
+    The lightest quarter, not all of the border: in a tight camera field red cells cover
+    most of the border, and a frame of their colour around the image made the classifier
+    take large white cells for platelets (docs/models.md, *Single-cell images*)."""
     border = np.concatenate([window[0], window[-1], window[:, 0], window[:, -1]])
-    return np.median(border, axis=0)
+    light = border.astype(np.float32).sum(-1)
+    return np.median(border[light >= np.quantile(light, 0.75)], axis=0)
 
 
 def square_origin(centre: tuple[float, float], side: float) -> tuple[int, int]:

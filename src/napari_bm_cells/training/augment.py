@@ -110,9 +110,10 @@ class ReflectAffine(torch.nn.Module):
 
 class FieldEdge(torch.nn.Module):
     """A cell crop as :func:`napari_bm_cells.crop.square_crop` cuts it at a field's edge:
-    the part of the square outside the image filled with the median colour of the real
-    part's border. One side (a cell near an edge), two (a corner) or four (a camera image
-    smaller than the crop) lose a band of 2-30% of the side each; the centre cell stays."""
+    the part of the square outside the image filled with the background colour of the
+    real part's border (:func:`~napari_bm_cells.crop.border_colour`). One side (a cell
+    near an edge), two (a corner) or four (a camera image smaller than the crop) lose a
+    band of 2-30% of the side each; the centre cell stays."""
 
     def __init__(self, max_band: float = 0.3):
         super().__init__()
