@@ -179,7 +179,7 @@ def border_colour(window: np.ndarray) -> np.ndarray:
 
     The lightest quarter, not all of the border: in a tight camera field red cells cover
     most of the border, and a frame of their colour around the image made the classifier
-    take large white cells for platelets (docs/models.md, *Single-cell images*)."""
+    take large white cells for platelets (docs/models.md, *The fill outside a tight field*)."""
     border = np.concatenate([window[0], window[-1], window[:, 0], window[:, -1]])
     light = border.astype(np.float32).sum(-1)
     return np.median(border[light >= np.quantile(light, 0.75)], axis=0)
