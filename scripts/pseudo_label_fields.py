@@ -1,6 +1,8 @@
 """Cut the white cells of other labs' detection fields and type them with a teacher
 (pseudo-labels for ``train-classifier --extra-data``); prints the types per lab (of all
-the white cells, so also how many the teacher takes for platelets: a sure error).
+the white cells, so also how many the teacher takes for platelets: a sure error) and,
+per type, the share of crops whose square reaches past the field on some side (filled
+with the glass colour there).
 
     python scripts/pseudo_label_fields.py TEACHER OUT [--data .pack/txl-pbc/data.yaml]
         [--labs Raabin-WBC BCD] [--min-confidence P] [--crop-px 112]
@@ -26,6 +28,8 @@ def main(argv=None):
                              min_confidence=a.min_confidence)
     df.to_csv(f"{a.out}/cells.csv", index=False)
     print(df.groupby(["lab", "label"]).size().unstack(0).fillna(0).astype(int).T.to_string())
+    print("share of crops reaching past the field:")
+    print((df["sides_past_edge"] > 0).groupby([df["lab"], df["label"]]).mean().unstack(0).round(2).T.to_string())
     print("written (confident, not platelets):", {k: int(v) for k, v in df.groupby("lab")["kept"].sum().items()})
 
 

@@ -145,6 +145,12 @@ def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_d
         sizes.append(cell_diameter(crop))
     measured = [d for d in sizes if d]  # None: no centre contour found in the crop
     assert len(measured) >= len(sizes) // 2 and 0.8 < np.median(measured) / ref < 1.25, (sizes, ref)
+    # a square reaching past its field on every side has one colour all round its border
+    # (the glass's); one inside the field has the smear's texture there
+    ring = {e: [np.concatenate([c[0], c[-1], c[:, 0], c[:, -1]]).std(0).max()
+                for c in (np.asarray(Image.open(q).convert("RGB")) for q in df.loc[df["sides_past_edge"] == e, "path"])]
+            for e in (0, 4)}
+    assert ring[4] and ring[0] and max(ring[4]) < 2 < min(ring[0]), ring
     sure = pseudo_label_fields(yaml, tmp_path / "sure", classifier_path, splits=("train",), min_confidence=0.9)
     sure = sure[sure["kept"]]
     assert len(sure) < len(df) and (sure["confidence"] >= 0.9).all()

@@ -27,14 +27,16 @@ def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str]]:
     cells for a classifier with ``meta``'s field of view and cell size (the crop scaled by
     the field's white cells' measured size), at ``out_px`` px.
 
-    Returns the crops (N, out_px, out_px, 3) and a name per crop (``<field>_<box>``).
+    Returns the crops (N, out_px, out_px, 3), a name per crop (``<field>_<box>``) and
+    how many sides of each crop's square reach past its field (0-4: filled with the
+    glass colour there, see :func:`~napari_bm_cells.crop.square_crop`).
     """
     from ..cut_cells import crop_side, read_cell_crops
     from ..detect import Detections
     from ..io import open_slide
     from ..options import AnalysisOptions
 
-    crops, names = [], []
+    crops, names, edges = [], [], []
     for s in samples:
         wbc = [b for b in s.boxes if b.cls == "WBC"]
         if not wbc:
@@ -43,10 +45,21 @@ def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str]]:
                           np.ones(len(wbc), np.float32))
         slide = open_slide(s.image)
         side = crop_side(meta, slide, dets, AnalysisOptions())
-        cut = read_cell_crops(slide, dets, np.arange(len(wbc)), side, out_px, meta.crop_size_px)[0]
+        cut, centres, _ = read_cell_crops(slide, dets, np.arange(len(wbc)), side, out_px, meta.crop_size_px)
         crops += list(cut)
         names += [f"{s.image.stem}_{i}" for i in range(len(wbc))]
-    return (np.stack(crops) if crops else np.zeros((0, out_px, out_px, 3), np.uint8)), names
+        edges += [sides_past_edge(c, side, slide.shape[:2]) for c in centres]
+    return (np.stack(crops) if crops else np.zeros((0, out_px, out_px, 3), np.uint8)), names, edges
+
+
+def sides_past_edge(centre, side: float, shape) -> int:
+    """How many sides of the ``side``-px square centred on ``centre`` (row, col) lie
+    outside an image of ``shape`` (height, width)."""
+    from ..crop import square_origin
+
+    r0, c0 = square_origin(centre, side)
+    n = int(round(side))
+    return int(r0 < 0) + int(c0 < 0) + int(r0 + n > shape[0]) + int(c0 + n > shape[1])
 
 
 def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str | Path,
@@ -76,8 +89,8 @@ def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str
 
     Returns
     -------
-    DataFrame with ``path`` (empty where not written), ``label``, ``lab``, ``confidence``
-    and ``kept`` (written) of every white cell.
+    DataFrame with ``path`` (empty where not written), ``label``, ``lab``, ``confidence``,
+    ``kept`` (written) and ``sides_past_edge`` (:func:`cut_lab_cells`) of every white cell.
     """
     from PIL import Image
 
@@ -95,19 +108,19 @@ def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str
         samples = [s for sp in splits for s in fields.get(sp, []) if field_source(s).lower() == lab.lower()]
         if not samples:
             raise InputError(f"{data_yaml}: no field of lab {lab!r} in splits {list(splits)}")
-        crops, names = cut_lab_cells(samples, clf.meta, out_px)
+        crops, names, edges = cut_lab_cells(samples, clf.meta, out_px)
         x = np.stack([resize_square(c, clf.input_size) for c in crops])
         if clf.meta.lab_reference is not None:
             x = LabStandard(lab_stats(x), clf.meta.lab_reference)(x)
         probs = clf.predict_in_batches(x)
         label, conf = np.array(clf.classes)[probs.argmax(1)], probs.max(1)
         keep = (conf >= (threshold or 0.0)) & (label != "PLT")
-        for c, n, lb, p, k in zip(crops, names, label, conf, keep):
+        for c, n, lb, p, k, e in zip(crops, names, label, conf, keep, edges):
             path = out_dir / lb / f"{lab}_{n}.png"
             if k:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(c).save(path)
-            rows.append((str(path) if k else "", lb, lab, round(float(p), 4), bool(k)))
+            rows.append((str(path) if k else "", lb, lab, round(float(p), 4), bool(k), e))
         log.info("%s: %d of %d white cells typed with confidence >= %.2f", lab, keep.sum(), len(crops),
                  threshold or 0.0)
-    return pd.DataFrame(rows, columns=["path", "label", "lab", "confidence", "kept"])
+    return pd.DataFrame(rows, columns=["path", "label", "lab", "confidence", "kept", "sides_past_edge"])
