@@ -5,9 +5,12 @@ Takes the white cells of one lab whose crops lie wholly inside their fields (wri
 side with the glass colour (:func:`napari_bm_cells.crop.border_colour`, what the pipeline
 fills the part of a square outside the image with), standardises the crops together
 as that script does and prints the types per band width. The cells and their
-surroundings are the same in every row; only the frame differs.
+surroundings are the same in every row; only the frame differs. With
+``--unframed-stats`` the colour statistics come from the crops without a frame, so only
+the network sees the frame.
 
     python scripts/frame_probe.py CKPT OUT/cells.csv [--lab Raabin-WBC] [--bands 0 0.06 0.12 0.18]
+        [--unframed-stats]
 """
 from __future__ import annotations
 
@@ -39,16 +42,18 @@ def main(argv=None):
     ap.add_argument("cells_csv", help="cells.csv of a pseudo_label_fields.py run with --min-confidence 0")
     ap.add_argument("--lab", default="Raabin-WBC")
     ap.add_argument("--bands", nargs="+", type=float, default=[0, 0.06, 0.12, 0.18])
+    ap.add_argument("--unframed-stats", action="store_true",
+                    help="standardise every band with the colour statistics of the unframed crops")
     a = ap.parse_args(argv)
     clf = Classifier(a.checkpoint)
     df = pd.read_csv(a.cells_csv)
     df = df[(df["lab"] == a.lab) & (df["sides_past_edge"] == 0) & df["kept"]]
     crops = [np.asarray(Image.open(p).convert("RGB")) for p in df["path"]]
     crops = np.stack([resize_square(c, clf.input_size) for c in crops])
-    rows = {}
+    rows, unframed = {}, lab_stats(crops)
     for band in a.bands:
         x = np.stack([framed(c, band) for c in crops])
-        x = LabStandard(lab_stats(x), clf.meta.lab_reference)(x)
+        x = LabStandard(unframed if a.unframed_stats else lab_stats(x), clf.meta.lab_reference)(x)
         labels = np.array(clf.classes)[clf.predict_in_batches(x).argmax(1)]
         rows[f"band {band:.0%}"] = pd.Series(labels).value_counts()
     print(f"{a.lab}: {len(crops)} white cells whose crops lie inside their fields, framed on every side")
