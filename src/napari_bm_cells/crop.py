@@ -193,6 +193,15 @@ def square_origin(centre: tuple[float, float], side: float) -> tuple[int, int]:
     return math.floor(centre[0] - n / 2 + 0.5), math.floor(centre[1] - n / 2 + 0.5)
 
 
+def sides_past_edge(centre: tuple[float, float], side: float, shape) -> int:
+    """How many sides (0-4) of the ``side``-px square centred on ``centre`` (row, col)
+    reach past an image of ``shape`` (height, width): where :func:`square_crop` fills
+    with the glass colour."""
+    r0, c0 = square_origin(centre, side)
+    n = int(round(side))
+    return int(r0 < 0) + int(c0 < 0) + int(r0 + n > shape[0]) + int(c0 + n > shape[1])
+
+
 class _Level0:
     """Level 0 of a slide as a 2-D sliceable array (what :func:`square_crop` reads)."""
 

@@ -22,15 +22,16 @@ from .labs import field_source
 log = logging.getLogger(__name__)
 
 
-def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str]]:
+def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str], list[int]]:
     """Every white-cell box of ``samples`` (detection fields), cut as ``analyze`` cuts
     cells for a classifier with ``meta``'s field of view and cell size (the crop scaled by
     the field's white cells' measured size), at ``out_px`` px.
 
     Returns the crops (N, out_px, out_px, 3), a name per crop (``<field>_<box>``) and
     how many sides of each crop's square reach past its field (0-4: filled with the
-    glass colour there, see :func:`~napari_bm_cells.crop.square_crop`).
+    glass colour there; :func:`~napari_bm_cells.crop.sides_past_edge`).
     """
+    from ..crop import sides_past_edge
     from ..cut_cells import crop_side, read_cell_crops
     from ..detect import Detections
     from ..io import open_slide
@@ -50,16 +51,6 @@ def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str]]:
         names += [f"{s.image.stem}_{i}" for i in range(len(wbc))]
         edges += [sides_past_edge(c, side, slide.shape[:2]) for c in centres]
     return (np.stack(crops) if crops else np.zeros((0, out_px, out_px, 3), np.uint8)), names, edges
-
-
-def sides_past_edge(centre, side: float, shape) -> int:
-    """How many sides of the ``side``-px square centred on ``centre`` (row, col) lie
-    outside an image of ``shape`` (height, width)."""
-    from ..crop import square_origin
-
-    r0, c0 = square_origin(centre, side)
-    n = int(round(side))
-    return int(r0 < 0) + int(c0 < 0) + int(r0 + n > shape[0]) + int(c0 + n > shape[1])
 
 
 def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str | Path,
