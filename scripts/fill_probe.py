@@ -20,22 +20,16 @@ from PIL import Image
 import napari_bm_cells.cut_cells as cut_cells
 from napari_bm_cells.classify import Classifier
 from napari_bm_cells.colour import LabStandard, lab_stats
-from napari_bm_cells.crop import resize_square, square_crop, square_origin
+from napari_bm_cells.crop import real_part, resize_square, square_crop, square_origin
 from napari_bm_cells.training.det_data import read_yolo
 from napari_bm_cells.training.labs import field_source
 from napari_bm_cells.training.pseudo_labels import cut_lab_cells
 
 
-def _field(image, valid):
-    h, w = image.shape[:2]
-    vy0, vx0, vy1, vx1 = valid if valid is not None else (0, 0, h, w)
-    return max(vy0, 0), max(vx0, 0), min(vy1, h), min(vx1, w)
-
-
 def padded(mode: str):
     """A ``square_crop`` that fills outside the field with ``np.pad`` in ``mode``."""
     def crop(image, centre, side, valid=None):
-        vy0, vx0, vy1, vx1 = _field(image, valid)
+        vy0, vx0, vy1, vx1 = real_part(image, valid)
         n = int(round(side))
         r0, c0 = square_origin(centre, n)
         big = np.pad(np.asarray(image[vy0:vy1, vx0:vx1]), ((n, n), (n, n), (0, 0)), mode=mode)
@@ -45,7 +39,7 @@ def padded(mode: str):
 
 def shrunk(image, centre, side, valid=None):
     """The largest square inside the field around ``centre``, enlarged to ``side``."""
-    vy0, vx0, vy1, vx1 = _field(image, valid)
+    vy0, vx0, vy1, vx1 = real_part(image, valid)
     n = int(round(side))
     s = min(n, vy1 - vy0, vx1 - vx0)
     if s == n:

@@ -2,8 +2,8 @@
 
 Takes the white cells of one lab whose crops lie wholly inside their fields (written by
 ``scripts/pseudo_label_fields.py CKPT OUT --min-confidence 0``), replaces a band of each
-side with the glass colour (:func:`napari_bm_cells.crop.border_colour`, what the pipeline
-fills the part of a square outside the image with), standardises the crops together
+side with the glass colour (:func:`napari_bm_cells.training.augment.fill_bands`, as the
+pipeline fills the part of a square outside the image), standardises the crops together
 as that script does and prints the types per band width. The cells and their
 surroundings are the same in every row; only the frame differs. With
 ``--unframed-stats`` the colour statistics come from the crops without a frame, so only
@@ -18,22 +18,20 @@ import argparse
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from napari_bm_cells.classify import Classifier
 from napari_bm_cells.colour import LabStandard, lab_stats
-from napari_bm_cells.crop import border_colour, resize_square
+from napari_bm_cells.crop import resize_square
+from napari_bm_cells.training.augment import fill_bands
 
 
 def framed(crop: np.ndarray, band: float) -> np.ndarray:
-    """``crop`` with a band of ``band`` x its side on every side filled with the glass colour."""
+    """``crop`` (HWC) with a band of ``band`` x its side on every side filled with the
+    glass colour, as ``train-classifier --field-edges`` frames training crops."""
     k = int(round(band * crop.shape[0]))
-    if k == 0:
-        return crop
-    out = np.empty_like(crop)
-    out[:] = border_colour(crop[k:-k, k:-k]).astype(np.uint8)
-    out[k:-k, k:-k] = crop[k:-k, k:-k]
-    return out
+    return fill_bands(torch.from_numpy(crop).permute(2, 0, 1), k, k, k, k).permute(1, 2, 0).numpy()
 
 
 def main(argv=None):

@@ -154,10 +154,8 @@ def square_crop(image, centre: tuple[float, float], side: float, valid=None) -> 
     colour on the real part's border (:func:`border_colour`): cells at the slide edge are kept, with
     neither mirrored copies of the cell nor streaks of repeated edge pixels.
     """
-    H, W = image.shape[:2]
     side = int(round(side))
-    vy0, vx0, vy1, vx1 = valid if valid is not None else (0, 0, H, W)
-    vy0, vx0, vy1, vx1 = max(vy0, 0), max(vx0, 0), min(vy1, H), min(vx1, W)
+    vy0, vx0, vy1, vx1 = real_part(image, valid)
     r0, c0 = square_origin(centre, side)
     rr0, cc0 = max(r0, vy0), max(c0, vx0)
     rr1, cc1 = min(r0 + side, vy1), min(c0 + side, vx1)
@@ -170,6 +168,14 @@ def square_crop(image, centre: tuple[float, float], side: float, valid=None) -> 
         out[:] = border_colour(window).astype(np.uint8)
     out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = window
     return out
+
+
+def real_part(image, valid=None) -> tuple[int, int, int, int]:
+    """(row0, col0, row1, col1) of the part of ``image`` that is real slide: ``valid``
+    clipped to the image (default all of it), as :func:`square_crop` reads it."""
+    H, W = image.shape[:2]
+    vy0, vx0, vy1, vx1 = valid if valid is not None else (0, 0, H, W)
+    return max(vy0, 0), max(vx0, 0), min(vy1, H), min(vx1, W)
 
 
 def border_colour(window: np.ndarray) -> np.ndarray:

@@ -124,14 +124,21 @@ class FieldEdge(torch.nn.Module):
         n_sides = int(torch.multinomial(torch.tensor([0.5, 0.2, 0.0, 0.3]), 1)) + 1
         bands = torch.zeros(4)
         bands[torch.randperm(4)[:n_sides]] = 0.02 + (self.max_band - 0.02) * torch.rand(n_sides)
-        top, bottom, left, right = (int(b * s) for b, s in zip(bands, (h, h, w, w)))
-        from ..crop import border_colour
+        return fill_bands(img, *(int(b * s) for b, s in zip(bands, (h, h, w, w))))
 
-        real = img[..., top:h - bottom, left:w - right]
-        fill = torch.from_numpy(border_colour(real.permute(1, 2, 0).numpy())).to(img.dtype)
-        out = fill[:, None, None].expand_as(img).clone()
-        out[..., top:h - bottom, left:w - right] = real
-        return out
+
+def fill_bands(img: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """A CHW image whose outer bands (px per side) are replaced by the glass colour of the
+    rest's border (:func:`~napari_bm_cells.crop.border_colour`), as
+    :func:`~napari_bm_cells.crop.square_crop` fills the part of a square outside a field."""
+    from ..crop import border_colour
+
+    h, w = img.shape[-2:]
+    real = img[..., top:h - bottom, left:w - right]
+    fill = torch.from_numpy(border_colour(real.permute(1, 2, 0).numpy())).to(img.dtype)
+    out = fill[:, None, None].expand_as(img).clone()
+    out[..., top:h - bottom, left:w - right] = real
+    return out
 
 
 def train_transform(stain: bool = True, field_edge: float = 0.0) -> torch.nn.Module:
