@@ -1,21 +1,60 @@
 """The loaded classifier on real PBC crops."""
+from pathlib import Path
+
 import numpy as np
+import pytest
 from skimage.io import imread
 from skimage.transform import resize
 
-from napari_bm_cells.checkpoint import load_model
+from napari_bm_cells.checkpoint import load_model, read_meta, save_checkpoint
 from napari_bm_cells.classify import Classifier
+from napari_bm_cells.errors import InputError
+from napari_bm_cells.training.combine import combine
+from napari_bm_cells.training.train_classifier import split_path
 
 
 def test_folded_batch_norms_give_the_checkpoints_probabilities(data_dir, classifier_path):
-    paths = sorted((data_dir / "pbc").glob("*/*.jpg"))[::250]
     clf = Classifier(classifier_path, device="cpu", precision="fp32")
     assert not any(type(m).__name__.startswith("BatchNorm") for m in clf.model.modules())
-    crops = np.stack([(resize(imread(p), (clf.input_size,) * 2, anti_aliasing=True) * 255).astype(np.uint8)
-                      for p in paths])
+    crops = _pbc_crops(data_dir, clf.input_size)
     unfolded = Classifier.from_model(*load_model(classifier_path), device="cpu", precision="fp32")
     assert any(type(m).__name__.startswith("BatchNorm") for m in unfolded.model.modules())
     p, q = clf.predict(crops), unfolded.predict(crops)
     assert len(crops) >= 20
     np.testing.assert_allclose(p, q, atol=1e-4)
     assert (p.argmax(1) == q.argmax(1)).all()
+
+
+TEACHER = Path(__file__).parents[1] / "teachers" / "efficientnet_lite0_pbc.safetensors"
+
+
+def _pbc_crops(data_dir, size: int, step: int = 250) -> np.ndarray:
+    paths = sorted((data_dir / "pbc").glob("*/*.jpg"))[::step]
+    return np.stack([(resize(imread(p), (size, size), anti_aliasing=True) * 255).astype(np.uint8) for p in paths])
+
+
+def test_an_ensemble_checkpoint_gives_its_members_mean_probabilities(data_dir, classifier_path, tmp_path):
+    out = combine([classifier_path, TEACHER], tmp_path / "ens.safetensors")
+    ens = Classifier(out, device="cpu", precision="fp32")
+    assert ens.meta.arch == "ensemble" and [m["arch"] for m in ens.meta.members] == ["resnext26ts",
+                                                                                      "tf_efficientnet_lite0"]
+    assert split_path(out).read_text() == split_path(classifier_path).read_text()
+    crops = _pbc_crops(data_dir, ens.input_size)
+    members = [Classifier(c, device="cpu", precision="fp32").predict(crops) for c in (classifier_path, TEACHER)]
+    p = ens.predict(crops)
+    np.testing.assert_allclose(p, np.mean(members, 0), atol=2e-3)
+    assert (np.abs(p - members[0]).max(1) > 0.01).any() and (np.abs(p - members[1]).max(1) > 0.01).any()
+
+
+def test_combining_classifiers_of_other_crops_or_an_ensemble_is_one_clear_error(classifier_path, tmp_path):
+    from safetensors.torch import load_file
+
+    meta = read_meta(TEACHER)
+    meta.crop_size_px = 360
+    other = save_checkpoint(tmp_path / "other_fov.safetensors", load_file(str(TEACHER)), meta)
+    with pytest.raises(InputError, match=r"other_fov\.safetensors: crop_size_px 360 differs"):
+        combine([classifier_path, other], tmp_path / "bad.safetensors")
+    ens = combine([classifier_path, TEACHER], tmp_path / "ens.safetensors")
+    with pytest.raises(InputError, match=r"ens\.safetensors: is an ensemble already"):
+        combine([ens, TEACHER], tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -1,6 +1,7 @@
 """Our classifier checkpoint format: one ``.safetensors`` file.
 
-The tensors are the timm model's ``state_dict`` (half precision when shipped); the file's
+The tensors are the timm model's ``state_dict`` (half precision when shipped; for an
+ensemble, its members', :mod:`napari_bm_cells.ensemble`); the file's
 metadata holds a JSON document under the key ``"bm_cells"`` with the architecture, the
 class codes in output order, the input size, normalisation, the field of view the model
 was trained on, and provenance. A single file cannot lose its metadata on the way.
@@ -49,6 +50,9 @@ class ClassifierMeta:
         Top-class probability below which a cell is left unclassified (``UNK``) for
         review: chosen on the validation split (see
         :func:`napari_bm_cells.training.calibrate.choose_min_confidence`); None: never.
+    members : list of dict or None
+        For ``arch="ensemble"`` (:mod:`napari_bm_cells.ensemble`): each member network's
+        ``arch``, ``mean``, ``std`` and provenance; None for a single network.
     """
 
     arch: str
@@ -64,6 +68,7 @@ class ClassifierMeta:
     lab_reference: dict | None = None
     min_confidence: float | None = None
     metrics: dict = field(default_factory=dict)
+    members: list[dict] | None = None
     format_version: int = FORMAT_VERSION
 
 
@@ -124,10 +129,12 @@ def load_model(path: str | Path, device: str = "cpu"):
     import timm
     from safetensors.torch import load_file
 
+    from .ensemble import ENSEMBLE, build
+
     meta = read_meta(path)
     try:
-        model = timm.create_model(meta.arch, pretrained=False, num_classes=len(meta.classes),
-                                  **arch_kwargs(meta.arch, meta.input_size))
+        model = build(meta) if meta.arch == ENSEMBLE else timm.create_model(
+            meta.arch, pretrained=False, num_classes=len(meta.classes), **arch_kwargs(meta.arch, meta.input_size))
     except Exception as exc:
         raise InputError(f"{path}: unknown architecture {meta.arch!r} ({exc})") from None
     state = load_file(str(path))

@@ -112,6 +112,14 @@ def cmd_calibrate(a):
     print(f"wrote {res['checkpoint']}")
 
 
+def cmd_combine(a):
+    from .training.combine import combine
+
+    print(f"wrote {combine(a.checkpoints, a.out)} (mean of {len(a.checkpoints)} classifiers' probabilities); "
+          "choose its review threshold with 'bm-cells calibrate-confidence DATA --classifier "
+          f"{a.out}'")
+
+
 def cmd_evaluate_classifier(a):
     from .training.evaluate import evaluate_classifier
 
@@ -368,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this fraction of cells goes to review (default 0.2)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("combine-classifiers",
+                       help="one ensemble checkpoint of several classifiers trained on the same crops "
+                            "(the mean of their probabilities)")
+    s.add_argument("checkpoints", nargs="+", help="classifier checkpoints (.safetensors), two or more")
+    s.add_argument("--out", required=True, help="ensemble checkpoint to write (.safetensors)")
+    s.set_defaults(func=cmd_combine)
 
     s = sub.add_parser("evaluate-classifier", help="metrics of a classifier on a folder per class")
     s.add_argument("data_dir")

@@ -279,6 +279,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                      "tile_size": opts.tile_size, "overlap": opts.overlap,
                      "border_duplicates_removed": n_dup},
         "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,
+                       **({"members": [m["arch"] for m in cls.meta.members]} if cls.meta.members else {}),
                        "classes": cls.classes, "crop_px_level0": side, "crop_scale": scale_by,
                        "input_size": cls.input_size, "device": cls.device,
                        "colour": colour.info()},

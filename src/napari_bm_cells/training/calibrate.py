@@ -68,6 +68,7 @@ def calibrate_checkpoint(checkpoint, data_dir, out=None, split: str = "val", dev
     from ..errors import InputError
     from .cls_data import load_images
     from .evaluate import evaluation_rows, folder_codes
+    from .train_classifier import copy_split
 
     ckpt = Path(checkpoint)
     clf = Classifier(ckpt, device=device)
@@ -89,7 +90,7 @@ def calibrate_checkpoint(checkpoint, data_dir, out=None, split: str = "val", dev
     meta.metrics = {**meta.metrics, "review_threshold": {k: v for k, v in res.items() if k != "data_dir"}}
     target = Path(out) if out else ckpt
     save_checkpoint(target, load_file(str(ckpt)), meta)
-    _copy_split(ckpt, target)
+    copy_split(ckpt, target)
     res["checkpoint"] = str(target)
     return res
 
@@ -107,15 +108,6 @@ def colour_reference(checkpoint, data_dir) -> dict:
     pick = np.sort(np.random.default_rng(0).permutation(len(rows))[:800])
     imgs, ok = load_images(rows["path"].iloc[pick].tolist(), meta.input_size, fov=meta.crop_size_px)
     return lab_reference(imgs[ok])
-
-
-def _copy_split(src: Path, dst: Path) -> None:
-    """Keep the split file beside a calibrated copy, so its test split stays known."""
-    from .train_classifier import split_path
-
-    a, b = split_path(src), split_path(dst)
-    if a.is_file() and a.resolve() != b.resolve():
-        b.write_text(a.read_text())
 
 
 def summary_line(res: dict) -> str:

@@ -41,6 +41,14 @@ def split_path(ckpt: str | Path) -> Path:
     return ckpt.with_name(ckpt.stem + ".split.csv")
 
 
+def copy_split(src: str | Path, dst: str | Path) -> None:
+    """Keep a checkpoint's split file beside a copy or derivative of it, so its test split
+    stays known."""
+    a, b = split_path(src), split_path(dst)
+    if a.is_file() and a.resolve() != b.resolve():
+        b.write_text(a.read_text())
+
+
 def _normalise(x, mean, std):
     import torch
     return (x - torch.tensor(mean, device=x.device).view(1, 3, 1, 1)) / \
