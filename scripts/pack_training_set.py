@@ -2,13 +2,14 @@
 
 Detection sets (TXL-PBC, BCCD) keep their layout, sizes and labels, re-encoded as JPEG
 (quality 65); PBC crops are cut to the classifier's field of view (the central 250 px)
-and stored at the network's input size (112 px), so the whole set fits in about 55 MB.
-Train on the packed crops with ``--crop-size-px 112 --ref-cell-px <107 x 112/250>``: the
-field of view and the cell size are then the same as on the full crops; then restate the
-checkpoints in full-crop pixels (``--restate``), as the pipeline cuts crops from slides by
-them.
+and stored at the network's input size (112 px, or ``--size N``), so the whole set fits in
+about 55 MB. Train on the packed crops with ``--crop-size-px 112 --ref-cell-px <107 x
+112/250>`` (``--img-size N --crop-size-px N --ref-cell-px <107 x N/250>`` for another
+size): the field of view and the cell size are then the same as on the full crops; then
+restate the checkpoints in full-crop pixels (``--restate``), as the pipeline cuts crops
+from slides by them.
 
-Usage: ``python scripts/pack_training_set.py ../shared/data .pack``, then
+Usage: ``python scripts/pack_training_set.py ../shared/data .pack [--size N]``, then
 ``tar czf .packed/data.tgz .pack`` (what ``scripts/gpu_train.sh`` unpacks); after
 training, ``python scripts/pack_training_set.py --restate CKPT.safetensors ...``
 (``gpu_train.sh`` runs it on its classifiers).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -31,15 +33,15 @@ def _reencode(src: Path, dst: Path, quality: int = 65) -> None:
         im.convert("RGB").save(dst, quality=quality)
 
 
-def _crop(src: Path, dst: Path) -> None:
+def _crop(src: Path, dst: Path, size: int = SIZE) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(src) as im:
         im = im.convert("RGB")
         left, top = (im.size[0] - FOV) // 2, (im.size[1] - FOV) // 2
-        im.crop((left, top, left + FOV, top + FOV)).resize((SIZE, SIZE), Image.BILINEAR).save(dst, quality=80)
+        im.crop((left, top, left + FOV, top + FOV)).resize((size, size), Image.BILINEAR).save(dst, quality=80)
 
 
-def pack(data: Path, out: Path) -> None:
+def pack(data: Path, out: Path, size: int = SIZE) -> None:
     jobs = []
     for name in ("txl-pbc", "bccd"):
         for p in (data / name).rglob("*"):
@@ -53,7 +55,7 @@ def pack(data: Path, out: Path) -> None:
                 shutil.copy2(p, dst)
     for name in ("pbc", "pbc-extra"):
         for p in sorted((data / name).glob("*/*.jpg")):
-            jobs.append((_crop, p, out / name / p.relative_to(data / name)))
+            jobs.append((partial(_crop, size=size), p, out / name / p.relative_to(data / name)))
     with ThreadPoolExecutor(4) as ex:
         list(ex.map(lambda j: j[0](j[1], j[2]), jobs))
     print(f"packed {len(jobs)} images into {out}")
@@ -61,13 +63,14 @@ def pack(data: Path, out: Path) -> None:
 
 def restate(ckpt: Path) -> None:
     """Field of view and cell size of a checkpoint trained on packed crops, in the
-    pixels of the full PBC crops (250 px field of view)."""
+    pixels of the full PBC crops (250 px field of view); the packed size is the
+    checkpoint's field of view."""
     from napari_bm_cells.checkpoint import load_model, save_checkpoint
 
     model, meta = load_model(ckpt)
-    if meta.crop_size_px != SIZE:
-        raise SystemExit(f"{ckpt}: field of view {meta.crop_size_px} px, not the packed {SIZE} px")
-    meta.ref_cell_px *= FOV / SIZE
+    if meta.crop_size_px >= FOV:
+        raise SystemExit(f"{ckpt}: field of view {meta.crop_size_px} px, not a packed crop's (< {FOV} px)")
+    meta.ref_cell_px *= FOV / meta.crop_size_px
     meta.crop_size_px = FOV
     save_checkpoint(ckpt, model.state_dict(), meta, half=True)
     print(f"{ckpt}: field of view {FOV} px, cell {meta.ref_cell_px:.1f} px")
@@ -78,4 +81,5 @@ if __name__ == "__main__":
         for c in sys.argv[2:]:
             restate(Path(c))
     else:
-        pack(Path(sys.argv[1]), Path(sys.argv[2]))
+        size = int(sys.argv[sys.argv.index("--size") + 1]) if "--size" in sys.argv else SIZE
+        pack(Path(sys.argv[1]), Path(sys.argv[2]), size)
