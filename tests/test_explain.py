@@ -8,7 +8,7 @@ import pytest
 from napari_bm_cells.classify import DEFAULT_CLASSIFIER
 from napari_bm_cells.crop import centre_contour
 from napari_bm_cells.errors import InputError
-from napari_bm_cells.explain import explain_cell, explain_crop, gradcam_layer
+from napari_bm_cells.explain import explain_cell, explain_crop, gradcam_layer, gradcam_layers
 
 SHIPPED = DEFAULT_CLASSIFIER.is_file()
 needs_shipped = pytest.mark.skipif(
@@ -96,6 +96,25 @@ def test_attribution_lies_on_the_cell(classifier, pbc_crops, method):
         ratios.append(float(attr[cc.mask].mean() / max(attr[~cc.mask].mean(), 1e-6)))
     print(f"{method}: inside/outside mean attribution per crop {CODES}: "
           + ", ".join(f"{r:.2f}" for r in ratios))
+    assert sum(r > 1.0 for r in ratios) >= len(ratios) - 1, dict(zip(CODES, np.round(ratios, 2)))
+
+
+@needs_shipped
+def test_gradcam_of_an_ensemble_sums_its_members_maps_and_lies_on_the_cell(classifier_path, pbc_crops, tmp_path):
+    from napari_bm_cells.classify import Classifier
+    from napari_bm_cells.training.combine import combine
+
+    teacher = Path(__file__).parents[1] / "teachers" / "efficientnet_lite0_pbc.safetensors"
+    ens = Classifier(combine([classifier_path, teacher], tmp_path / "pair.safetensors"), device="cpu")
+    layers = gradcam_layers(ens.model)
+    assert [type(m.net).__name__ for m in ens.model.members] == ["ByobNet", "EfficientNet"]
+    assert layers[0] is ens.model.members[0].net.stages[-1] and layers[1] is ens.model.members[1].net.blocks[-1]
+    ratios = []
+    for crop in pbc_crops:
+        cc = centre_contour(crop)
+        attr, label, probs = explain_crop(ens, crop, "gradcam")
+        assert label == ens.classes[int(np.argmax(probs))] and np.ptp(attr) > 0.01
+        ratios.append(float(attr[cc.mask].mean() / max(attr[~cc.mask].mean(), 1e-6)))
     assert sum(r > 1.0 for r in ratios) >= len(ratios) - 1, dict(zip(CODES, np.round(ratios, 2)))
 
 

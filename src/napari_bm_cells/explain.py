@@ -62,6 +62,13 @@ def gradcam_layer(model):
                      "on; use --method integrated-gradients or occlusion")
 
 
+def gradcam_layers(model) -> list:
+    """:func:`gradcam_layer` of a network, or of each member network of an ensemble
+    (:mod:`napari_bm_cells.ensemble`), whose Grad-CAM is the sum of its members'."""
+    members = getattr(model, "members", None)
+    return [gradcam_layer(m.net) for m in members] if members is not None else [gradcam_layer(model)]
+
+
 def _target_index(cls, target) -> int | None:
     if target is None:
         return None
@@ -181,14 +188,14 @@ def explain_crop(classifier, crop_uint8: np.ndarray, method: str = "gradcam", ta
 
     with torch.enable_grad():
         if method == "gradcam":
-            layer = gradcam_layer(model)
-            gc = LayerGradCam(model, layer)
-            a = gc.attribute(x, target=t, relu_attributions=True)
-            if a.dim() != 4:
-                raise InputError(f"{type(layer).__name__}: Grad-CAM needs an NCHW feature map, got "
-                                 f"{tuple(a.shape)}; use integrated-gradients or occlusion")
-            a = LayerAttribution.interpolate(a, (S, S), interpolate_mode="bilinear")
-            amap = _normalise(a[0, 0].detach().float().cpu().numpy())
+            total = 0
+            for layer in gradcam_layers(model):
+                a = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
+                if a.dim() != 4:
+                    raise InputError(f"{type(layer).__name__}: Grad-CAM needs an NCHW feature map, got "
+                                     f"{tuple(a.shape)}; use integrated-gradients or occlusion")
+                total = total + LayerAttribution.interpolate(a, (S, S), interpolate_mode="bilinear")
+            amap = _normalise(total[0, 0].detach().float().cpu().numpy())
         elif method == "integrated-gradients":
             base = cls.prepare(_baseline_image(img, baseline)[None])
             ig = IntegratedGradients(model)
