@@ -59,6 +59,20 @@ def classifier_path(data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def teacher_path() -> Path:
+    """The ImageNet-pretrained EfficientNet-Lite0 of the repository (PBC, the shipped split)."""
+    return Path(__file__).parents[1] / "teachers" / "efficientnet_lite0_pbc.safetensors"
+
+
+@pytest.fixture(scope="session")
+def pair_path(classifier_path, teacher_path, tmp_path_factory) -> Path:
+    """An ensemble checkpoint of the shipped classifier and the EfficientNet-Lite0."""
+    from napari_bm_cells.training.combine import combine
+
+    return combine([classifier_path, teacher_path], tmp_path_factory.mktemp("pair") / "pair.safetensors")
+
+
+@pytest.fixture(scope="session")
 def classifier(classifier_path):
     from napari_bm_cells.classify import Classifier
 

@@ -1,6 +1,4 @@
 """The loaded classifier on real PBC crops."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.io import imread
@@ -25,36 +23,33 @@ def test_folded_batch_norms_give_the_checkpoints_probabilities(data_dir, classif
     assert (p.argmax(1) == q.argmax(1)).all()
 
 
-TEACHER = Path(__file__).parents[1] / "teachers" / "efficientnet_lite0_pbc.safetensors"
-
-
 def _pbc_crops(data_dir, size: int, step: int = 250) -> np.ndarray:
     paths = sorted((data_dir / "pbc").glob("*/*.jpg"))[::step]
     return np.stack([(resize(imread(p), (size, size), anti_aliasing=True) * 255).astype(np.uint8) for p in paths])
 
 
-def test_an_ensemble_checkpoint_gives_its_members_mean_probabilities(data_dir, classifier_path, tmp_path):
-    out = combine([classifier_path, TEACHER], tmp_path / "ens.safetensors")
-    ens = Classifier(out, device="cpu", precision="fp32")
+def test_an_ensemble_checkpoint_gives_its_members_mean_probabilities(data_dir, classifier_path, teacher_path,
+                                                                    pair_path):
+    ens = Classifier(pair_path, device="cpu", precision="fp32")
     assert ens.meta.arch == "ensemble" and [m["arch"] for m in ens.meta.members] == ["resnext26ts",
                                                                                       "tf_efficientnet_lite0"]
-    assert split_path(out).read_text() == split_path(classifier_path).read_text()
+    assert split_path(pair_path).read_text() == split_path(classifier_path).read_text()
     crops = _pbc_crops(data_dir, ens.input_size)
-    members = [Classifier(c, device="cpu", precision="fp32").predict(crops) for c in (classifier_path, TEACHER)]
+    members = [Classifier(c, device="cpu", precision="fp32").predict(crops) for c in (classifier_path, teacher_path)]
     p = ens.predict(crops)
     np.testing.assert_allclose(p, np.mean(members, 0), atol=2e-3)
     assert (np.abs(p - members[0]).max(1) > 0.01).any() and (np.abs(p - members[1]).max(1) > 0.01).any()
 
 
-def test_combining_classifiers_of_other_crops_or_an_ensemble_is_one_clear_error(classifier_path, tmp_path):
+def test_combining_classifiers_of_other_crops_or_an_ensemble_is_one_clear_error(classifier_path, teacher_path,
+                                                                                pair_path, tmp_path):
     from safetensors.torch import load_file
 
-    meta = read_meta(TEACHER)
+    meta = read_meta(teacher_path)
     meta.crop_size_px = 360
-    other = save_checkpoint(tmp_path / "other_fov.safetensors", load_file(str(TEACHER)), meta)
+    other = save_checkpoint(tmp_path / "other_fov.safetensors", load_file(str(teacher_path)), meta)
     with pytest.raises(InputError, match=r"other_fov\.safetensors: crop_size_px 360 differs"):
         combine([classifier_path, other], tmp_path / "bad.safetensors")
-    ens = combine([classifier_path, TEACHER], tmp_path / "ens.safetensors")
-    with pytest.raises(InputError, match=r"ens\.safetensors: is an ensemble already"):
-        combine([ens, TEACHER], tmp_path / "bad.safetensors")
+    with pytest.raises(InputError, match=r"pair\.safetensors: is an ensemble already"):
+        combine([pair_path, teacher_path], tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()

@@ -310,15 +310,13 @@ def test_demo_analyses_a_real_field_and_says_where_it_wrote(tmp_path, capsys, mo
 
 
 def test_combined_classifiers_analyse_a_field_and_the_summary_names_the_members(bccd_jpeg, classifier_path,
-                                                                               tmp_path, capsys):
+                                                                               teacher_path, tmp_path, capsys):
     import json
-    from pathlib import Path
 
     from napari_bm_cells.cli import main
 
-    teacher = Path(__file__).parents[1] / "teachers" / "efficientnet_lite0_pbc.safetensors"
     ens = tmp_path / "ens.safetensors"
-    assert main(["combine-classifiers", str(classifier_path), str(teacher), "--out", str(ens)]) == 0
+    assert main(["combine-classifiers", str(classifier_path), str(teacher_path), "--out", str(ens)]) == 0
     assert "choose its review threshold" in capsys.readouterr().out
     assert main(["analyze", str(bccd_jpeg), "--out", str(tmp_path / "o"), "--classifier", str(ens),
                  "--device", "cpu", "-q", "--no-report"]) == 0

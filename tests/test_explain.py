@@ -100,12 +100,10 @@ def test_attribution_lies_on_the_cell(classifier, pbc_crops, method):
 
 
 @needs_shipped
-def test_gradcam_of_an_ensemble_sums_its_members_maps_and_lies_on_the_cell(classifier_path, pbc_crops, tmp_path):
+def test_gradcam_of_an_ensemble_sums_its_members_maps_and_lies_on_the_cell(pair_path, pbc_crops):
     from napari_bm_cells.classify import Classifier
-    from napari_bm_cells.training.combine import combine
 
-    teacher = Path(__file__).parents[1] / "teachers" / "efficientnet_lite0_pbc.safetensors"
-    ens = Classifier(combine([classifier_path, teacher], tmp_path / "pair.safetensors"), device="cpu")
+    ens = Classifier(pair_path, device="cpu")
     layers = gradcam_layers(ens.model)
     assert [type(m.net).__name__ for m in ens.model.members] == ["ByobNet", "EfficientNet"]
     assert layers[0] is ens.model.members[0].net.stages[-1] and layers[1] is ens.model.members[1].net.blocks[-1]
