@@ -3,8 +3,8 @@
 The labelled white cell of each BCCD field (``wbc_subtypes.csv``), cut as ``analyze``
 cuts it, typed by CHECKPOINT: without adaptation, with the CIELAB standardisation
 (statistics of all the crops, or of each crop alone as on a one-cell field), then
-sharpened towards the training crops (unsharp mask) or averaged over flips and rotations.
-Prints accuracy, balanced accuracy and per type.
+sharpened towards the training crops (unsharp mask), averaged over flips and rotations, or
+shown smaller / larger (and averaged over those scales). Prints accuracy, balanced accuracy and per type.
 
     python scripts/bccd_crop_adaptations.py CHECKPOINT [--data ../shared/data] [--work /tmp/bccd_cells]
 """
@@ -36,6 +36,23 @@ def sharpness(crop: np.ndarray) -> float:
 def unsharp(crop: np.ndarray, amount: float, sigma: float = 1.0) -> np.ndarray:
     blur = cv2.GaussianBlur(crop.astype(np.float32), (0, 0), sigma)
     return np.clip(crop + amount * (crop - blur), 0, 255).astype(np.uint8)
+
+
+def zoom(crop: np.ndarray, factor: float) -> np.ndarray:
+    """The cell shown ``factor`` times as large, the square's size kept (glass colour fills
+    around a shrunk crop)."""
+    h = crop.shape[0]
+    if factor > 1:
+        m = int(round(h / factor))
+        o = (h - m) // 2
+        return cv2.resize(crop[o:o + m, o:o + m], (h, h), interpolation=cv2.INTER_AREA)
+    m = int(round(h * factor))
+    glass = np.median(np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]]), 0)
+    out = np.empty_like(crop)
+    out[:] = glass.astype(np.uint8)
+    o = (h - m) // 2
+    out[o:o + m, o:o + m] = cv2.resize(crop, (m, m), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def main(argv=None):
@@ -70,6 +87,10 @@ def main(argv=None):
         print(f"+ unsharp {amount}         ", score([np.stack([unsharp(c, amount) for c in std])]))
     flips = [std, std[:, :, ::-1], std[:, ::-1], np.rot90(std, 1, axes=(1, 2))]
     print("+ 2 / 4 flips        ", score(flips[:2]), "/", score(flips))
+    scaled = {f: np.stack([zoom(c, f) for c in std]) for f in (0.8, 0.9, 1.1, 1.25)}
+    for f, v in scaled.items():
+        print(f"+ shown {f}x           ", score([v]))
+    print("+ mean of 0.9x/1x/1.1x", score([scaled[0.9], std, scaled[1.1]]))
 
 
 if __name__ == "__main__":
