@@ -55,6 +55,38 @@ def test_combining_classifiers_of_other_crops_or_an_ensemble_is_one_clear_error(
     assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_an_ensembles_test_crops_are_those_no_member_trained_on(data_dir, classifier_path, teacher_path, tmp_path):
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from napari_bm_cells.training.evaluate import evaluate_classifier
+
+    split = pd.read_csv(split_path(classifier_path))
+    test = split.index[split["split"] == "test"]
+    moved = split.copy()
+    moved.loc[test[::3], "split"] = "train"  # a member trained with another split
+    other = save_checkpoint(tmp_path / "other_split.safetensors", load_file(str(teacher_path)), read_meta(teacher_path))
+    moved.to_csv(split_path(other), index=False)
+    said = []
+    ens = combine([classifier_path, other], tmp_path / "ens.safetensors", progress=said.append)
+    merged = pd.read_csv(split_path(ens))
+    assert len(merged) == len(split) and (merged["path"] == split["path"]).all()
+    assert (merged["split"] == moved["split"]).all()
+    n_moved = len(test[::3])
+    assert said == [f"{classifier_path}: {n_moved} of its {len(test)} test crops were trained or validated on by "
+                    f"another member (other splits); the ensemble's test split is the {len(test) - n_moved} none of "
+                    "them saw"]
+    m = evaluate_classifier(data_dir / "pbc", tmp_path / "eval", checkpoint=ens, device="cpu")
+    assert m["n"] == len(test) - n_moved
+
+    split_path(other).unlink()  # a member without a split file is named
+    said.clear()
+    combine([classifier_path, other], tmp_path / "ens2.safetensors", progress=said.append)
+    assert said == [f"{other}: no split file beside it (<name>.split.csv); the ensemble's test crops are held out "
+                    "from the other members only"]
+    assert split_path(tmp_path / "ens2.safetensors").read_text() == split_path(classifier_path).read_text()
+
+
 @pytest.mark.parametrize("name", ["efficientnet_lite0_pbc", "efficientnet_lite1_pbc"])
 def test_the_repositorys_pretrained_networks_type_pbcs_held_back_crops(data_dir, classifier_path, teacher_path,
                                                                       name):
@@ -67,6 +99,7 @@ def test_the_repositorys_pretrained_networks_type_pbcs_held_back_crops(data_dir,
     clf = Classifier(ckpt, device="cpu", precision="fp32")
     assert clf.meta.arch == f"tf_{name.rsplit('_', 1)[0]}"
     assert clf.meta.classes == Classifier(classifier_path, device="cpu").meta.classes
+    assert split_path(ckpt).read_text() == split_path(classifier_path).read_text()
     test = read_split(split_path(classifier_path), data_dir / "pbc").query("split == 'test'").iloc[::4]
     crops, ok = load_images(test["path"].tolist(), clf.input_size, fov=clf.meta.crop_size_px)
     assert ok.all() and len(test) >= 200

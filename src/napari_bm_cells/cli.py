@@ -115,7 +115,8 @@ def cmd_calibrate(a):
 def cmd_combine(a):
     from .training.combine import combine
 
-    print(f"wrote {combine(a.checkpoints, a.out)} (mean of {len(a.checkpoints)} classifiers' probabilities); "
+    out = combine(a.checkpoints, a.out, progress=print)
+    print(f"wrote {out} (mean of {len(a.checkpoints)} classifiers' probabilities); "
           "choose its review threshold with 'bm-cells calibrate-confidence DATA --classifier "
           f"{a.out}'")
 
