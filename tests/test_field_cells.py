@@ -85,6 +85,7 @@ def test_training_with_field_cells_adds_them_to_train_only(data_dir, tmp_path):
 
 
 def test_bccd_field_types_use_the_model_class_and_report_review(data_dir, classifier_path, tmp_path):
+    from napari_bm_cells.count import wilson_ci
     from napari_bm_cells.training.crosslab import evaluate_fields
 
     m = evaluate_fields(data_dir / "bccd", tmp_path, None, classifier_path, limit=5)
@@ -96,6 +97,10 @@ def test_bccd_field_types_use_the_model_class_and_report_review(data_dir, classi
 
     assert not set(df["pred"]) & NON_LEUKOCYTE_CODES  # the field's type is a leukocyte's
     assert m["n"] == len(df) >= 4
+    k = int(df["correct"].sum())  # the accuracy's Wilson interval holds it and is wide on a few fields
+    lo, hi = m["accuracy_ci95"]
+    assert m["accuracy"] == k / len(df) and lo <= m["accuracy"] <= hi and hi - lo > 0.3
+    assert (lo, hi) == pytest.approx(wilson_ci(k, len(df)))
     r = m["review"]
     assert r["unclassified_fraction"] == pytest.approx(df.loc[df["pred"] != "none", "unclassified"].mean())
 
@@ -181,7 +186,7 @@ def test_crosslab_types_labelled_single_cell_images(data_dir, classifier_path, t
                "--classifier", str(classifier_path)])
     assert rc in (0, None)
     out = capsys.readouterr().out
-    assert "x0.5: type accuracy" in out and "wide2" not in out
+    assert "x0.5: type accuracy" in out and "(95% CI " in out and "wide2" not in out
     df = pd.read_csv(tmp_path / "o" / "images_cells_x1.csv")
     assert len(df) == 6 and set(df["truth"]) == {"eosinophil", "lymphocytes", "neutrophil"}
     # PBC's own cells, whole images: the shipped model types them as on its crops

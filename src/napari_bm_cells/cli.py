@@ -133,7 +133,9 @@ def cmd_evaluate_classifier(a):
 
 def _print_type_accuracy(title: str, m: dict) -> None:
     per = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in m["per_class"].items())
-    print(f"{title}: type accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+    lo, hi = m["accuracy_ci95"]
+    print(f"{title}: type accuracy {m['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+          f"balanced {m['balanced_accuracy']:.3f}, "
           f"no cell found {m['no_cell_found']} of {m['n']}; {per}")
 
 

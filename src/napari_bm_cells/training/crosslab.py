@@ -89,10 +89,12 @@ def type_images(rows: pd.DataFrame, out=None, name: str = "images", detector=Non
     Returns
     -------
     dict
-        ``accuracy``, ``balanced_accuracy`` (mean over labels), ``per_class``,
-        ``no_cell_found`` and review statistics.
+        ``accuracy`` with its Wilson 95% interval ``accuracy_ci95`` (how far two models'
+        accuracies must differ to tell them apart), ``balanced_accuracy`` (mean over
+        labels), ``per_class``, ``no_cell_found`` and review statistics.
     """
     from ..classify import Classifier
+    from ..count import wilson_ci
     from ..detect import load_detector
     from ..pipeline import analyze
     from .evaluate import rescaled_slide
@@ -123,6 +125,7 @@ def type_images(rows: pd.DataFrame, out=None, name: str = "images", detector=Non
         columns={"mean": "accuracy", "size": "n"}).to_dict("index") if len(df) else {}
     m = {"n": int(len(df)), "condition": condition,
          "accuracy": float(df["correct"].mean()) if len(df) else 0.0,
+         "accuracy_ci95": list(wilson_ci(int(df["correct"].sum()) if len(df) else 0, len(df))),
          "balanced_accuracy": float(pd.Series({k: v["accuracy"] for k, v in per_class.items()}).mean())
          if per_class else 0.0,
          "per_class": per_class, "no_cell_found": int((df["pred"] == "none").sum()) if len(df) else 0,
