@@ -80,7 +80,7 @@ def merge_splits(paths: list[str | Path], out: str | Path, say: Callable[[str], 
         return
     if missing := [str(p) for p in paths if p not in have]:
         say(f"{', '.join(missing)}: no split file beside it (<name>.split.csv); the ensemble's "
-            f"test crops are held out from the other members only")
+            "test crops are held out from the other members only")
     splits = [pd.read_csv(split_path(p)) for p in have]
     rank = pd.concat(splits).assign(split=lambda d: d["split"].map(_ORDER.index))
     merged = rank.groupby("path", sort=False).agg(label=("label", "first"), split=("split", "min"))
