@@ -194,3 +194,47 @@ def test_crosslab_types_labelled_single_cell_images(data_dir, classifier_path, t
         assert df["correct"].sum() >= 5
     with pytest.raises(InputError, match="wide3"):
         type_images(rows, condition="wide3", classifier=classifier_path)
+
+
+def test_compare_crosslab_pairs_two_models_image_by_image(data_dir, classifier_path, teacher_path, tmp_path,
+                                                          capsys):
+    """``compare-crosslab``: two ``crosslab --images`` runs (the shipped classifier and the
+    EfficientNet-Lite0 on the same red/blue-swapped PBC images) are paired by image; the
+    counts of images only one model got right are those of the two CSVs; a run against
+    itself differs by nothing (p 1); runs without common typings are one line, exit 2."""
+    import pandas as pd
+
+    from napari_bm_cells.cli import main
+    from napari_bm_cells.training.compare import compare_runs, paired_difference
+
+    imgs = tmp_path / "cells"
+    for folder, code in (("eosinophil", "EOS"), ("lymphocyte", "LYT"), ("monocyte", "MON"),
+                         ("neutrophil", "NGS")):
+        (imgs / folder).mkdir(parents=True)
+        for p in sorted((data_dir / "pbc" / code).glob("*.jpg"))[-3:]:
+            (imgs / folder / p.name).symlink_to(p)
+    for name, ckpt in (("a", classifier_path), ("b", teacher_path)):
+        assert main(["crosslab", "--images", str(imgs), "--conditions", "rb", "--out", str(tmp_path / name),
+                     "--classifier", str(ckpt)]) in (0, None)
+    capsys.readouterr()
+    a, b = (pd.read_csv(tmp_path / n / "images_cells_rb.csv").set_index("image") for n in "ab")
+    b = b.loc[a.index]
+    df = compare_runs(tmp_path / "a", tmp_path / "b")
+    r = df.iloc[0]
+    assert r["typings"] == "images_cells_rb" and r["n"] == 12 and r["unpaired"] == 0
+    assert r["only_a"] == int((a["correct"] & ~b["correct"]).sum())
+    assert r["only_b"] == int((b["correct"] & ~a["correct"]).sum())
+    assert r["accuracy_b"] - r["accuracy_a"] == pytest.approx(r["difference"])
+    lo, hi = r["difference_ci95"]
+    assert lo <= r["difference"] <= hi and 0 < r["p_mcnemar"] <= 1
+    same = compare_runs(tmp_path / "a", tmp_path / "a").iloc[0]
+    assert same["difference"] == 0 and same["p_mcnemar"] == 1.0
+    # 10 images only B got right, none only A: far from chance
+    assert paired_difference([False] * 10 + [True] * 5, [True] * 15)["p_mcnemar"] < 0.01
+    assert main(["compare-crosslab", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                 str(tmp_path / "cmp.csv")]) in (0, None)
+    assert "images_cells_rb (n=12)" in capsys.readouterr().out and (tmp_path / "cmp.csv").is_file()
+    (tmp_path / "empty").mkdir()
+    assert main(["compare-crosslab", str(tmp_path / "a"), str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "share no typings" in err and "Traceback" not in err

@@ -168,6 +168,17 @@ def cmd_crosslab(a):
     print(f"wrote {a.out}")
 
 
+def cmd_compare_crosslab(a):
+    from .training.compare import compare_runs, format_comparison
+
+    df = compare_runs(a.run_a, a.run_b)
+    print(format_comparison(df))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(a.out, index=False)
+        print(f"wrote {a.out}")
+
+
 def cmd_train_detector(a):
     from .training.train_detector import train_detector
 
@@ -444,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run-time colour adaptation of the BCCD and --images runs (as analyze's --colour)")
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
                    help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one; rb: red and blue "
-                        "swapped (a blue-grey stain); grey: no stain colour (default: x1,x0.5,x2,wide2,wide3)")
+                        "swapped (a blue-grey stain); grey: no stain colour; yellow: a pale stain on "
+                        "yellowish glass (default: x1,x0.5,x2,wide2,wide3)")
     s.add_argument("--limit", type=int, default=None,
                    help="at most N images per source (--images: per class folder)")
     s.add_argument("--detection-split", default="auto", choices=["auto", "all", "train", "val", "test"],
@@ -457,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classifier", default=None)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_crosslab)
+
+    s = sub.add_parser("compare-crosslab", help="two models' crosslab typings image by image: the "
+                                                "difference, its 95%% interval and McNemar's p")
+    s.add_argument("run_a", help="--out folder of a crosslab run (--bccd and/or --images) with model A")
+    s.add_argument("run_b", help="the same run with model B")
+    s.add_argument("--out", default=None, help="also write the table to this CSV")
+    s.set_defaults(func=cmd_compare_crosslab)
 
     s = sub.add_parser("evaluate-detector", help="recall / precision / AP50 of white cells")
     s.add_argument("data", help="VOC folder or YOLO data.yaml (its test, else val split; a folder "
