@@ -113,3 +113,64 @@ def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, 
     none = analyze(img, classifier=clf)
     assert none.summary["classifier"]["colour"]["on"] is False
     assert np.allclose(none.cells.filter(like="prob_").to_numpy(), p_off, atol=1e-4)
+
+
+def _yellow_slide(data_dir, name):
+    """A BCCD test field as a pale stain on yellowish glass (crosslab's ``yellow``)."""
+    from PIL import Image
+
+    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.training.evaluate import weak_yellow
+
+    return open_slide(weak_yellow(np.asarray(Image.open(data_dir / "bccd" / "JPEGImages" / name).convert("RGB"))))
+
+
+def test_detection_standardised_finds_white_cells_of_a_pale_yellow_stain(data_dir, detector, classifier):
+    """Four BCCD test fields as a pale stain on yellowish glass: the detector shown the
+    tiles as they are misses their white cells; with the default ``--colour standardise``
+    (tiles mapped onto the CIELAB statistics of its training fields, ``lab_reference`` in
+    the shipped sidecar) it finds each of them, in recall scoring and through analyze,
+    whose summary.json records the mapping; ``off`` records that it was off."""
+    from napari_bm_cells.pipeline import AnalysisOptions, analyze
+    from napari_bm_cells.training.evaluate import detection_metrics, detection_samples
+
+    names = {"BloodImage_00007.jpg", "BloodImage_00075.jpg", "BloodImage_00233.jpg", "BloodImage_00346.jpg"}
+    samples = [s for s in detection_samples(data_dir / "bccd")[0] if s.image.name in names]
+    assert len(samples) == 4
+    off, _ = detection_metrics(samples, detector, recolour="yellow", colour="off")
+    on, _ = detection_metrics(samples, detector, recolour="yellow")
+    assert off["recall"] <= 0.25 and on["recall"] == 1.0, (off["recall"], on["recall"])
+    slide = _yellow_slide(data_dir, "BloodImage_00007.jpg")
+    std = analyze(slide, detector=detector, classifier=classifier)
+    info = std.summary["detector"]["colour"]
+    assert info["on"] and info["reference_lab"] == detector.meta["lab_reference"]
+    assert info["slide_lab"]["std"][0] < info["reference_lab"]["std"][0]  # a pale stain: less contrast
+    leuko = std.cells[std.cells["model_label"] != "PLT"]
+    assert len(leuko) >= 1
+    none = analyze(slide, detector=detector, classifier=classifier, options=AnalysisOptions(colour="off"))
+    assert none.summary["detector"]["colour"] == {"mode": "off", "on": False}
+
+
+def test_slide_statistics_leave_out_empty_glass(data_dir):
+    """A BCCD field in the middle of a slide nine times its area of bare glass has about
+    the field's own CIELAB statistics (glass blocks are dropped), where all pixels would
+    give a much brighter, flatter mean; the contour detector stores no reference, so
+    detection runs unadapted and says why."""
+    from PIL import Image
+
+    from napari_bm_cells.colour import detector_colour, lab_stats, slide_lab_stats
+    from napari_bm_cells.detect import load_detector
+    from napari_bm_cells.io import open_slide
+
+    field = np.asarray(Image.open(data_dir / "bccd" / "JPEGImages" / "BloodImage_00010.jpg").convert("RGB"))
+    h, w = field.shape[:2]
+    big = np.empty((3 * h, 3 * w, 3), np.uint8)
+    big[:] = background_rgb(field).astype(np.uint8)
+    big[h:2 * h, w:2 * w] = field
+    own, embedded = slide_lab_stats(open_slide(field)), slide_lab_stats(open_slide(big))
+    assert abs(own["mean"][0] - embedded["mean"][0]) < 3 and abs(own["std"][0] - embedded["std"][0]) < 3
+    every = lab_stats(big[::3, ::3])
+    assert every["mean"][0] > own["mean"][0] + 5 and every["std"][0] < own["std"][0] - 3
+    contour = load_detector("contour")
+    same, info = detector_colour(contour, open_slide(field), "standardise")
+    assert same is contour and not info["on"] and "lab_reference" in info["why"]

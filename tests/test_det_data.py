@@ -344,8 +344,8 @@ def test_evaluate_detector_counts_a_repeated_box_once(data_dir, tmp_path, detect
 def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir, tmp_path):
     """``bm-cells train-detector --init``: one epoch on 8 real BCCD fields from the shipped
     weights, offline; the weights load, the sidecar records the classes (white cells, red
-    cells, platelets), input size, white- and red-cell size and a validation-calibrated
-    threshold, and the result still finds the white cells of held-out fields."""
+    cells, platelets), input size, white- and red-cell size, the training fields' colour
+    statistics and a validation-calibrated threshold, and the result still finds the white cells of held-out fields."""
     from napari_bm_cells.cli import main
     from napari_bm_cells.detect import DEFAULT_DETECTOR, YoloDetector
     from napari_bm_cells.training.evaluate import evaluate_detector
@@ -369,6 +369,9 @@ def test_train_detector_fine_tunes_offline_and_writes_a_usable_detector(data_dir
     assert 0.35 < meta["input_rbc_px"] / meta["input_cell_px"] < 0.65
     assert meta["translate"] == 0.2
     assert 0.05 <= meta["conf"] <= 0.5 and meta["input_cell_px"] > 20
+    # the CIELAB statistics of its 8 training fields: what --colour standardise maps tiles onto
+    ref = meta["lab_reference"]
+    assert 50 < ref["mean"][0] < 90 and all(v > 1 for v in ref["std"])
     det = YoloDetector(out)
     assert det.conf == meta["conf"] and det.imgsz == 320
     m = evaluate_detector(voc, tmp_path / "eval", detector=out)

@@ -150,7 +150,7 @@ def cmd_crosslab(a):
                                         conditions=tuple(a.conditions.split(",")), limit=a.limit,
                                         progress=lambda s: print(s, file=sys.stderr, flush=True),
                                         split=None if a.detection_split == "auto" else a.detection_split,
-                                        lab=a.lab)
+                                        lab=a.lab, colour=a.colour)
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     options = AnalysisOptions(colour=a.colour).check()
     if a.bccd:
@@ -194,7 +194,7 @@ def cmd_evaluate_detector(a):
     from .training.evaluate import evaluate_detector
 
     m = evaluate_detector(a.data, a.out, detector=a.detector, device=_dev(a.device), split=a.split,
-                          precision=a.precision, rescale=a.rescale)
+                          precision=a.precision, rescale=a.rescale, colour=a.colour)
     print(f"{m['split']}: n_images={m['n_images']} recall {m['recall']:.4f} "
           f"precision {m['precision']:.4f} AP50 {m['ap50']:.4f}")
     print(f"wrote {Path(a.out) / 'metrics.json'}")
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BCCD splits whose fields are typed, comma-separated, or 'all' (a classifier that "
                         "saw no BCCD cell); default val,test")
     s.add_argument("--colour", default="standardise", choices=COLOUR_CHOICES,
-                   help="run-time colour adaptation of the BCCD and --images runs (as analyze's --colour)")
+                   help="run-time colour adaptation of every run (as analyze's --colour)")
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
                    help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one; rb: red and blue "
                         "swapped (a blue-grey stain); grey: no stain colour; yellow: a pale stain on "
@@ -486,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: test, else val, else all)")
     s.add_argument("--rescale", type=float, default=1.0,
                    help="resize every image by this factor first (another magnification, no pixel size)")
+    s.add_argument("--colour", default="standardise", choices=COLOUR_CHOICES,
+                   help="run-time colour adaptation of each image's tiles (as analyze's --colour)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bfloat16 autocast on CPUs with native bf16 (as analyze runs)")

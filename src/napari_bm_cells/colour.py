@@ -1,8 +1,11 @@
-"""Run-time colour adaptation of a slide's cell crops to the classifier's training crops.
+"""Run-time colour adaptation of a slide to the models' training data.
 
 Another lab's stain, camera and lamp change every colour: the glass is blue-grey,
-yellow or pink, the stain weak or strong. Two adaptations, chosen per run
-(``AnalysisOptions.colour``):
+yellow or pink, the stain weak or strong. Before detection, with ``standardise`` (the
+default), the detector sees every tile with the slide's CIELAB mean and spread (of a
+thumbnail's smear, glass left out) mapped onto those of its training fields
+(:func:`detector_colour`; ``lab_reference`` in its sidecar). Before classification, two
+adaptations of the cell crops, chosen per run (``AnalysisOptions.colour``):
 
 - ``standardise`` (the default): Reinhard standardisation in CIELAB. The mean and
   standard deviation of L*, a* and b* over the slide's crops (:func:`lab_stats` of a
@@ -139,6 +142,76 @@ class LabStandard:
 
 #: the first cells of a run whose crops give the slide's CIELAB statistics
 FIT_CELLS = 64
+
+#: side (thumbnail px) of the blocks :func:`smear_pixels` keeps or drops
+SMEAR_BLOCK = 16
+
+#: a pixel differs from the glass by more than this (sum over R, G, B in 0-255) when
+#: something lies on it; a block with under :data:`SMEAR_FRACTION` of such pixels is glass
+GLASS_DISTANCE = 30.0
+SMEAR_FRACTION = 0.05
+
+
+def smear_pixels(rgb: np.ndarray) -> np.ndarray:
+    """The (N, 3) pixels of an RGB image in blocks that hold some of the smear: empty
+    glass around a smear on a whole slide would otherwise dominate its colour statistics.
+    All pixels when no block qualifies (or the glass colour is unknown)."""
+    bg = background_rgb(rgb)
+    h, w = rgb.shape[:2]
+    if bg is None or min(h, w) < SMEAR_BLOCK:
+        return rgb.reshape(-1, 3)
+    b = SMEAR_BLOCK
+    blocks = rgb[:h // b * b, :w // b * b].reshape(h // b, b, w // b, b, 3).swapaxes(1, 2).reshape(-1, b * b, 3)
+    on = np.abs(blocks.astype(np.float32) - bg).sum(-1) > GLASS_DISTANCE
+    keep = on.mean(1) >= SMEAR_FRACTION
+    return blocks[keep].reshape(-1, 3) if keep.any() else rgb.reshape(-1, 3)
+
+
+def slide_lab_stats(slide, region=None) -> dict:
+    """:func:`lab_stats` of the smear's pixels (:func:`smear_pixels`) in a thumbnail of
+    ``region`` of ``slide`` (a :class:`~napari_bm_cells.io.Slide`)."""
+    from .io import read_thumbnail
+
+    return lab_stats(smear_pixels(read_thumbnail(slide, region)[0])[None])
+
+
+def fields_lab_reference(paths, n: int = 200, seed: int = 0) -> dict | None:
+    """The CIELAB reference of a detector: the median over up to ``n`` of its training
+    fields of each field's :func:`slide_lab_stats` (``{"mean", "std"}``); None without
+    readable fields."""
+    from .io import open_slide
+
+    rng = np.random.default_rng(seed)
+    paths = list(paths)
+    stats = []
+    for i in rng.permutation(len(paths))[:n]:
+        try:
+            stats.append(slide_lab_stats(open_slide(paths[i])))
+        except Exception:  # noqa: BLE001 -- an unreadable field is reported by the trainer
+            continue
+    if not stats:
+        return None
+    return {k: [round(float(v), 3) for v in np.median([s[k] for s in stats], 0)] for k in ("mean", "std")}
+
+
+def detector_colour(detector, slide, mode: str, region=None):
+    """The detector as it runs on this slide, and what summary.json records of it
+    (``detector.colour``).
+
+    With ``standardise`` and a detector that stores the CIELAB statistics of its training
+    fields (``lab_reference`` in its sidecar), every tile it sees (scale probe and
+    detection) is mapped from the slide's statistics (:func:`slide_lab_stats`) onto
+    them (:class:`LabStandard`): a pale, yellowish or blurred lab's white cells then
+    score as high as its own training fields'. Otherwise the detector is returned as it is.
+    """
+    ref = (getattr(detector, "meta", None) or {}).get("lab_reference")
+    if mode != "standardise":
+        return detector, {"mode": mode, "on": False}
+    if ref is None or not hasattr(detector, "with_tile_map"):
+        return detector, {"mode": mode, "on": False,
+                          "why": "the detector stores no CIELAB reference (lab_reference in its sidecar)"}
+    std = LabStandard(slide_lab_stats(slide, region), ref)
+    return detector.with_tile_map(std), {"mode": mode, "on": True, **std.info()}
 
 
 class SlideColour:

@@ -124,10 +124,25 @@ class YoloDetector:
         view.input_cell_px = float(self.meta["input_rbc_px"])
         return view
 
+    def with_tile_map(self, fn) -> "YoloDetector":
+        """The same network seeing every tile through ``fn`` (uint8 RGB stack (N, H, W, 3)
+        to the same), e.g. a slide's colour standardisation
+        (:func:`~napari_bm_cells.colour.detector_colour`); its :meth:`red_cells` too."""
+        import copy
+
+        view = copy.copy(self)
+        view.tile_map = fn
+        return view
+
+    #: applied to every tile before detection (see :meth:`with_tile_map`)
+    tile_map = None
+
     def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
         """Detect in RGB uint8 tiles; boxes in tile pixels."""
         if not tiles:
             return []
+        if self.tile_map is not None:
+            tiles = [self.tile_map(t[None])[0] for t in tiles]
         imgsz = int(math.ceil(max(max(t.shape[:2]) for t in tiles) / 32) * 32)
         from .runtime import autocast
 

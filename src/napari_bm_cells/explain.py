@@ -327,7 +327,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     -------
     CellExplanation
     """
-    from .colour import FIT_CELLS, SlideColour
+    from .colour import FIT_CELLS, SlideColour, detector_colour
     from .io import Slide, open_slide
     from .cut_cells import crop_side, read_cell_crops
     from .pipeline import AnalysisOptions, parse_level
@@ -343,6 +343,7 @@ def explain_cell(image_path_or_slide, x: float, y: float, classifier=None, detec
     _target_index(cls, target)  # fail before detection on a bad class code
 
     from .detect import iter_detect, run_to_end
+    det = detector_colour(det, slide, opts.colour, opts.region)[0]  # the tiles as analyze's detector saw them
     down = parse_level(opts.level, slide, det, opts.cell_px)
     region = _window(slide, det, x, y, down, opts)
     dets = run_to_end(iter_detect(slide, det, tile=opts.tile_size, overlap=opts.overlap, downsample=down,

@@ -130,10 +130,12 @@ class AnalysisOptions:
         Build the cell-mask labels (for napari's Labels layer and GeoJSON outlines);
         the command line and the widget build them unless told not to.
     colour : {"standardise", "white-balance", "off"}
-        Adapt the slide's crops to the colours of the classifier's training crops before
-        classifying (:mod:`~napari_bm_cells.colour`): CIELAB standardisation (default),
-        a white balance of the glass colour, or none. Needs a checkpoint that stores its
-        reference (``lab_reference`` / ``background``).
+        Adapt the slide's colours to the models' training data
+        (:mod:`~napari_bm_cells.colour`): CIELAB standardisation (default) of the
+        detector's tiles (onto its training fields) and of the cell crops (onto the
+        classifier's training crops), a white balance of the crops' glass colour, or
+        none. Each model needs the reference stored with it (``lab_reference`` /
+        ``background``).
     exclude : tuple of str
         Codes left out of the differential's denominator.
     target : int, optional
@@ -169,10 +171,11 @@ class AnalysisOptions:
                        help="no cell masks: cells.geojson then holds detection boxes, not cell outlines")
     colour: str = _opt("standardise", flag="--colour", kind="choice", label="colour adaptation",
                        choices=COLOUR_CHOICES, metavar="{" + ",".join(COLOUR_CHOICES) + "}",
-                       help="adapt the slide's cell crops to the classifier's training colours before "
-                            "classifying: 'standardise' maps their CIELAB mean and spread onto the "
-                            "training crops' (default; see docs/models.md, other labs), 'white-balance' "
-                            "matches only the glass colour, 'off' leaves them as they are")
+                       help="adapt the slide's colours to the models' training data: 'standardise' "
+                            "maps the CIELAB mean and spread of the detector's tiles onto its training "
+                            "fields' and of the cell crops onto the classifier's training crops' "
+                            "(default; see docs/models.md, other labs), 'white-balance' matches only the "
+                            "crops' glass colour, 'off' leaves both as they are")
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
     target: int | None = _opt(None, flag="--target", kind="int", label="count to", limits=(0, 100000, 100),
                               none=0, metavar="N",

@@ -19,7 +19,7 @@ import pandas as pd
 from .areas import AreaMap, score_areas
 from . import runtime
 from .cells_table import prob_column
-from .colour import FIT_CELLS, SlideColour
+from .colour import FIT_CELLS, SlideColour, detector_colour
 from .count import blast_atypical_scores, differential
 from .cut_cells import crop_scale, cut_cells
 from .detect import Detections, Progress, Stage, iter_detect, iter_detect_regions
@@ -159,6 +159,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
 
     # 1. scale and counting-area map: one region per detection tile
     t = time.perf_counter()
+    det, det_colour = detector_colour(det, slide, opts.colour, opts.region)
     down, scale_info = resolve_level(opts.level, slide, det, opts.cell_px, opts.region)
     timings["scale_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -277,7 +278,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
         "detector": {"name": det.name, "weights": str(det.weights) if det.weights else None,
                      "sha256": _sha(det.weights), "downsample": down, "scale": scale_info,
                      "tile_size": opts.tile_size, "overlap": opts.overlap,
-                     "border_duplicates_removed": n_dup},
+                     "border_duplicates_removed": n_dup, "colour": det_colour},
         "classifier": {"arch": cls.meta.arch, "weights": str(cls.path), "sha256": cls.sha,
                        **({"members": [m["arch"] for m in cls.meta.members]} if cls.meta.members else {}),
                        "classes": cls.classes, "crop_px_level0": side, "crop_scale": scale_by,

@@ -228,7 +228,8 @@ CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3", "rb", "grey", "yellow")
 
 def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",
                                conditions=CONDITIONS, limit: int | None = None, progress=print,
-                               split: str | None = None, lab: str | None = None) -> pd.DataFrame:
+                               split: str | None = None, lab: str | None = None,
+                               colour: str = "standardise") -> pd.DataFrame:
     """White-cell recall / precision / AP50 per source lab and magnification, no pixel size.
 
     Parameters
@@ -244,6 +245,8 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
     lab : str, optional
         Only fields of this lab (:func:`~.labs.field_source`): with ``split="all"``,
         every field of the lab a leave-one-source-out detector never saw.
+    colour : str
+        The run-time colour adaptation, as analyze's ``--colour``.
 
     Returns
     -------
@@ -275,11 +278,12 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
                 samples = samples[::int(np.ceil(len(samples) / limit))]
             for cond, (kind, value) in zip(conditions, parsed):
                 if kind == "wide":
-                    m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", value), det)
+                    m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", value), det,
+                                             colour=colour)
                 elif kind == "recolour":
-                    m, _ = detection_metrics(samples, det, recolour=value)
+                    m, _ = detection_metrics(samples, det, recolour=value, colour=colour)
                 else:
-                    m, _ = detection_metrics(samples, det, rescale=value)
+                    m, _ = detection_metrics(samples, det, rescale=value, colour=colour)
                 rows.append({"source": gname, "condition": cond, **{k: m[k] for k in
                              ("recall", "precision", "ap50", "n_gt", "n_images",
                                                                     "threshold_for_recall_0.95")}})

@@ -221,9 +221,11 @@ def rescaled_slide(path, factor: float, recolour: str | None = None):
 
 
 def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, level="auto",
-                      recolour: str | None = None) -> tuple[dict, list]:
+                      recolour: str | None = None, colour: str = "standardise") -> tuple[dict, list]:
     """Recall, precision, AP50 (IoU 0.5) and per-image counts of ``det`` as the pipeline
-    runs it (scale chosen as ``level``) on ``samples``, images resized by ``rescale``."""
+    runs it (scale chosen as ``level``, tiles colour-adapted as ``colour``, each image its
+    own slide) on ``samples``, images resized by ``rescale``."""
+    from ..colour import detector_colour
     from ..detect import YoloDetector, iter_detect, run_to_end
     from ..pipeline import parse_level
 
@@ -234,8 +236,9 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
         tps, scs, n_gt, per_image, n_repeated = [], [], 0, [], 0
         for s in samples:
             slide = rescaled_slide(s.image, rescale, recolour)
-            down = parse_level(level, slide, det)
-            d = run_to_end(iter_detect(slide, det, downsample=down))
+            run_det = detector_colour(det, slide, colour)[0]
+            down = parse_level(level, slide, run_det)
+            d = run_to_end(iter_detect(slide, run_det, downsample=down))
             gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls],
                           np.float32).reshape(-1, 4) * rescale
             # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
@@ -265,19 +268,22 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
 
 
 def evaluate_detector(data, out, detector=None, device: str = "cpu", split: str | None = None,
-                      cls: str = "WBC", precision: str = "auto", rescale: float = 1.0) -> dict:
+                      cls: str = "WBC", precision: str = "auto", rescale: float = 1.0,
+                      colour: str = "standardise") -> dict:
     """White-cell recall, precision (IoU 0.5, at the detector's threshold) and AP50 of the
     pipeline's detection stage on a VOC folder or YOLO data set's test (else val) split,
     or all images of a folder without split lists (or ``split="all"``); ``rescale``
-    resizes every image first (another magnification, no pixel size)."""
+    resizes every image first (another magnification, no pixel size); ``colour`` as
+    analyze's ``--colour`` (each image's tiles standardised to the detector's training
+    fields by default)."""
     from ..detect import load_detector
 
     if not rescale > 0:
         raise InputError(f"--rescale {rescale}: give a positive factor such as 0.5 or 2")
     samples, split = detection_samples(data, split)
     det = load_detector(detector, device=device, precision=precision)
-    m, per_image = detection_metrics(samples, det, cls, rescale)
-    m.update({"split": split, "data": str(data),
+    m, per_image = detection_metrics(samples, det, cls, rescale, colour=colour)
+    m.update({"colour": colour, "split": split, "data": str(data),
               "detector": str(getattr(det, "weights", None) or "contour"), "numeric_precision": precision})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,13 +24,31 @@ def input_cell_px(sources, imgsz: int, cls: str = "WBC", leave_out: str | None =
     cells on a slide reach the detector at this size.
     """
     sizes = []
-    for src in sources:
-        for s in read_detection_set(src).get("train", []):
-            if leave_out and in_lab(s, leave_out):
-                continue
-            scale = imgsz / max(s.width, s.height)
-            sizes += [max(b.x1 - b.x0, b.y1 - b.y0) * scale for b in s.boxes if b.cls == cls]
+    for s in train_fields(sources, leave_out):
+        scale = imgsz / max(s.width, s.height)
+        sizes += [max(b.x1 - b.x0, b.y1 - b.y0) * scale for b in s.boxes if b.cls == cls]
     return float(statistics.median(sizes)) if sizes else None
+
+
+def train_fields(sources, leave_out: str | None = None) -> list:
+    """The training-split samples of ``sources`` (VOC folders, YOLO sets), without the
+    fields of the lab ``leave_out``."""
+    return [s for src in sources for s in read_detection_set(src).get("train", [])
+            if not (leave_out and in_lab(s, leave_out))]
+
+
+def add_lab_reference(weights, sources, leave_out: str | None = None) -> dict | None:
+    """Store the CIELAB statistics of the detector's training fields
+    (:func:`~napari_bm_cells.colour.fields_lab_reference`) as ``lab_reference`` in
+    ``<weights>.json``: what ``--colour standardise`` maps a slide's tiles onto."""
+    from ..colour import fields_lab_reference
+
+    ref = fields_lab_reference([s.image for s in train_fields(sources, leave_out)])
+    meta_file = Path(weights).with_suffix(".json")
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta["lab_reference"] = ref
+    meta_file.write_text(json.dumps(meta, indent=2))
+    return ref
 
 
 def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
@@ -112,6 +130,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
             "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
                            for s in sources]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    add_lab_reference(out, sources, leave_out)
     calibrate_threshold(out, data_yaml)
     return out
 
