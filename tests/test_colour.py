@@ -83,11 +83,11 @@ def test_slide_colour_is_fitted_once_recorded_and_rebuilt(data_dir, classifier):
     assert np.array_equal(SlideColour.from_info(None)(crops), crops)
 
 
-def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, classifier):
+def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, classifier, detector):
     """The default standardises the crops (probabilities change) and summary.json records
     the slide's and the reference's statistics; ``white-balance`` records glass,
     reference and gain; ``off``, or a checkpoint without the reference, reads crops as
-    they are."""
+    they are (a detector without its own reference here, so the boxes are the same)."""
     import copy
 
     from napari_bm_cells.pipeline import AnalysisOptions, analyze
@@ -96,9 +96,12 @@ def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, 
     clf = copy.copy(classifier)
     clf.meta = copy.copy(classifier.meta)
     clf.meta.background = images_background(sorted((data_dir / "pbc").glob("*/*.jpg"))[::100])
-    std = analyze(img, classifier=clf)
-    wb_run = analyze(img, classifier=clf, options=AnalysisOptions(colour="white-balance"))
-    off = analyze(img, classifier=clf, options=AnalysisOptions(colour="off"))
+    det = copy.copy(detector)
+    det.meta = {k: v for k, v in detector.meta.items() if k != "lab_reference"}
+    std = analyze(img, detector=det, classifier=clf)
+    assert not std.summary["detector"]["colour"]["on"]
+    wb_run = analyze(img, detector=det, classifier=clf, options=AnalysisOptions(colour="white-balance"))
+    off = analyze(img, detector=det, classifier=clf, options=AnalysisOptions(colour="off"))
     info = std.summary["classifier"]["colour"]
     assert info["mode"] == "standardise" and info["on"] and info["reference_lab"] == clf.meta.lab_reference
     assert info["fitted_on_cells"] == len(std.cells) > 0
@@ -110,7 +113,7 @@ def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, 
     for run in (std, wb_run):
         assert not np.allclose(run.cells.filter(like="prob_").to_numpy(), p_off, atol=1e-3)
     clf.meta.lab_reference = None
-    none = analyze(img, classifier=clf)
+    none = analyze(img, detector=det, classifier=clf)
     assert none.summary["classifier"]["colour"]["on"] is False
     assert np.allclose(none.cells.filter(like="prob_").to_numpy(), p_off, atol=1e-4)
 
