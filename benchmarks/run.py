@@ -19,6 +19,11 @@ Sections (``--only`` picks some):
     fields in four quadrants (in focus, blurred, bare glass, crowded), analysed whole and
     with ``target`` leukocytes from the best counting areas: wall times, their ratio, and
     the share of counted cells that come from the in-focus monolayer.
+``colour``
+    Detection of a pale, yellowish mosaic of real BCCD fields (crosslab's ``yellow``)
+    with the default colour adaptation (the slide mapped into the range of the
+    detector's training fields) and without: the detection stage's time on the same
+    tiles at the same scale, and white-cell recall of each.
 ``speedups``
     Classifier on CPU: fp32 (PyTorch) vs bf16 autocast vs ONNX Runtime: throughput and
     macro-F1 on held-back PBC crops.
@@ -50,9 +55,10 @@ import numpy as np  # noqa: E402
 from _common import box_quality, mb, run_napari_task, run_task, write_mosaic_zarr  # noqa: E402
 
 FULL = {"stage_grid": (24, 32), "sahi_grid": (12, 16), "sahi_large_grid": (24, 32),
-        "memory_sides": [5000, 10000, 20000, 30000], "speedup_n": 352, "target_fields": 16, "target": 200}
+        "memory_sides": [5000, 10000, 20000, 30000], "speedup_n": 352, "target_fields": 16, "target": 200,
+        "colour_grid": (12, 16)}
 QUICK = {"stage_grid": (6, 8), "sahi_grid": (6, 8), "sahi_large_grid": (6, 10), "memory_sides": [2500, 5000],
-         "speedup_n": 132, "target_fields": 6, "target": 25}
+         "speedup_n": 132, "target_fields": 6, "target": 25, "colour_grid": (4, 6)}
 #: one GPU: the full stages, SAHI and target sizes, the memory section up to 10k^2 (building
 #: the mosaics is CPU work)
 GPU = {**FULL, "sahi_large_grid": None, "memory_sides": [5000, 10000]}
@@ -245,6 +251,43 @@ def bench_stages(zpath: Path, det, cls, level=1) -> dict:
                 "ratio_classify_vs_forward": round(float(np.median(ratios)), 3) if n else None,
                 "ratio_classify_vs_forward_runs": [round(v, 3) for v in ratios],
                 "detect_stage_runs_s": [round(v, 3) for v in det_s]})
+    return out
+
+
+# --- colour --------------------------------------------------------------------------
+
+def bench_colour(workdir: Path, grid, detector: str, device: str) -> dict:
+    """Detection of the pale yellow version of a BCCD mosaic (level 1) with and without the
+    slide's colour mapping, at the scale the adapted run picks: stage times (two
+    interleaved runs each, the faster kept) and white-cell recall at the operating threshold."""
+    from napari_bm_cells.colour import detector_colour
+    from napari_bm_cells.detect import iter_detect, load_detector, run_to_end
+    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.pipeline import parse_level
+    from napari_bm_cells.training.evaluate import match_boxes, weak_yellow
+
+    _, npy, gt = stage_mosaic(workdir, grid, "c")
+    slide = open_slide(weak_yellow(np.load(npy)))
+    gt = gt / 2  # the level-1 image
+    det = load_detector(detector, device=device)
+    adapted, info = detector_colour(det, slide, "standardise")
+    down = parse_level("auto", slide, adapted)
+    out = {"grid": list(grid), "image_shape": list(slide.shape), "downsample": round(down, 3),
+           "adapted": info.get("adapted"), "gain": info.get("gain")}
+    times: dict = {"with": [], "without": []}
+    found = {}
+    for _ in range(2):
+        for name, d in (("with", adapted), ("without", det)):
+            t = time.perf_counter()
+            dets = run_to_end(iter_detect(slide, d, downsample=down))
+            times[name].append(time.perf_counter() - t)
+            tp = match_boxes(dets.boxes, dets.scores, gt)
+            found[name] = int(tp[dets.scores >= det.conf].sum())
+    for name in times:
+        out[f"{name}_s"] = round(min(times[name]), 3)
+        out[f"recall_{name}"] = round(found[name] / max(len(gt), 1), 4)
+    out["n_white_cells"] = int(len(gt))
+    out["ratio_time_with_vs_without"] = round(out["with_s"] / out["without_s"], 3)
     return out
 
 
@@ -558,6 +601,14 @@ def summary_lines(r: dict) -> list[str]:
                  f"{100 * t['fraction_analysed']:.0f}% of the slide visited; "
                  f"{100 * t['share_from_good_quadrant']:.0f}% of its cells from the in-focus monolayer vs "
                  f"{100 * t['share_from_good_quadrant_whole']:.0f}% of the whole run's; map {t['areas_s']:.2f} s)")
+    c = r.get("colour")
+    if c:
+        L.append(f"detection of a pale yellow {c['grid'][0]}x{c['grid'][1]}-field mosaic "
+                 f"({c['image_shape'][0]}x{c['image_shape'][1]} px, {c['n_white_cells']} white cells), "
+                 f"slide mapped into the detector's colour range / as it is: "
+                 f"time x{c['ratio_time_with_vs_without']:.2f} "
+                 f"({c['with_s']:.1f} vs {c['without_s']:.1f} s), recall {c['recall_with']:.3f} vs "
+                 f"{c['recall_without']:.3f}" + ("" if c["adapted"] else " (slide inside the range: not mapped)"))
     s = r.get("stages")
     if s:
         L.append(f"detection stage / raw YOLO predict, same {s['n_tiles']} tiles: "
@@ -620,7 +671,7 @@ def summary_lines(r: dict) -> list[str]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    p.add_argument("--only", default="stages,sahi,memory,speedups,target,napari",
+    p.add_argument("--only", default="stages,sahi,memory,speedups,target,colour,napari",
                    help="comma-separated sections")
     p.add_argument("--workdir", default=None, help="mosaics and temporary files (default: $TMPDIR/bm_cells_bench)")
     p.add_argument("--json", default=None, help="write all results here (default: WORKDIR/results.json)")
@@ -693,6 +744,9 @@ def main(argv=None):
         det = load_detector(detector, device=a.device)
         results["target"] = bench_target(cfg["target_fields"], cfg["target"], det, cls)
         del cls, det
+    if "colour" in sections:
+        log("colour: ...")
+        results["colour"] = bench_colour(workdir, cfg["colour_grid"], detector, a.device)
     if "speedups" in sections:
         log("speedups: ...")
         results["speedups"] = bench_speedups(ckpt, cfg["speedup_n"])
