@@ -131,10 +131,10 @@ class AnalysisOptions:
         the command line and the widget build them unless told not to.
     colour : {"standardise", "white-balance", "off"}
         Adapt the slide's colours to the models' training data
-        (:mod:`~napari_bm_cells.colour`): CIELAB standardisation (default) of the
-        detector's tiles (onto its training fields) and of the cell crops (onto the
-        classifier's training crops), a white balance of the crops' glass colour, or
-        none. Each model needs the reference stored with it (``lab_reference`` /
+        (:mod:`~napari_bm_cells.colour`): CIELAB standardisation (default) of the cell
+        crops (onto the classifier's training crops) and of the detector's tiles (into
+        the range of its training fields, for a slide outside it), a white balance of the
+        crops' glass colour, or none. Each model needs the reference stored with it (``lab_reference`` /
         ``background``).
     exclude : tuple of str
         Codes left out of the differential's denominator.
@@ -172,10 +172,11 @@ class AnalysisOptions:
     colour: str = _opt("standardise", flag="--colour", kind="choice", label="colour adaptation",
                        choices=COLOUR_CHOICES, metavar="{" + ",".join(COLOUR_CHOICES) + "}",
                        help="adapt the slide's colours to the models' training data: 'standardise' "
-                            "maps the CIELAB mean and spread of the detector's tiles onto its training "
-                            "fields' and of the cell crops onto the classifier's training crops' "
-                            "(default; see docs/models.md, other labs), 'white-balance' matches only the "
-                            "crops' glass colour, 'off' leaves both as they are")
+                            "maps the CIELAB mean and spread of the cell crops onto the classifier's "
+                            "training crops', and of the detector's tiles into the range of its training "
+                            "fields' where they lie outside it (default; see docs/models.md, other labs), "
+                            "'white-balance' matches only the crops' glass colour, 'off' leaves both as "
+                            "they are")
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
     target: int | None = _opt(None, flag="--target", kind="int", label="count to", limits=(0, 100000, 100),
                               none=0, metavar="N",
