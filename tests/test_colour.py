@@ -118,16 +118,6 @@ def test_colour_adaptation_in_the_pipeline_is_switchable_and_recorded(data_dir, 
     assert np.allclose(none.cells.filter(like="prob_").to_numpy(), p_off, atol=1e-4)
 
 
-def _yellow_slide(data_dir, name):
-    """A BCCD test field as a pale stain on yellowish glass (crosslab's ``yellow``)."""
-    from PIL import Image
-
-    from napari_bm_cells.io import open_slide
-    from napari_bm_cells.training.evaluate import weak_yellow
-
-    return open_slide(weak_yellow(np.asarray(Image.open(data_dir / "bccd" / "JPEGImages" / name).convert("RGB"))))
-
-
 def test_detection_standardised_finds_white_cells_of_a_pale_yellow_stain(data_dir, detector, classifier):
     """Four BCCD test fields as a pale stain on yellowish glass: the detector shown the
     tiles as they are misses their white cells; with the default ``--colour standardise``
@@ -136,7 +126,7 @@ def test_detection_standardised_finds_white_cells_of_a_pale_yellow_stain(data_di
     through analyze, whose summary.json records the mapping; ``off`` records that it was
     off; the field as BCCD gives it lies inside the range and is left as it is."""
     from napari_bm_cells.pipeline import AnalysisOptions, analyze
-    from napari_bm_cells.training.evaluate import detection_metrics, detection_samples
+    from napari_bm_cells.training.evaluate import detection_metrics, detection_samples, rescaled_slide
 
     names = {"BloodImage_00007.jpg", "BloodImage_00075.jpg", "BloodImage_00233.jpg", "BloodImage_00346.jpg"}
     samples = [s for s in detection_samples(data_dir / "bccd")[0] if s.image.name in names]
@@ -144,7 +134,7 @@ def test_detection_standardised_finds_white_cells_of_a_pale_yellow_stain(data_di
     off, _ = detection_metrics(samples, detector, recolour="yellow", colour="off")
     on, _ = detection_metrics(samples, detector, recolour="yellow")
     assert off["recall"] <= 0.25 and on["recall"] == 1.0, (off["recall"], on["recall"])
-    slide = _yellow_slide(data_dir, "BloodImage_00007.jpg")
+    slide = rescaled_slide(data_dir / "bccd" / "JPEGImages" / "BloodImage_00007.jpg", 1.0, recolour="yellow")
     std = analyze(slide, detector=detector, classifier=classifier)
     info = std.summary["detector"]["colour"]
     assert info["on"] and info["adapted"]

@@ -127,7 +127,11 @@ class LabStandard:
         mu_r, sd_r = np.asarray(reference["mean"], np.float32), np.asarray(reference["std"], np.float32)
         self.gain = np.clip(sd_r / np.maximum(sd_s, MIN_STD), 1 / MAX_STRETCH, MAX_STRETCH)
         self.shift = mu_r - mu_s * self.gain
-        self._lut = None
+        # the same mapping on OpenCV's 8-bit CIELAB (L* * 255/100, a* + 128, b* + 128), for :meth:`fast`
+        scale, off = np.array([2.55, 1, 1], np.float32), np.array([0, 128, 128], np.float32)
+        b8 = self.shift * scale + off - off * self.gain
+        self._lut = np.clip(np.round(np.arange(256, dtype=np.float32)[:, None] * self.gain + b8), 0, 255
+                            ).astype(np.uint8).reshape(256, 1, 3)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """uint8 RGB crops (N, H, W, 3) -> standardised uint8 RGB crops."""
@@ -141,12 +145,6 @@ class LabStandard:
         what the detector's tiles go through."""
         from ._opencv import cv2
 
-        if self._lut is None:
-            # 8-bit CIELAB is L* * 255/100, a* + 128, b* + 128
-            scale, off = np.array([2.55, 1, 1], np.float32), np.array([0, 128, 128], np.float32)
-            b8 = self.shift * scale + off - off * self.gain
-            self._lut = np.clip(np.round(np.arange(256, dtype=np.float32)[:, None] * self.gain + b8), 0, 255
-                                ).astype(np.uint8).reshape(256, 1, 3)
         return np.stack([cv2.cvtColor(cv2.LUT(cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2LAB), self._lut),
                                       cv2.COLOR_LAB2RGB) for x in images]) if len(images) else images
 
@@ -250,8 +248,9 @@ def detector_colour(detector, slide, mode: str, region=None):
         return detector, {"mode": mode, "on": False,
                           "why": "the detector stores no CIELAB reference (lab_reference in its sidecar)"}
     stats = slide_lab_stats(slide, region)
-    std = LabStandard(stats, into_known_range(stats, ref))
-    adapted = not (np.allclose(std.gain, 1) and np.allclose(std.shift, 0, atol=1e-3))
+    target = into_known_range(stats, ref)
+    std = LabStandard(stats, target)
+    adapted = target != stats  # inside the range the target is the slide's own statistics
     info = {"mode": mode, "on": True, "adapted": adapted, **std.info(), "known_range": {
         k: ref[k] for k in ("mean_range", "std_range") if k in ref}}
     return (detector.with_tile_map(std.fast) if adapted else detector), info

@@ -79,6 +79,8 @@ class YoloDetector:
     """
 
     name = "yolo"
+    #: applied to every tile before detection (see :meth:`with_tile_map`)
+    tile_map = None
 
     def __init__(self, weights: str | Path = DEFAULT_DETECTOR, device: str = "cpu",
                  conf: float | None = None, iou: float = DEFAULT_IOU, classes: tuple[str, ...] = ("WBC",),
@@ -133,9 +135,6 @@ class YoloDetector:
         view = copy.copy(self)
         view.tile_map = fn
         return view
-
-    #: applied to every tile before detection (see :meth:`with_tile_map`)
-    tile_map = None
 
     def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
         """Detect in RGB uint8 tiles; boxes in tile pixels."""

@@ -43,7 +43,7 @@ def paired_difference(a_right, b_right) -> dict:
     p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {"n": n, "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "difference": d,
             "difference_ci95": [d - 1.96 * se, d + 1.96 * se], "only_a": only_a, "only_b": only_b,
-            "p_mcnemar": float(min(p, 1.0))}
+            "p_mcnemar": float(p)}
 
 
 def compare_runs(dir_a, dir_b) -> pd.DataFrame:

@@ -180,14 +180,6 @@ def detection_samples(data, split: str | None = None) -> tuple[list, str]:
     return samples, split
 
 
-#: recolourings of a field as another lab's stain might show it (crosslab conditions)
-RECOLOUR = {
-    "rb": lambda rgb: rgb[..., ::-1],  # red and blue swapped: a pink smear turned blue-grey
-    "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True), 3, -1).astype(np.uint8),  # no stain colour
-    "yellow": lambda rgb: weak_yellow(rgb),  # a pale stain on yellowish glass (a rapid stain)
-}
-
-
 #: glass colour (0-1 per channel) and optical-density scale of the ``yellow`` condition
 YELLOW_GLASS = (1.0, 0.93, 0.68)
 YELLOW_STAIN = 0.55
@@ -200,6 +192,14 @@ def weak_yellow(rgb: np.ndarray) -> np.ndarray:
     od = -np.log((rgb.astype(np.float32) + 1) / 256)
     out = 256 * np.exp(-YELLOW_STAIN * od) * np.asarray(YELLOW_GLASS, np.float32) - 1
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+#: recolourings of a field as another lab's stain might show it (crosslab conditions)
+RECOLOUR = {
+    "rb": lambda rgb: rgb[..., ::-1],  # red and blue swapped: a pink smear turned blue-grey
+    "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True), 3, -1).astype(np.uint8),  # no stain colour
+    "yellow": weak_yellow,  # a pale stain on yellowish glass (a rapid stain)
+}
 
 
 def rescaled_slide(path, factor: float, recolour: str | None = None):

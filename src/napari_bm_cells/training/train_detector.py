@@ -41,14 +41,24 @@ def add_lab_reference(weights, sources, leave_out: str | None = None) -> dict | 
     """Store the CIELAB statistics of the detector's training fields
     (:func:`~napari_bm_cells.colour.fields_lab_reference`) as ``lab_reference`` in
     ``<weights>.json``: what ``--colour standardise`` maps a slide's tiles onto."""
+    ref = lab_reference(sources, leave_out)
+    update_sidecar(weights, lab_reference=ref)
+    return ref
+
+
+def lab_reference(sources, leave_out: str | None = None) -> dict | None:
+    """:func:`~napari_bm_cells.colour.fields_lab_reference` of the training fields of ``sources``."""
     from ..colour import fields_lab_reference
 
-    ref = fields_lab_reference([s.image for s in train_fields(sources, leave_out)])
-    meta_file = Path(weights).with_suffix(".json")
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    meta["lab_reference"] = ref
-    meta_file.write_text(json.dumps(meta, indent=2))
-    return ref
+    return fields_lab_reference([s.image for s in train_fields(sources, leave_out)])
+
+
+def update_sidecar(weights, **fields) -> None:
+    """Set ``fields`` in ``<weights>.json`` (:func:`~napari_bm_cells.detect.read_sidecar`), keeping the rest."""
+    from ..detect import read_sidecar
+
+    meta = {**read_sidecar(weights), **fields}
+    Path(weights).with_suffix(".json").write_text(json.dumps(meta, indent=2))
 
 
 def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
@@ -128,9 +138,10 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
             "translate": translate,
             "augment": AUGMENT, "stain_copies": stain_copies, "left_out": leave_out,
             "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
-                           for s in sources]}
+                           for s in sources],
+            # what --colour standardise maps a slide from outside its range into
+            "lab_reference": lab_reference(sources, leave_out)}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    add_lab_reference(out, sources, leave_out)
     calibrate_threshold(out, data_yaml)
     return out
 
@@ -160,9 +171,6 @@ def calibrate_threshold(weights: str | Path, data_yaml: str | Path) -> float:
     m = evaluate_detector(data_yaml, tempfile.mkdtemp(prefix="bm_cells_cal_"), detector=weights,
                           split="val")
     conf = float(min(CONF_RANGE[1], max(CONF_RANGE[0], m["threshold_best_f1"])))
-    meta_file = weights.with_suffix(".json")
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    meta.update({"conf": conf,
-                 "val_metrics_before_calibration": {k: m[k] for k in ("conf", "recall", "precision", "ap50")}})
-    meta_file.write_text(json.dumps(meta, indent=2))
+    update_sidecar(weights, conf=conf,
+                   val_metrics_before_calibration={k: m[k] for k in ("conf", "recall", "precision", "ap50")})
     return conf
