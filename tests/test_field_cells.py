@@ -163,6 +163,46 @@ def test_pseudo_labelled_cells_of_other_labs_are_cut_as_analyze_cuts_them(data_d
         pseudo_label_fields(yaml, tmp_path / "none", classifier_path, labs=("PBC",), splits=("train",))
 
 
+def test_untyped_cells_of_other_labs_are_learnt_from_the_teacher_alone(data_dir, tmp_path, teacher_path):
+    """``--unlabelled``: every white cell of real Raabin-WBC and BCD fields, written
+    untyped, trains a model through the teacher's outputs only: for training (never in
+    the split file), drawn as a set share; without a teacher it is one clear error."""
+    from napari_bm_cells.checkpoint import read_meta
+    from napari_bm_cells.training.det_data import read_yolo
+    from napari_bm_cells.training.pseudo_labels import write_lab_cells
+    from napari_bm_cells.training.train_classifier import read_split, split_path, train_classifier
+
+    yaml = _txl_subset(data_dir, tmp_path / "txl")
+    n_wbc = sum(b.cls == "WBC" for s in read_yolo(yaml)["train"] for b in s.boxes)
+    n = write_lab_cells(yaml, tmp_path / "cells", read_meta(teacher_path), splits=("train",))
+    assert set(n) == {"Raabin-WBC", "BCD"} and sum(n.values()) == n_wbc
+    assert len(list((tmp_path / "cells" / "BCD").glob("*.png"))) == n["BCD"]
+    msgs, out = [], tmp_path / "m.safetensors"
+    kw = dict(arch="resnet10t", img_size=32, batch_size=4, epochs=1, max_steps=2, max_per_class=6,
+              crop_size_px=250, unlabelled=[tmp_path / "cells"])
+    train_classifier(data_dir / "pbc", out, teacher=teacher_path, progress=msgs.append, **kw)
+    assert f"{n_wbc} unlabelled training images from" in " ".join(msgs)
+    assert "cells (unlabelled, distilled)" in read_meta(out).trained_on
+    split = read_split(split_path(out), data_dir / "pbc")
+    assert len(split) == 6 * split["label"].nunique() and not split["path"].str.contains("cells").any()
+    with pytest.raises(InputError, match="add --teacher CKPT"):
+        train_classifier(data_dir / "pbc", tmp_path / "x.safetensors", **kw)
+
+
+def test_draws_balance_the_classes_and_give_untyped_cells_their_share():
+    from napari_bm_cells.training.train_classifier import draw_weights
+
+    y = np.array([0, 0, 0, 1, -1, -1, -1, -1])
+    extra = np.array([False, False, True, False, False, False, False, False])
+    w = draw_weights(y, extra, field_weight=3.0, balance=True, unlabelled_share=0.2)
+    assert w.sum() == pytest.approx(1)
+    assert w[:3].sum() == pytest.approx(0.4) and w[3] == pytest.approx(0.4)  # classes alike
+    assert w[2] == pytest.approx(3 * w[0])  # a field cell drawn field_weight times as often
+    assert w[4:] == pytest.approx([0.05] * 4)  # the untyped share, evenly
+    plain = draw_weights(y[:4], extra[:4], balance=False)
+    assert plain == pytest.approx(np.array([1, 1, 3, 1]) / 6)
+
+
 def test_crosslab_types_labelled_single_cell_images(data_dir, classifier_path, tmp_path, capsys):
     """``crosslab --images``: class folders under common English names, each image analysed
     whole as its own slide; platelet folders are left out (not a white cell); a resized

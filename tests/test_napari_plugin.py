@@ -940,6 +940,8 @@ def test_widget_fields_come_from_the_analysis_options(viewer):
         if o.in_widget:
             assert getattr(w, name).tooltip.startswith(o.help)
     assert list(w.colour.choices) == ["standardise", "white-balance", "off"]
+    assert list(w.class_prior.choices) == ["off", "slide"] and w.class_prior.value == "off"
     w.target.value, w.cell_px.value, w.level.value, w.colour.value = 300, 90.0, "1", "off"
+    w.class_prior.value = "slide"
     opts = w.options()
-    assert (opts.target, opts.cell_px, opts.level, opts.colour) == (300, 90.0, 1, "off")
+    assert (opts.target, opts.cell_px, opts.level, opts.colour, opts.class_prior) == (300, 90.0, 1, "off", "slide")

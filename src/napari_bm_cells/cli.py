@@ -86,7 +86,8 @@ def cmd_train_classifier(a):
                          max_per_class=a.max_per_class, precision=a.precision, init=a.init,
                          field_cells=a.field_cells, field_weight=a.field_weight,
                          ema_decay=a.ema or None, pretrained=a.pretrained, extra_data=a.extra_data,
-                         teacher=a.teacher, distil=a.distil, workers=a.workers, mixstyle=a.mixstyle,
+                         teacher=a.teacher, distil=a.distil, unlabelled=a.unlabelled,
+                         unlabelled_share=a.unlabelled_share, workers=a.workers, mixstyle=a.mixstyle,
                          one_size=a.one_size, virtual_slides=a.virtual_slides, field_edges=a.field_edges,
                          time_limit_s=a.minutes * 60 if a.minutes else None,
                          progress=lambda s: print(s, file=sys.stderr, flush=True))
@@ -355,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil from this checkpoint (same classes): learn its softened outputs too")
     s.add_argument("--distil", type=float, default=0.7,
                    help="weight of the teacher's outputs in the loss with --teacher (default 0.7)")
+    s.add_argument("--unlabelled", action="append", default=[], metavar="DIR",
+                   help="a folder of cell crops without types (e.g. other labs' white cells, "
+                        "scripts/cut_lab_cells.py), learnt from --teacher's outputs only; repeatable")
+    s.add_argument("--unlabelled-share", type=float, default=0.2, metavar="S",
+                   help="share S of the training draws taken from --unlabelled cells (default 0.2)")
     s.add_argument("--mixstyle", type=float, default=0.0, metavar="P",
                    help="MixStyle: with probability P after each of the first two stages, the crops of a "
                         "batch swap part of their feature statistics (0: off; default 0)")

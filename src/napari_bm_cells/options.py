@@ -93,6 +93,8 @@ class Option:
 
 #: run-time colour adaptations (:mod:`~napari_bm_cells.colour`)
 COLOUR_CHOICES = ("standardise", "white-balance", "off")
+#: class priors of the cells' types (:mod:`~napari_bm_cells.prior`)
+PRIOR_CHOICES = ("off", "slide")
 
 
 def _opt(default, **kw):
@@ -136,6 +138,13 @@ class AnalysisOptions:
         the range of its training fields, for a slide outside it), a white balance of the
         crops' glass colour, or none. Each model needs the reference stored with it (``lab_reference`` /
         ``background``).
+    class_prior : {"off", "slide"}
+        ``off`` (default): every type taken as equally common, as the classifier was
+        trained. ``slide``: the slide's class mix, estimated from all its cells'
+        probabilities, re-weights each cell's probabilities (:mod:`~napari_bm_cells.prior`;
+        slides of fewer than 50 cells keep them): more cells of a blood smear typed right,
+        but rare types (myelocytes, metamyelocytes, promyelocytes) are called less often
+        and marrow differentials do not gain (docs/models.md).
     exclude : tuple of str
         Codes left out of the differential's denominator.
     target : int, optional
@@ -177,6 +186,12 @@ class AnalysisOptions:
                             "fields' where they lie outside it (default; see docs/models.md, other labs), "
                             "'white-balance' matches only the crops' glass colour, 'off' leaves both as "
                             "they are")
+    class_prior: str = _opt("off", flag="--class-prior", kind="choice", label="class prior",
+                            choices=PRIOR_CHOICES, metavar="{" + ",".join(PRIOR_CHOICES) + "}",
+                            help="'slide': weigh each cell's type by the slide's class mix, estimated from "
+                                 "all its cells (slides of 50 cells or more): more of a blood smear's cells "
+                                 "typed right, rare types called less often, no gain on marrow (see "
+                                 "docs/models.md); 'off' (default): every type taken as equally common")
     exclude: tuple[str, ...] = tuple(sorted(NON_LEUKOCYTE_CODES))
     target: int | None = _opt(None, flag="--target", kind="int", label="count to", limits=(0, 100000, 100),
                               none=0, metavar="N",
@@ -211,6 +226,7 @@ class AnalysisOptions:
             (self.min_confidence is None or 0.0 <= self.min_confidence <= 1.0, "min_confidence",
              "a class probability between 0 and 1 (0: no cell unclassified)"),
             (self.colour in COLOUR_CHOICES, "colour", "one of " + ", ".join(COLOUR_CHOICES)),
+            (self.class_prior in PRIOR_CHOICES, "class_prior", "one of " + ", ".join(PRIOR_CHOICES)),
         ]
         for ok, name, fix in bad:
             if not ok:

@@ -29,6 +29,7 @@ from .io import Slide, open_slide
 from .taxonomy import UNCLASSIFIED
 from .options import AnalysisOptions  # noqa: F401 -- part of the pipeline's API
 from .masks import new_label_levels, new_labels
+from .prior import adapt_to_slide
 from .tile_cache import TileCache
 
 
@@ -248,6 +249,9 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
     dets = Detections(np.concatenate([np.zeros((0, 4))] + all_boxes).astype(np.float32),
                       np.concatenate([np.zeros(0)] + all_scores).astype(np.float32))
     probs = np.concatenate([np.zeros((0, nc), np.float32)] + all_probs)
+    prior_info = {"adapted": False}
+    if opts.class_prior == "slide":
+        probs, prior_info = adapt_to_slide(probs, cls.classes)
     centres = np.concatenate([np.zeros((0, 2))] + all_centres)
     cells = _rows(dets, np.arange(len(dets)), centres, probs, cls.classes, min_conf)
     # the region a cell was counted from holds its box centre (as iter_detect_regions
@@ -283,7 +287,7 @@ def iter_analysis(source, detector=None, classifier=None, options: AnalysisOptio
                        **({"members": [m["arch"] for m in cls.meta.members]} if cls.meta.members else {}),
                        "classes": cls.classes, "crop_px_level0": side, "crop_scale": scale_by,
                        "input_size": cls.input_size, "device": cls.device,
-                       "colour": colour.info()},
+                       "colour": colour.info(), "class_prior": {"mode": opts.class_prior, **prior_info}},
         "options": options_dict(opts),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     })

@@ -19,6 +19,24 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
+def image_files(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (any depth, hidden folders skipped), sorted.
+
+    Raises
+    ------
+    InputError
+        ``root`` is not a folder or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; give a folder of cell images")
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if not files:
+        raise InputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
 def scan_class_folders(root: str | Path) -> pd.DataFrame:
     """List the images of a folder-per-class tree.
 

@@ -53,6 +53,39 @@ def cut_lab_cells(samples, meta, out_px: int) -> tuple[np.ndarray, list[str], li
     return (np.stack(crops) if crops else np.zeros((0, out_px, out_px, 3), np.uint8)), names, edges
 
 
+def lab_samples(fields: dict, lab: str, splits, data_yaml="") -> list:
+    """The fields of ``lab`` (:func:`~napari_bm_cells.training.labs.field_source`) in
+    ``splits`` of a detection set read by ``read_yolo``; none is an InputError."""
+    samples = [s for sp in splits for s in fields.get(sp, []) if field_source(s).lower() == lab.lower()]
+    if not samples:
+        raise InputError(f"{data_yaml}: no field of lab {lab!r} in splits {list(splits)}")
+    return samples
+
+
+def write_lab_cells(data_yaml: str | Path, out_dir: str | Path, meta,
+                    labs: tuple[str, ...] = ("Raabin-WBC", "BCD"),
+                    splits: tuple[str, ...] = ("train", "val"), out_px: int = 112) -> dict[str, int]:
+    """Write every white cell of ``labs``' fields, untyped, into
+    ``out_dir/<lab>/<field>_<box>.png``, cut as :func:`cut_lab_cells` cuts them for a
+    classifier with ``meta``'s crop geometry: crops for ``train-classifier --unlabelled``.
+
+    Returns the number of cells written per lab.
+    """
+    from PIL import Image
+
+    from .det_data import read_yolo
+
+    fields, written = read_yolo(data_yaml), {}
+    for lab in labs:
+        crops, names, _ = cut_lab_cells(lab_samples(fields, lab, splits, data_yaml), meta, out_px)
+        folder = Path(out_dir) / lab
+        folder.mkdir(parents=True, exist_ok=True)
+        for c, n in zip(crops, names):
+            Image.fromarray(c).save(folder / f"{n}.png")
+        written[lab] = len(crops)
+    return written
+
+
 def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str | Path,
                         labs: tuple[str, ...] = ("Raabin-WBC", "BCD"),
                         splits: tuple[str, ...] = ("train", "val"), out_px: int = 112,
@@ -96,10 +129,7 @@ def pseudo_label_fields(data_yaml: str | Path, out_dir: str | Path, teacher: str
     out_dir = Path(out_dir)
     rows = []
     for lab in labs:
-        samples = [s for sp in splits for s in fields.get(sp, []) if field_source(s).lower() == lab.lower()]
-        if not samples:
-            raise InputError(f"{data_yaml}: no field of lab {lab!r} in splits {list(splits)}")
-        crops, names, edges = cut_lab_cells(samples, clf.meta, out_px)
+        crops, names, edges = cut_lab_cells(lab_samples(fields, lab, splits, data_yaml), clf.meta, out_px)
         x = np.stack([resize_square(c, clf.input_size) for c in crops])
         if clf.meta.lab_reference is not None:
             x = LabStandard(lab_stats(x), clf.meta.lab_reference)(x)

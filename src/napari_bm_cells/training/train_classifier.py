@@ -15,7 +15,7 @@ import pandas as pd
 from ..checkpoint import ClassifierMeta, arch_kwargs, save_checkpoint
 from ..runtime import autocast, autocast_dtype
 from ..errors import InputError
-from .cls_data import load_images, scan_class_folders, stratified_split
+from .cls_data import image_files, load_images, scan_class_folders, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,34 @@ def one_size_zoom(imgs: np.ndarray, ref_px: float, labels=None, lo: float = 0.5,
     if labels is not None:
         zoom[np.isin(np.asarray(labels), list(NON_LEUKOCYTE_CODES))] = 1.0
     return zoom
+
+
+def draw_weights(y: np.ndarray, extra: np.ndarray, field_weight: float = 3.0, balance: bool = True,
+                 unlabelled_share: float = 0.2) -> np.ndarray:
+    """Probability of drawing each training crop.
+
+    Parameters
+    ----------
+    y : array of int
+        Class index per crop; -1 for a crop without a type (``--unlabelled``).
+    extra : array of bool
+        Field cells (``--field-cells``), drawn ``field_weight`` times as often as a crop of
+        their class.
+    balance : bool
+        Every class drawn equally often.
+    unlabelled_share : float
+        Share of the draws that go to crops without a type (evenly), when there are any.
+    """
+    typed = y >= 0
+    w = np.where(extra, field_weight, 1.0)
+    if balance:
+        per_class = np.bincount(y[typed], weights=w[typed])
+        w[typed] /= per_class[y[typed]]
+    w[typed] /= w[typed].sum()
+    if not typed.all():
+        w[typed] *= 1 - unlabelled_share
+        w[~typed] = unlabelled_share / (~typed).sum()
+    return w
 
 
 def _one_cycle(opt, lr: float, total_steps: int, done: int = 0):
@@ -242,6 +270,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
                      field_cells=(), field_weight: float = 3.0, ema_decay: float | None = 0.998,
                      pretrained: str | Path | None = None, extra_data=(),
                      teacher: str | Path | None = None, distil: float = 0.7,
+                     unlabelled=(), unlabelled_share: float = 0.2,
                      workers: int = 0, time_limit_s: float | None = None,
                      mixstyle: float = 0.0, one_size: float = 0.0, virtual_slides: float = 1.0,
                      field_edges: float = 0.0, progress=print) -> dict:
@@ -289,6 +318,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         (knowledge distillation, Hinton et al. 2015, temperature 2): loss =
         ``(1 - distil)`` x cross-entropy + ``distil`` x KL to the teacher, on the same
         augmented crops.
+    unlabelled : list of path
+        Folders of cell crops without types (any layout; e.g. the white cells of other
+        labs' detection fields, ``scripts/cut_lab_cells.py``), used for training only and
+        learnt from the teacher's outputs alone (needs ``teacher``): the model sees those
+        labs' stains and cameras with the teacher's view of each cell.
+    unlabelled_share : float
+        Share of the training draws that are such cells (default 0.2).
     ema_decay : float, optional
         Keep an exponential moving average of the weights (timm ``ModelEmaV3``) and
         validate, keep and ship the averaged model; ``None`` uses the raw weights.
@@ -351,6 +387,14 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         more = more[more["label"].isin(classes)].assign(split="train")
         progress(f"{len(more)} more training images from {d}")
         df = pd.concat([df, more], ignore_index=True)
+    if unlabelled and teacher is None:
+        raise InputError("--unlabelled cells are learnt from a teacher's outputs only: add --teacher CKPT")
+    if unlabelled and not 0 < unlabelled_share < 1:
+        raise InputError(f"--unlabelled-share {unlabelled_share}: give a share between 0 and 1, such as 0.2")
+    for d in unlabelled:  # label "": no type, distillation only
+        more = pd.DataFrame({"path": [str(p) for p in image_files(d)], "label": "", "split": "train"})
+        progress(f"{len(more)} unlabelled training images from {d}")
+        df = pd.concat([df, more], ignore_index=True)
     if crop_size_px is None:
         sides = []
         for p in df["path"].sample(min(50, len(df)), random_state=seed):
@@ -379,12 +423,13 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         df = pd.concat([df.assign(extra=False), extra], ignore_index=True)
     else:
         df = df.assign(extra=False)
+    df.loc[df["label"] == "", "extra"] = True  # unlabelled cells: kept out of the colour references
     progress(f"loading {len(df)} images at {img_size}px ...")
     imgs, ok = load_images(df["path"].tolist(), img_size, fov=crop_size_px)
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)
     df = df.assign(ok=ok)
-    y_all = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    y_all = df["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype(int).to_numpy()
     tr = np.flatnonzero((df["split"] == "train").to_numpy() & ok)
     va = np.flatnonzero((df["split"] == "val").to_numpy() & ok)
     te = np.flatnonzero((df["split"] == "test").to_numpy() & ok)
@@ -413,7 +458,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
     meta = ClassifierMeta(arch=arch, classes=classes, input_size=img_size,
                           crop_size_px=crop_size_px, ref_cell_px=ref_cell_px, mpp=mpp,
                           trained_on=" + ".join([Path(data_dir).name] + [Path(d).name for d in extra_data] + [
-                              f"{Path(d).name} train-split fields" for d in field_cells]))
+                              f"{Path(d).name} train-split fields" for d in field_cells] + [
+                              f"{Path(d).name} (unlabelled, distilled)" for d in unlabelled]))
     from ..colour import images_background
     meta.background = images_background(df.loc[(df["split"] == "train") & ~df["extra"], "path"], seed=seed)
     meta.lab_reference = lab_reference(imgs[tr[~df["extra"].to_numpy()[tr]]], seed=seed)
@@ -445,11 +491,7 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
         start, best_f1, history = st["epoch"] + 1, st["best_f1"], st["history"]
         progress(f"resumed at epoch {start}")
 
-    weights = np.where(df["extra"].to_numpy()[tr], field_weight, 1.0)
-    if balance:  # every class drawn equally often
-        per_class = np.bincount(y_all[tr], weights=weights, minlength=len(classes))
-        weights = weights / per_class[y_all[tr]]
-    weights /= weights.sum()
+    weights = draw_weights(y_all[tr], df["extra"].to_numpy()[tr], field_weight, balance, unlabelled_share)
     aug = train_transform(stain=not virtual_slides, field_edge=field_edges)
     if field_edges:
         meta.trained_on += f", {field_edges:.0%} of crops cut as at a field's edge"
@@ -477,7 +519,8 @@ def train_classifier(data_dir: str | Path, out: str | Path, arch: str = "resnext
             y = torch.from_numpy(y_all[idx]).to(device)
             with autocast(device, amp_dtype):
                 logits = model(x).float()
-                loss = loss_fn(logits, y)
+                has_type = y >= 0
+                loss = loss_fn(logits[has_type], y[has_type]) if has_type.any() else logits.sum() * 0
                 if teach is not None:
                     loss = (1 - distil) * loss + distil * _distil_loss(logits, teach, x, meta, tmeta)
             opt.zero_grad(set_to_none=True)
