@@ -68,7 +68,8 @@ def main(argv=None):
         match.append(cells.loc[inside, "det_score"].idxmax() if inside.any() else -1)
     match = np.array(match)
     print(f"{len(truth)} labelled white cells in a {image.shape[1]}x{image.shape[0]} mosaic; "
-          f"{(match >= 0).sum()} detected; {len(cells)} cells in all")
+          f"{(match >= 0).sum()} detected; {len(cells)} cells in all; crops scaled by "
+          f"{res.summary['classifier']['crop_scale']}")
     mix_truth = truth["truth"].value_counts(normalize=True)
     for strength in [0.0] + a.strength:
         p, info = adapt_to_slide(probs, classes, strength=strength)

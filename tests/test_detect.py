@@ -168,3 +168,28 @@ def test_box_overlaps_gives_iou_and_intersection_over_the_smaller_box():
     np.testing.assert_allclose(iou, [[1, 4 / 100, 0], [25 / 175, 0, 0]], atol=1e-9)
     np.testing.assert_allclose(ios, [[1, 1, 0], [0.25, 0, 0]], atol=1e-9)  # a nested box: 1
     assert box_overlaps(np.zeros((0, 4)), b)[0].shape == (0, 3)
+
+
+def test_the_crops_scale_comes_from_cells_over_the_whole_slide(data_dir, detector):
+    """Real BCCD fields tiled smallest white cell first: the cell size the detection stage
+    measures (the crops' scale) is the whole slide's, not that of its first tiles."""
+    from napari_bm_cells.crop import level0_diameters
+
+    samples = [s for ss in read_voc(data_dir / "bccd").values() for s in ss
+               if (s.width, s.height) == (640, 480) and sum(b.cls == "WBC" for b in s.boxes) == 1][:160]
+    sized = []
+    for s in samples:
+        slide = open_slide(s.image)
+        b = next(b for b in s.boxes if b.cls == "WBC")
+        d = level0_diameters(slide, np.array([[b.x0, b.y0, b.x1, b.y1]]))
+        if d:
+            sized.append((d[0], slide.read_region(0, 0, 480, 640)))
+    sized.sort(key=lambda t: t[0])
+    rows, cols = len(sized) // 8, 8
+    img = np.concatenate([np.concatenate([f for _, f in sized[r * cols:(r + 1) * cols]], 1) for r in range(rows)])
+    sizes = np.array([d for d, _ in sized[:rows * cols]])
+    whole, first = np.median(sizes), np.median(sizes[:64])
+    assert first < 0.9 * whole  # the first tiles' cells alone would set too small a scale
+    dets, _ = _run(open_slide(img), detector, downsample=1.6)
+    assert len(dets) >= 0.9 * len(sizes)
+    assert abs(dets.cell_px / whole - 1) < 0.08, (dets.cell_px, whole, first)

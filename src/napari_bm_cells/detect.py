@@ -454,8 +454,9 @@ def iter_detect_regions(slide, detector, regions, tile: int = 640, downsample: f
 def _detect_windows(slide, detector, windows, d: float, batch: int | None, measure: bool):
     """Run the detector over level-0 ``windows`` read at downsample ``d``, ``batch`` at a
     time, reading the next batch while the model runs. Yields, per window, its index,
-    its detections (window pixels at ``d``) and the diameters measured on it (up to
-    :data:`MEASURE_CELLS` in all, when ``measure``)."""
+    its detections (window pixels at ``d``) and the diameters measured on it (when
+    ``measure``: :data:`MEASURE_CELLS` spread over the windows, so the crops' scale comes
+    from the whole slide, not its first tiles)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(ks):
@@ -470,22 +471,21 @@ def _detect_windows(slide, detector, windows, d: float, batch: int | None, measu
         return
     batch = batch or default_det_batch(detector)
     batches = [list(range(i, min(i + batch, len(windows)))) for i in range(0, len(windows), batch)]
-    n_measured, prev, meas = 0, None, None
+    per_window = max(1, round(MEASURE_CELLS / len(windows)))
+    prev, meas = None, None
     with ThreadPoolExecutor(1, thread_name_prefix="bm-cells-reader") as pool:
         fut = pool.submit(read, batches[0])
         for bi, ks in enumerate(batches + [None]):
             imgs = fut.result() if ks is not None else None
             if prev is not None:  # the previous batch, with what was measured on it meanwhile
                 per = meas.result() if meas is not None else [[] for _ in prev[0]]
-                n_measured += sum(len(x) for x in per)
                 yield from zip(prev[0], prev[1], per)
             if ks is None:
                 return
             dets = detector(imgs)
             # measure cells of these windows in the reader thread while the model runs on
             # the next batch: the crops' scale comes for free (see cut_cells.crop_side)
-            meas = pool.submit(_measure_batch, imgs, dets, d, MEASURE_CELLS - n_measured) \
-                if measure and n_measured < MEASURE_CELLS else None
+            meas = pool.submit(_measure_batch, imgs, dets, d, per_window) if measure else None
             if bi + 1 < len(batches):
                 fut = pool.submit(read, batches[bi + 1])
             prev = (ks, dets)
@@ -498,23 +498,24 @@ def default_det_batch(detector) -> int:
     return 1 if str(getattr(detector, "device", "cpu")).startswith("cpu") else 4
 
 
-#: cells whose diameter the detection stage measures (median -> crop scale)
+#: cells whose diameter the detection stage measures (median -> crop scale), spread over
+#: the tiles: up to this many per tile divided by the tiles, at least one per tile
 MEASURE_CELLS = 64
 
 
 def _measure_batch(imgs, dets, d: float, limit: int) -> list[list[float]]:
-    """Centre-contour diameters (level-0 px), per tile, of up to ``limit`` cells lying
-    whole in their tiles, measured as :func:`crop.level0_diameters` measures them but on the
+    """Centre-contour diameters (level-0 px), per tile, of up to ``limit`` cells per tile
+    lying whole in it, measured as :func:`crop.level0_diameters` measures them but on the
     detection-level tiles already in memory (no extra reads; median ratio to the level-0
     measure 0.999-1.000 over the cells of a BCCD mosaic at downsample 1.6 and 2)."""
     from .crop import box_square, square_crop, square_diameter
 
-    out, n = [], 0
+    out = []
     for img, det in zip(imgs, dets):
         h, w = img.shape[:2]
         out.append([])
         for box in det.boxes:
-            if n >= limit:
+            if len(out[-1]) >= limit:
                 break
             x0, y0, x1, y1 = box
             if x0 < 1 or y0 < 1 or x1 > w - 1 or y1 > h - 1:  # cut by the tile edge
@@ -523,5 +524,4 @@ def _measure_batch(imgs, dets, d: float, limit: int) -> list[list[float]]:
             dia = square_diameter(square_crop(img, (cy, cx), side))
             if dia is not None:
                 out[-1].append(dia * d)
-                n += 1
     return out
