@@ -170,10 +170,15 @@ def test_box_overlaps_gives_iou_and_intersection_over_the_smaller_box():
     assert box_overlaps(np.zeros((0, 4)), b)[0].shape == (0, 3)
 
 
-def test_the_crops_scale_comes_from_cells_over_the_whole_slide(data_dir, detector):
+@pytest.mark.parametrize("measure_tiles", [256, 8])
+def test_the_crops_scale_comes_from_cells_over_the_whole_slide(data_dir, detector, measure_tiles, monkeypatch):
     """Real BCCD fields tiled smallest white cell first: the cell size the detection stage
-    measures (the crops' scale) is the whole slide's, not that of its first tiles."""
+    measures (the crops' scale) is the whole slide's, not that of its first tiles, also
+    when only some evenly spaced tiles are measured (a slide of many tiles)."""
+    from napari_bm_cells import detect
     from napari_bm_cells.crop import level0_diameters
+
+    monkeypatch.setattr(detect, "MEASURE_TILES", measure_tiles)
 
     samples = [s for ss in read_voc(data_dir / "bccd").values() for s in ss
                if (s.width, s.height) == (640, 480) and sum(b.cls == "WBC" for b in s.boxes) == 1][:160]
