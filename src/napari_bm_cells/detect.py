@@ -404,7 +404,7 @@ def iter_detect(slide, detector, tile: int = 640, overlap: int = 160, downsample
     windows = [(ry0 + t.y0 * d, rx0 + t.x0 * d, ry0 + t.y1 * d, rx0 + t.x1 * d) for t in tiles]
     results, diameters = [], []
     yield Progress(Stage.DETECT, 0, len(tiles))
-    for k, dets, diam in _detect_windows(slide, detector, windows, d, batch, measure):
+    for k, dets, diam in _detect_windows(slide, detector, windows, d, batch, measure, spread=True):
         results.append((tiles[k], dets))
         diameters += diam
         if k + 1 == len(tiles) or (k + 1) % (batch or default_det_batch(detector)) == 0:
@@ -451,13 +451,15 @@ def iter_detect_regions(slide, detector, regions, tile: int = 640, downsample: f
         yield k, Detections(b[keep], dets.scores[keep], cell_px)
 
 
-def _detect_windows(slide, detector, windows, d: float, batch: int | None, measure: bool):
+def _detect_windows(slide, detector, windows, d: float, batch: int | None, measure: bool,
+                    spread: bool = False):
     """Run the detector over level-0 ``windows`` read at downsample ``d``, ``batch`` at a
     time, reading the next batch while the model runs. Yields, per window, its index,
-    its detections (window pixels at ``d``) and the diameters measured on it (when
-    ``measure``: :data:`MEASURE_CELLS` spread over the windows, at most
+    its detections (window pixels at ``d``) and the diameters measured on it, when
+    ``measure``: :data:`MEASURE_CELLS` cells spread over the windows (``spread``: at most
     :data:`MEASURE_TILES` of them evenly spaced, so the crops' scale comes from the whole
-    slide, not its first tiles)."""
+    slide, not its first tiles), else the first :data:`MEASURE_CELLS` cells (regions
+    visited best first, whose first sets the scale before the others are detected)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(ks):
@@ -475,20 +477,22 @@ def _detect_windows(slide, detector, windows, d: float, batch: int | None, measu
     stride = -(-len(windows) // MEASURE_TILES)
     per_window = max(1, round(MEASURE_CELLS / -(-len(windows) // stride)))
     limits = [per_window if k % stride == 0 else 0 for k in range(len(windows))]
-    prev, meas = None, None
+    n_measured, prev, meas = 0, None, None
     with ThreadPoolExecutor(1, thread_name_prefix="bm-cells-reader") as pool:
         fut = pool.submit(read, batches[0])
         for bi, ks in enumerate(batches + [None]):
             imgs = fut.result() if ks is not None else None
             if prev is not None:  # the previous batch, with what was measured on it meanwhile
                 per = meas.result() if meas is not None else [[] for _ in prev[0]]
+                n_measured += sum(len(x) for x in per)
                 yield from zip(prev[0], prev[1], per)
             if ks is None:
                 return
             dets = detector(imgs)
             # measure cells of these windows in the reader thread while the model runs on
             # the next batch: the crops' scale comes for free (see cut_cells.crop_side)
-            meas = pool.submit(_measure_batch, imgs, dets, d, [limits[k] for k in ks]) if measure else None
+            left = [limits[k] for k in ks] if spread else [max(0, MEASURE_CELLS - n_measured)] * len(ks)
+            meas = pool.submit(_measure_batch, imgs, dets, d, left) if measure and any(left) else None
             if bi + 1 < len(batches):
                 fut = pool.submit(read, batches[bi + 1])
             prev = (ks, dets)
