@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
+def _visible_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (any depth) outside hidden folders and not hidden, sorted."""
+    return [p for p in sorted(root.rglob("*")) if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
 def image_files(root: str | Path) -> list[Path]:
     """Every image file under ``root`` (any depth, hidden folders skipped), sorted.
 
@@ -30,8 +36,7 @@ def image_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder; give a folder of cell images")
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    files = [p for p in _visible_files(root) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise InputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files
@@ -50,8 +55,7 @@ def scan_class_folders(root: str | Path) -> pd.DataFrame:
         raise InputError(f"{root}: not a folder; give a folder with one sub-folder per class code")
     rows, skipped = [], []
     for cls_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [p for p in sorted(cls_dir.rglob("*")) if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(cls_dir).parts)]
+        files = _visible_files(cls_dir)
         imgs = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not imgs:
