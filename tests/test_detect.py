@@ -42,6 +42,22 @@ def test_merge_keeps_a_straddling_cell_once():
     assert len(merged) == 1 and merged.boxes[0][2] == pytest.approx(290)
 
 
+def test_merge_keeps_a_cell_whose_centre_lies_on_the_cut_between_cores():
+    """The shipped detector's boxes of one white cell (a Raabin-WBC field at 1/1.2985,
+    664 px, four 640-px tiles cut at 332): tiles place it two pixels apart, centre 332
+    from the first tile (owned by the second) and 330 from the second (owned by the
+    first). Each tile owned the other's view, and the cell was lost; it is kept once."""
+    tiles = tile_grid(664, 664, 640, 160)
+    assert [t.core[1] for t in tiles[:2]] == [0.0, 332.0]
+    seen = {(0, 0): [222, 212, 442, 428], (0, 24): [194, 212, 418, 432],
+            (24, 0): [224, 188, 444, 408], (24, 24): [194, 188, 422, 412]}
+    per_tile = [(t, Detections(np.array([seen[(t.y0, t.x0)]], np.float32), np.array([0.7], np.float32)))
+                for t in tiles]
+    merged, _ = merge_tiles(per_tile)
+    assert len(merged) == 1
+    np.testing.assert_allclose(merged.boxes[0], [222, 212, 442, 428], atol=3)
+
+
 def test_overlap_must_be_smaller_than_tile():
     from napari_bm_cells.errors import InputError
     with pytest.raises(InputError, match="overlap"):

@@ -28,6 +28,38 @@ BRIGHT_FRACTION = 0.2
 #: gains are clipped to this range (a white balance, not a recolouring)
 MAX_GAIN = 1.6
 
+#: a pixel no brighter than this in every channel (0-255) lies outside the imaged area:
+#: the black surround of a camera's round field of view or a scanner's unscanned strip
+#: (the darkest stained nuclei of our data stay above 59)
+VOID_LEVEL = 25
+
+
+#: a black surround covers at least this share of an image (less is a dark speck at its edge)
+MIN_SURROUND = 0.01
+
+
+def void_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Boolean mask (the image's shape without channels) of black pixels
+    (:data:`VOID_LEVEL`): what an image shows outside its imaged area."""
+    return np.asarray(rgb).max(-1) <= VOID_LEVEL
+
+
+def surround(rgb: np.ndarray) -> np.ndarray:
+    """Boolean mask of an image's (a thumbnail's) black surround: its black pixels
+    (:func:`void_pixels`) connected to its edge, the outside of a camera's round field of
+    view or a scanner's unscanned strip, when they cover :data:`MIN_SURROUND` of it (a
+    black nucleus inside the smear is not part of it). It holds no smear, so colour
+    statistics, the nuclear mask and the field's extent leave it out."""
+    from scipy import ndimage
+
+    void = void_pixels(rgb)
+    if void.mean() < MIN_SURROUND:
+        return np.zeros(void.shape, bool)
+    lab, _ = ndimage.label(void)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    out = np.isin(lab, edge[edge > 0])
+    return out if out.mean() >= MIN_SURROUND else np.zeros(void.shape, bool)
+
 
 def background_rgb(rgb: np.ndarray) -> np.ndarray | None:
     """Median colour (R, G, B in 0-255) of the glass in an RGB uint8 image or stack of
@@ -94,9 +126,15 @@ def _from_lab(lab: np.ndarray) -> np.ndarray:
 
 
 def lab_stats(crops: np.ndarray) -> dict:
-    """Mean and standard deviation of L*, a*, b* over every pixel of uint8 RGB crops
-    (N, H, W, 3) or one image: ``{"mean": [3], "std": [3]}``."""
-    lab = _to_lab(np.asarray(crops)).reshape(-1, 3).astype(np.float64)
+    """Mean and standard deviation of L*, a*, b* over the pixels of uint8 RGB crops
+    (N, H, W, 3) or one image, black ones (:func:`void_pixels`: a crop reaching into a
+    round field of view's surround) left out unless every pixel is:
+    ``{"mean": [3], "std": [3]}``."""
+    crops = np.asarray(crops)
+    lab = _to_lab(crops).reshape(-1, 3).astype(np.float64)
+    void = void_pixels(crops).reshape(-1)
+    if void.any() and not void.all():
+        lab = lab[~void]
     return {"mean": [round(float(v), 3) for v in lab.mean(0)],
             "std": [round(float(v), 3) for v in lab.std(0)]}
 
@@ -168,7 +206,8 @@ SMEAR_FRACTION = 0.05
 
 def smear_pixels(rgb: np.ndarray) -> np.ndarray:
     """The (N, 3) pixels of an RGB image in blocks that hold some of the smear: empty
-    glass around a smear on a whole slide would otherwise dominate its colour statistics.
+    glass around a smear on a whole slide would otherwise dominate its colour statistics,
+    and so would a black surround (:func:`surround`), whose pixels are left out too.
     All pixels when no block qualifies (or the glass colour is unknown)."""
     bg = background_rgb(rgb)
     h, w = rgb.shape[:2]
@@ -176,9 +215,10 @@ def smear_pixels(rgb: np.ndarray) -> np.ndarray:
         return rgb.reshape(-1, 3)
     b = SMEAR_BLOCK
     blocks = rgb[:h // b * b, :w // b * b].reshape(h // b, b, w // b, b, 3).swapaxes(1, 2).reshape(-1, b * b, 3)
-    on = np.abs(blocks.astype(np.float32) - bg).sum(-1) > GLASS_DISTANCE
+    imaged = ~surround(rgb)[:h // b * b, :w // b * b].reshape(h // b, b, w // b, b).swapaxes(1, 2).reshape(-1, b * b)
+    on = (np.abs(blocks.astype(np.float32) - bg).sum(-1) > GLASS_DISTANCE) & imaged
     keep = on.mean(1) >= SMEAR_FRACTION
-    return blocks[keep].reshape(-1, 3) if keep.any() else rgb.reshape(-1, 3)
+    return blocks[keep][imaged[keep]] if keep.any() else rgb.reshape(-1, 3)
 
 
 def slide_lab_stats(slide, region=None) -> dict:
@@ -187,6 +227,20 @@ def slide_lab_stats(slide, region=None) -> dict:
     from .io import read_thumbnail
 
     return lab_stats(smear_pixels(read_thumbnail(slide, region)[0])[None])
+
+
+def fill_void(colour):
+    """A tile map (uint8 RGB stack (N, H, W, 3) to the same) that paints the pixels
+    (:func:`void_pixels`) in ``colour``, the slide's glass, for a slide with a black
+    surround (:func:`surround`): the detector, which never saw one, boxes its straight
+    edges as white cells."""
+    colour = np.asarray(colour, np.uint8)
+
+    def fill(tiles: np.ndarray) -> np.ndarray:
+        void = void_pixels(tiles)
+        return np.where(void[..., None], colour, tiles) if void.any() else tiles
+
+    return fill
 
 
 #: percentiles of the training fields' statistics that bound the range a detector knows
@@ -239,21 +293,34 @@ def detector_colour(detector, slide, mode: str, region=None):
     :class:`LabStandard`): its white cells then score as its training fields' do. A slide
     inside the range is left as it is (``adapted`` False): mapping every slide onto the
     median made stretched red cells and platelets pass for white cells in a field
-    without any. Otherwise the detector is returned as it is.
+    without any. In every mode, a slide's black surround (a round field of view's,
+    :func:`surround`) is shown as the slide's glass (``void_fill``).
+    Otherwise the detector is returned as it is.
     """
+    from .io import read_thumbnail
+
+    info = {"mode": mode, "on": False}
     ref = (getattr(detector, "meta", None) or {}).get("lab_reference")
-    if mode != "standardise":
-        return detector, {"mode": mode, "on": False}
-    if ref is None or not hasattr(detector, "with_tile_map"):
-        return detector, {"mode": mode, "on": False,
-                          "why": "the detector stores no CIELAB reference (lab_reference in its sidecar)"}
-    stats = slide_lab_stats(slide, region)
-    target = into_known_range(stats, ref)
-    std = LabStandard(stats, target)
-    adapted = target != stats  # inside the range the target is the slide's own statistics
-    info = {"mode": mode, "on": True, "adapted": adapted, **std.info(), "known_range": {
-        k: ref[k] for k in ("mean_range", "std_range") if k in ref}}
-    return (detector.with_tile_map(std.fast) if adapted else detector), info
+    if mode == "standardise" and (ref is None or not hasattr(detector, "with_tile_map")):
+        info["why"] = "the detector stores no CIELAB reference (lab_reference in its sidecar)"
+    if not hasattr(detector, "with_tile_map"):  # the contour detector
+        return detector, info
+    thumb, maps = read_thumbnail(slide, region)[0], []
+    if surround(thumb).any() and (glass := background_rgb(thumb)) is not None:
+        maps.append(fill_void(glass))
+        info["void_fill"] = [round(float(v), 1) for v in glass]
+    if mode == "standardise" and "why" not in info:
+        stats = lab_stats(smear_pixels(thumb)[None])
+        target = into_known_range(stats, ref)
+        std = LabStandard(stats, target)
+        adapted = target != stats  # inside the range the target is the slide's own statistics
+        info.update({"on": True, "adapted": adapted, **std.info(), "known_range": {
+            k: ref[k] for k in ("mean_range", "std_range") if k in ref}})
+        if adapted:
+            maps.append(std.fast)
+    if not maps:
+        return detector, info
+    return detector.with_tile_map(maps[0] if len(maps) == 1 else lambda t: maps[1](maps[0](t))), info
 
 
 class SlideColour:

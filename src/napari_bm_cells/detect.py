@@ -270,11 +270,17 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
             for y, yc in zip(ys, ycs) for x, xc in zip(xs, xcs)]
 
 
+#: a tile keeps a box whose centre lies within this share of the box's side outside its
+#: core: two tiles place one cell's box a few pixels apart, and a cell whose centre lies
+#: on the cut between their cores could otherwise be owned by neither
+OWN_SLACK = 0.25
+
+
 def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tuple[Detections, int]:
-    """Keep each tile's detections whose centre it owns, then suppress remaining
-    duplicates (IoU > ``iou``, or one box mostly inside another) among boxes near core
-    borders. Boxes are in detection-level pixels. Returns the merged boxes and how many
-    duplicates the final suppression removed.
+    """Keep each tile's detections whose centre it owns (its core, widened by
+    :data:`OWN_SLACK`), then suppress remaining duplicates (IoU > ``iou``, or one box
+    mostly inside another) among boxes near core borders. Boxes are in detection-level
+    pixels. Returns the merged boxes and how many duplicates the final suppression removed.
     """
     boxes, scores, near, rank = [], [], [], []
     for t, d in per_tile:
@@ -283,7 +289,8 @@ def merge_tiles(per_tile: list[tuple[Tile, Detections]], iou: float = 0.5) -> tu
         b = d.boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         cy0, cx0, cy1, cx1 = t.core
-        own = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
+        sy, sx = OWN_SLACK * (b[:, 3] - b[:, 1]), OWN_SLACK * (b[:, 2] - b[:, 0])
+        own = (cy >= cy0 - sy) & (cy < cy1 + sy) & (cx >= cx0 - sx) & (cx < cx1 + sx)
         # a box reaching across its tile's core border may have a twin in the neighbour
         border = ((b[:, 0] < cx0) & (cx0 > t.x0)) | ((b[:, 2] > cx1) & (cx1 < t.x1)) | \
                  ((b[:, 1] < cy0) & (cy0 > t.y0)) | ((b[:, 3] > cy1) & (cy1 < t.y1))
@@ -312,8 +319,8 @@ def box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import torch
     from torchvision.ops import box_area, box_iou
 
-    ta = torch.as_tensor(np.asarray(a, np.float64).reshape(-1, 4))
-    tb = torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4))
+    ta = torch.tensor(np.asarray(a, np.float64).reshape(-1, 4))  # a copy: inputs may be read-only
+    tb = torch.tensor(np.asarray(b, np.float64).reshape(-1, 4))
     iou = box_iou(ta, tb)
     aa, ab = box_area(ta)[:, None], box_area(tb)[None, :]
     inter = iou * (aa + ab) / (1 + iou)  # from IoU = I / (A + B - I)

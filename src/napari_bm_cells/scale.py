@@ -66,21 +66,28 @@ MIN_RED_CELLS = 12
 SNAP = 1.3
 
 
-def _dark_mask(slide, region) -> tuple[np.ndarray, float]:
+def _dark_mask(slide, region) -> tuple[np.ndarray, float, np.ndarray]:
     """Nuclear pixels of a thumbnail of ``region`` (the darkest of three classes of the red
     channel by multi-Otsu: glass, red cells and cytoplasm, nuclei; nuclear stains absorb
-    red light, eosin does not) and the thumbnail's downsample."""
+    red light, eosin does not), the thumbnail's downsample and its imaged pixels. A black
+    surround outside the imaged area (:func:`~napari_bm_cells.colour.surround`) is
+    neither counted nor allowed to set the thresholds, where it would pass for the
+    darkest class."""
     from skimage.filters import threshold_multiotsu
 
+    from .colour import surround
     from .io import read_thumbnail
 
     thumb, td = read_thumbnail(slide, region)
     red = thumb[..., 0].astype(np.float32)
+    imaged = ~surround(thumb)
+    if not imaged.any():
+        return np.zeros(red.shape, bool), td, imaged
     try:
-        t = threshold_multiotsu(red, classes=3)[0]
+        t = threshold_multiotsu(red[imaged], classes=3)[0]
     except ValueError:  # a flat image: no classes to tell apart
-        return np.zeros(red.shape, bool), td
-    return red <= t, td
+        return np.zeros(red.shape, bool), td, imaged
+    return (red <= t) & imaged, td, imaged
 
 
 def _windows(region, dark, td: float, side0: float, n: int) -> list[tuple[int, int, int, int]]:
@@ -105,10 +112,11 @@ def _windows(region, dark, td: float, side0: float, n: int) -> list[tuple[int, i
     return out or [tuple(region)]
 
 
-def _nuclear_fraction(boxes: np.ndarray, region, dark: np.ndarray, td: float) -> np.ndarray:
-    """Fraction of each level-0 box's pixels in the dark (nuclear) mask."""
-    integral = np.pad(dark.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = dark.shape
+def _box_fraction(boxes: np.ndarray, region, mask: np.ndarray, td: float) -> np.ndarray:
+    """Fraction of each level-0 box's (x0, y0, x1, y1) pixels in a thumbnail mask of
+    ``region`` (the nuclear or the imaged pixels of :func:`_dark_mask`)."""
+    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = mask.shape
     b = (boxes - np.array([region[1], region[0], region[1], region[0]])) / td
     x0, x1 = np.clip(np.floor(b[:, 0]), 0, w).astype(int), np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
     y0, y1 = np.clip(np.floor(b[:, 1]), 0, h).astype(int), np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
@@ -134,7 +142,7 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         higher (a camera field scaled like the detector's training fields).
     nuclear : bool
         Count a box only when it holds nuclear pixels (white cells); off for red cells.
-    nuclei : (mask, downsample), optional
+    nuclei : (mask, downsample, imaged), optional
         :func:`_dark_mask` of ``region`` when the caller has it already (where the
         windows go, and the nuclear test).
 
@@ -151,7 +159,7 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
     H, W = slide.shape
     region = region or (0, 0, H, W)
     conf = float(getattr(detector, "operating_conf", getattr(detector, "conf", 0.0)))
-    dark, td = nuclei if nuclei is not None else _dark_mask(slide, region)
+    dark, td, imaged = nuclei if nuclei is not None else _dark_mask(slide, region)
 
     def look(d):
         """Weighted box sides and score (per level-0 megapixel) at downsample ``d``."""
@@ -162,7 +170,9 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         for win in _windows(region, dark, td, side0, n_win):
             dets = run_to_end(iter_detect(slide, detector, tile=PROBE_SIDE, overlap=PROBE_SIDE // 4,
                                           downsample=d, region=win, measure=False))
-            area += (win[2] - win[0]) * (win[3] - win[1])
+            # per area of smear: a black surround around a round field of view is not
+            area += (win[2] - win[0]) * (win[3] - win[1]) * _box_fraction(
+                np.array([[win[1], win[0], win[3], win[2]]], float), region, imaged, td)[0]
             keep = dets.scores >= conf
             found.append((dets.boxes[keep], dets.scores[keep]))
         boxes = np.concatenate([b for b, _ in found])
@@ -172,8 +182,8 @@ def probe_cell_px(detector, slide, region: tuple[int, int, int, int] | None = No
         # one without a nucleus (a red cell at the size of a white one)
         weight = np.concatenate([s for _, s in found]) * size_weight(sides / d / detector.input_cell_px)
         if nuclear:
-            weight = weight * np.clip(_nuclear_fraction(boxes, region, dark, td) / MIN_NUCLEAR, 0, 1)
-        return sides, weight, float(weight.sum() / area * 1e6)
+            weight = weight * np.clip(_box_fraction(boxes, region, dark, td) / MIN_NUCLEAR, 0, 1)
+        return sides, weight, float(weight.sum() / max(area, 1.0) * 1e6)
 
     best, scores = None, {}
     for cell in ladder:
@@ -253,6 +263,21 @@ def snap_to_level(slide, downsample: float, factor: float = SNAP) -> float:
     return near if abs(math.log(near / downsample)) <= math.log(factor) else downsample
 
 
+def imaged_side(slide) -> float:
+    """Long side (level-0 px) of the part of ``slide`` that holds an image: the bounding
+    box of its pixels that are not the black surround of a round field of view or an
+    unscanned strip (:func:`~napari_bm_cells.colour.surround`); the slide's long side
+    when there is none."""
+    from .colour import surround
+    from .io import read_thumbnail
+
+    thumb, td = read_thumbnail(slide)
+    ys, xs = np.nonzero(~surround(thumb))
+    if not len(ys):
+        return float(max(slide.shape))
+    return float(max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) * td)
+
+
 def detection_scale(detector, slide, cell_px: float | None = None,
                     region: tuple[int, int, int, int] | None = None) -> tuple[float, dict]:
     """Downsample at which cells reach the detector at the size it was trained on, and how
@@ -275,7 +300,7 @@ def detection_scale(detector, slide, cell_px: float | None = None,
     # a camera field is first taken at the scale of the detector's training fields (long
     # side to its input size): the probe overrides that only when clearly better
     field = max(slide.shape) <= FIELD_MAX_SIDE
-    field_d = max(slide.shape) / float(getattr(detector, "imgsz", max(slide.shape)))
+    field_d = (imaged_side(slide) if field else max(slide.shape)) / float(getattr(detector, "imgsz", max(slide.shape)))
     if cell_px is not None:
         info["source"] = "cell_size"
     elif slide.mpp:

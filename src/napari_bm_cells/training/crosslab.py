@@ -108,6 +108,7 @@ def type_images(rows: pd.DataFrame, out=None, name: str = "images", detector=Non
     preds = []
     for i, r in enumerate(rows.itertuples()):
         slide = (rescaled_slide(r.image, value) if kind == "rescale"
+                 else rescaled_slide(r.image, 1.0, frame=value) if kind == "frame"
                  else rescaled_slide(r.image, 1.0, recolour=value))
         cells = analyze(slide, detector=det, classifier=clf, options=options).cells
         leuko = cells[~cells["model_label"].isin(NON_LEUKOCYTE_CODES)]
@@ -222,8 +223,9 @@ def wide_fields(samples, out_dir, k: int = 2, seed: int = 0) -> list:
 
 #: conditions a detector is checked at: images resized (same field, other pixel size),
 #: wide fields (k x k fields shrunk to one: k² the area, cells 1/k the size), and fields
-#: recoloured as other stains (``rb``: red and blue swapped, a blue-grey smear; ``grey``)
-CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3", "rb", "grey", "yellow")
+#: recoloured as other stains (``rb``: red and blue swapped, a blue-grey smear; ``grey``),
+#: and fields in a black surround (``framed``: a camera's round field of view)
+CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3", "rb", "grey", "yellow", "framed")
 
 
 def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",
@@ -282,6 +284,8 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
                                              colour=colour)
                 elif kind == "recolour":
                     m, _ = detection_metrics(samples, det, recolour=value, colour=colour)
+                elif kind == "frame":
+                    m, _ = detection_metrics(samples, det, frame=value, colour=colour)
                 else:
                     m, _ = detection_metrics(samples, det, rescale=value, colour=colour)
                 rows.append({"source": gname, "condition": cond, **{k: m[k] for k in
@@ -304,11 +308,14 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
 def parse_condition(cond: str) -> tuple[str, object]:
     """A crosslab condition as (kind, value): ``x<f>`` -> ("rescale", f), ``wide<k>`` ->
     ("wide", k), a :data:`~napari_bm_cells.training.evaluate.RECOLOUR` name ->
-    ("recolour", name); anything else is an :class:`InputError`."""
-    from .evaluate import RECOLOUR
+    ("recolour", name), ``framed`` -> ("frame", :data:`~.evaluate.FRAME`); anything else is
+    an :class:`InputError`."""
+    from .evaluate import FRAME, RECOLOUR
 
     if cond in RECOLOUR:
         return "recolour", cond
+    if cond == "framed":
+        return "frame", FRAME
     if re.fullmatch(r"x(?:[0-9]+\.?[0-9]*|\.[0-9]+)", cond) and float(cond[1:]) > 0:
         return "rescale", float(cond[1:])
     if re.fullmatch(r"wide[1-9][0-9]*", cond):

@@ -202,29 +202,49 @@ RECOLOUR = {
 }
 
 
-def rescaled_slide(path, factor: float, recolour: str | None = None):
+#: the ``framed`` condition's black margin on each side, as a share of the image's side
+FRAME = 0.25
+
+
+def frame_offset(shape, frame: float) -> tuple[int, int]:
+    """(rows, columns) of black margin :func:`rescaled_slide` adds above and left of an
+    image of ``shape`` (height, width) for ``frame``."""
+    return int(shape[0] * frame), int(shape[1] * frame)
+
+
+def rescaled_slide(path, factor: float, recolour: str | None = None, frame: float = 0.0):
     """The image at ``path`` resized by ``factor`` (bilinear), as a slide with no pixel size
     (another magnification, as a user's camera would give), recoloured by one of
-    :data:`RECOLOUR` when named."""
+    :data:`RECOLOUR` when named, and with ``frame`` > 0 set in a black surround of that
+    share of its side on each side (a camera's round field of view, a scanner's
+    unscanned strip; :func:`frame_offset`)."""
     from PIL import Image
 
     from ..io import open_slide
 
-    if factor == 1 and recolour is None:
+    if factor == 1 and recolour is None and not frame:
         return open_slide(path)
     with Image.open(path) as im:
         im = im.convert("RGB")
         if factor != 1:
             im = im.resize((max(1, round(im.width * factor)), max(1, round(im.height * factor))), Image.BILINEAR)
         rgb = np.asarray(im)
-    return open_slide(np.ascontiguousarray(RECOLOUR[recolour](rgb)) if recolour else rgb)
+    rgb = RECOLOUR[recolour](rgb) if recolour else rgb
+    if frame:
+        (h, w), (py, px) = rgb.shape[:2], frame_offset(rgb.shape, frame)
+        out = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
+        out[py:py + h, px:px + w] = rgb
+        rgb = out
+    return open_slide(np.ascontiguousarray(rgb))
 
 
 def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, level="auto",
-                      recolour: str | None = None, colour: str = "standardise") -> tuple[dict, list]:
+                      recolour: str | None = None, colour: str = "standardise",
+                      frame: float = 0.0) -> tuple[dict, list]:
     """Recall, precision, AP50 (IoU 0.5) and per-image counts of ``det`` as the pipeline
     runs it (scale chosen as ``level``, tiles colour-adapted as ``colour``, each image its
-    own slide) on ``samples``, images resized by ``rescale``."""
+    own slide) on ``samples``, images resized by ``rescale`` (recoloured and framed as
+    :func:`rescaled_slide` does)."""
     from ..colour import detector_colour
     from ..detect import YoloDetector, iter_detect, run_to_end
     from ..pipeline import parse_level
@@ -235,12 +255,15 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
     try:
         tps, scs, n_gt, per_image, n_repeated = [], [], 0, [], 0
         for s in samples:
-            slide = rescaled_slide(s.image, rescale, recolour)
+            slide = rescaled_slide(s.image, rescale, recolour, frame)
             run_det = detector_colour(det, slide, colour)[0]
             down = parse_level(level, slide, run_det)
             d = run_to_end(iter_detect(slide, run_det, downsample=down))
             gt = np.array([[b.x0, b.y0, b.x1, b.y1] for b in s.boxes if b.cls == cls],
                           np.float32).reshape(-1, 4) * rescale
+            if frame:
+                py, px = frame_offset((round(s.height * rescale), round(s.width * rescale)), frame)
+                gt = gt + np.array([px, py, px, py], np.float32)
             # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
             # repeating one white cell's box six times): count it once
             uniq = np.unique(gt.round(1), axis=0)
