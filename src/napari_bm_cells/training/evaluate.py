@@ -194,11 +194,27 @@ def weak_yellow(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+#: brightness left at a field's corners by :func:`vignette`
+VIGNETTE = 0.5
+
+
+def vignette(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` lit unevenly, as a camera with a misaligned lamp or condenser shows a field:
+    full brightness at the centre falling with the squared distance to :data:`VIGNETTE`
+    of it at the corners."""
+    h, w = rgb.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((y - (h - 1) / 2) / (h / 2)) ** 2 + ((x - (w - 1) / 2) / (w / 2)) ** 2
+    gain = 1 - (1 - VIGNETTE) * r2 / 2
+    return np.clip(np.round(rgb * gain[..., None]), 0, 255).astype(np.uint8)
+
+
 #: recolourings of a field as another lab's stain might show it (crosslab conditions)
 RECOLOUR = {
     "rb": lambda rgb: rgb[..., ::-1],  # red and blue swapped: a pink smear turned blue-grey
     "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True), 3, -1).astype(np.uint8),  # no stain colour
     "yellow": weak_yellow,  # a pale stain on yellowish glass (a rapid stain)
+    "vignette": vignette,  # uneven lighting, dark corners
 }
 
 
