@@ -33,7 +33,6 @@ MAX_GAIN = 1.6
 #: (the darkest stained nuclei of our data stay above 59)
 VOID_LEVEL = 25
 
-
 #: a black surround covers at least this share of an image (less is a dark speck at its edge)
 MIN_SURROUND = 0.01
 
@@ -230,7 +229,7 @@ def slide_lab_stats(slide, region=None) -> dict:
 
 
 def fill_void(colour):
-    """A tile map (uint8 RGB stack (N, H, W, 3) to the same) that paints the pixels
+    """A tile map (uint8 RGB stack (N, H, W, 3) to the same) that paints black pixels
     (:func:`void_pixels`) in ``colour``, the slide's glass, for a slide with a black
     surround (:func:`surround`): the detector, which never saw one, boxes its straight
     edges as white cells."""
