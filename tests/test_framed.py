@@ -61,3 +61,23 @@ def test_a_black_strip_does_not_pass_for_nuclei_in_the_scale_probe(data_dir, det
     samples = [s for s in txl if s.image.name == BLACK_STRIP]
     m, per = detection_metrics(samples, detector, rescale=2.0)
     assert per[0]["n_tp"] >= 1 and per[0]["n_pred"] <= 2
+
+
+def test_an_underexposed_fields_nuclei_are_not_a_black_surround(data_dir, detector):
+    """Raabin-WBC test fields at a fifth of their brightness (glass at about 45): their
+    nuclei fall below 25 in every channel, yet beside such glass they are not black, so
+    no surround is found and nothing is painted over (recall as the field's own)."""
+    from napari_bm_cells.colour import void_pixels
+    from napari_bm_cells.io import open_slide
+    from napari_bm_cells.training.labs import field_source
+
+    txl, _ = detection_samples(data_dir / "txl-pbc" / "data.yaml", "test")
+    fields = [s for s in txl if field_source(s) == "Raabin-WBC"][:6]
+    black_at_25 = 0
+    for s in fields:
+        rgb = np.asarray(rescaled_slide(s.image, 1.0).levels[0], np.float32)
+        dark = np.round(rgb * 0.2).astype(np.uint8)
+        black_at_25 += int(void_pixels(dark, 25).mean() > 0.01)
+        assert not surround(dark).any(), s.image.name
+        assert "void_fill" not in detector_colour(detector, open_slide(dark), "standardise")[1]
+    assert black_at_25 >= 3  # an absolute level would take their nuclei for a surround

@@ -30,17 +30,29 @@ MAX_GAIN = 1.6
 
 #: a pixel no brighter than this in every channel (0-255) lies outside the imaged area:
 #: the black surround of a camera's round field of view or a scanner's unscanned strip
-#: (the darkest stained nuclei of our data stay above 59)
+#: (the darkest stained nuclei of our data stay above 59) ...
 VOID_LEVEL = 25
+#: ... and no brighter than this share of the glass: the nuclei of an underexposed image
+#: (glass at 45) fall below 25 without being black beside its glass
+VOID_SHARE = 0.12
 
 #: a black surround covers at least this share of an image (less is a dark speck at its edge)
 MIN_SURROUND = 0.01
 
 
-def void_pixels(rgb: np.ndarray) -> np.ndarray:
-    """Boolean mask (the image's shape without channels) of black pixels
-    (:data:`VOID_LEVEL`): what an image shows outside its imaged area."""
-    return np.asarray(rgb).max(-1) <= VOID_LEVEL
+def void_level(rgb: np.ndarray) -> float:
+    """The brightness (0-255, every channel) at or below which a pixel of ``rgb`` is black:
+    :data:`VOID_LEVEL`, or :data:`VOID_SHARE` of its glass's brightest channel when lower."""
+    bg = background_rgb(rgb)
+    return float(VOID_LEVEL if bg is None else min(VOID_LEVEL, VOID_SHARE * float(np.max(bg))))
+
+
+def void_pixels(rgb: np.ndarray, level: float | None = None) -> np.ndarray:
+    """Boolean mask (the image's shape without channels) of black pixels (at or below
+    ``level``, default :func:`void_level` of ``rgb``): what an image shows outside its
+    imaged area."""
+    rgb = np.asarray(rgb)
+    return rgb.max(-1) <= (void_level(rgb) if level is None else level)
 
 
 def surround(rgb: np.ndarray) -> np.ndarray:
@@ -228,15 +240,15 @@ def slide_lab_stats(slide, region=None) -> dict:
     return lab_stats(smear_pixels(read_thumbnail(slide, region)[0])[None])
 
 
-def fill_void(colour):
+def fill_void(colour, level: float):
     """A tile map (uint8 RGB stack (N, H, W, 3) to the same) that paints black pixels
-    (:func:`void_pixels`) in ``colour``, the slide's glass, for a slide with a black
-    surround (:func:`surround`): the detector, which never saw one, boxes its straight
-    edges as white cells."""
+    (:func:`void_pixels` at the slide's ``level``) in ``colour``, the slide's glass, for
+    a slide with a black surround (:func:`surround`): the detector, which never saw one,
+    boxes its straight edges as white cells."""
     colour = np.asarray(colour, np.uint8)
 
     def fill(tiles: np.ndarray) -> np.ndarray:
-        void = void_pixels(tiles)
+        void = void_pixels(tiles, level)
         return np.where(void[..., None], colour, tiles) if void.any() else tiles
 
     return fill
@@ -306,7 +318,7 @@ def detector_colour(detector, slide, mode: str, region=None):
         return detector, info
     thumb, maps = read_thumbnail(slide, region)[0], []
     if surround(thumb).any() and (glass := background_rgb(thumb)) is not None:
-        maps.append(fill_void(glass))
+        maps.append(fill_void(glass, void_level(thumb)))
         info["void_fill"] = [round(float(v), 1) for v in glass]
     if mode == "standardise" and "why" not in info:
         stats = lab_stats(smear_pixels(thumb)[None])
