@@ -409,22 +409,24 @@ def test_crosslab_scores_a_left_out_lab_and_recoloured_fields(data_dir, tmp_path
     from napari_bm_cells.cli import main
 
     txl = str(data_dir / "txl-pbc" / "data.yaml")
-    rc = main(["crosslab", "--detection-data", txl, "--lab", "BCD", "--conditions", "x1,rb,grey,vignette,framed",
+    conds = "x1,rb,grey,vignette,eyepiece,framed"
+    rc = main(["crosslab", "--detection-data", txl, "--lab", "BCD", "--conditions", conds,
                "--limit", "3", "--out", str(tmp_path)])
     assert rc == 0, capsys.readouterr().err
     df = pd.read_csv(tmp_path / "detector_crosslab.csv")
     rows = df[~df["source"].str.startswith("worst")]
     assert set(rows["source"]) == {"txl-pbc/BCD (test)"}
-    assert list(rows["condition"]) == ["x1", "rb", "grey", "vignette", "framed"]
+    assert list(rows["condition"]) == ["x1", "rb", "grey", "vignette", "eyepiece", "framed"]
     assert (rows["n_images"] == 3).all() and rows["recall"].between(0, 1).all()
     rc = main(["crosslab", "--detection-data", txl, "--conditions", "x1,purple", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown condition 'purple'" in err and "Traceback" not in err
 
 
-def test_vignette_and_frame_conditions(data_dir):
-    """``vignette`` keeps a field's centre and darkens its corners to half; ``framed``
-    sets the field, unchanged, in a black margin of a quarter of its side."""
+def test_vignette_eyepiece_and_frame_conditions(data_dir):
+    """``vignette`` keeps a field's centre and darkens its corners to half; ``eyepiece``
+    keeps a round field of view and blacks out the corners; ``framed`` sets the field,
+    unchanged, in a black margin of a quarter of its side."""
     from napari_bm_cells.training.evaluate import FRAME, frame_offset, rescaled_slide
 
     path = data_dir / "bccd" / "JPEGImages" / "BloodImage_00010.jpg"
@@ -432,6 +434,8 @@ def test_vignette_and_frame_conditions(data_dir):
     dark = np.asarray(rescaled_slide(path, 1.0, recolour="vignette").levels[0], np.float32)
     assert np.abs(dark[240, 320] - plain[240, 320]).max() <= 1
     assert 0.45 < dark[:8, :8].mean() / plain[:8, :8].astype(np.float32).mean() < 0.55
+    round_ = np.asarray(rescaled_slide(path, 1.0, recolour="eyepiece").levels[0])
+    assert round_[:4, :4].max() == 0 and np.array_equal(round_[200:280, 280:360], plain[200:280, 280:360])
     framed = np.asarray(rescaled_slide(path, 1.0, frame=FRAME).levels[0])
     py, px = frame_offset(plain.shape, FRAME)
     assert framed.shape[:2] == (480 + 2 * py, 640 + 2 * px) and (py, px) == (120, 160)

@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--conditions", default="x1,x0.5,x2,wide2,wide3",
                    help="x<f>: images resized by f; wide<k>: k x k fields shrunk to one; rb: red and blue "
                         "swapped (a blue-grey stain); grey: no stain colour; yellow: a pale stain on "
-                        "yellowish glass; vignette: dark corners; framed: in a black surround "
+                        "yellowish glass; vignette: dark corners; eyepiece: a round field of view; framed: in a "
+                        "black surround "
                         "(default: x1,x0.5,x2,wide2,wide3)")
     s.add_argument("--limit", type=int, default=None,
                    help="at most N images per source (--images: per class folder)")

@@ -224,9 +224,9 @@ def wide_fields(samples, out_dir, k: int = 2, seed: int = 0) -> list:
 #: conditions a detector is checked at: images resized (same field, other pixel size),
 #: wide fields (k x k fields shrunk to one: k² the area, cells 1/k the size), and fields
 #: recoloured as other stains (``rb``: red and blue swapped, a blue-grey smear; ``grey``),
-#: unevenly lit (``vignette``: dark corners) and in a black surround (``framed``: a
-#: camera's round field of view)
-CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3", "rb", "grey", "yellow", "vignette", "framed")
+#: unevenly lit (``vignette``: dark corners), seen through the eyepiece (``eyepiece``: a
+#: round field of view, black corners) and in a black surround (``framed``)
+CONDITIONS = ("x1", "x0.5", "x2", "wide2", "wide3", "rb", "grey", "yellow", "vignette", "eyepiece", "framed")
 
 
 def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "cpu",

@@ -209,12 +209,33 @@ def vignette(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.round(rgb * gain[..., None]), 0, 255).astype(np.uint8)
 
 
+#: radius of the round field of view of :func:`eyepiece`, as a share of half the diagonal
+EYEPIECE = 0.85
+
+
+def eyepiece_mask(shape) -> np.ndarray:
+    """True outside the round field of view :func:`eyepiece` leaves of an image of
+    ``shape`` (height, width)."""
+    h, w = shape[:2]
+    y, x = np.ogrid[0:h, 0:w]
+    return (y - (h - 1) / 2) ** 2 + (x - (w - 1) / 2) ** 2 > (EYEPIECE * 0.5 * np.hypot(h, w)) ** 2
+
+
+def eyepiece(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` as a camera looking down the eyepiece shows it: a round field of view
+    (:data:`EYEPIECE`), black outside it."""
+    out = rgb.copy()
+    out[eyepiece_mask(rgb.shape)] = 0
+    return out
+
+
 #: recolourings of a field as another lab's stain might show it (crosslab conditions)
 RECOLOUR = {
     "rb": lambda rgb: rgb[..., ::-1],  # red and blue swapped: a pink smear turned blue-grey
     "grey": lambda rgb: np.repeat(rgb.mean(-1, keepdims=True), 3, -1).astype(np.uint8),  # no stain colour
     "yellow": weak_yellow,  # a pale stain on yellowish glass (a rapid stain)
     "vignette": vignette,  # uneven lighting, dark corners
+    "eyepiece": eyepiece,  # a round field of view, black corners
 }
 
 
@@ -280,6 +301,11 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
             if frame:
                 py, px = frame_offset((round(s.height * rescale), round(s.width * rescale)), frame)
                 gt = gt + np.array([px, py, px, py], np.float32)
+            if recolour == "eyepiece":  # cells outside the round field of view are gone
+                out = eyepiece_mask(slide.shape)
+                cy = np.clip(((gt[:, 1] + gt[:, 3]) / 2).astype(int), 0, slide.shape[0] - 1)
+                cx = np.clip(((gt[:, 0] + gt[:, 2]) / 2).astype(int), 0, slide.shape[1] - 1)
+                gt = gt[~out[cy, cx]]
             # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
             # repeating one white cell's box six times): count it once
             uniq = np.unique(gt.round(1), axis=0)
