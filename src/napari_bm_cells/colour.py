@@ -215,18 +215,20 @@ GLASS_DISTANCE = 30.0
 SMEAR_FRACTION = 0.05
 
 
-def smear_pixels(rgb: np.ndarray) -> np.ndarray:
+def smear_pixels(rgb: np.ndarray, black: np.ndarray | None = None) -> np.ndarray:
     """The (N, 3) pixels of an RGB image in blocks that hold some of the smear: empty
     glass around a smear on a whole slide would otherwise dominate its colour statistics,
-    and so would a black surround (:func:`surround`), whose pixels are left out too.
-    All pixels when no block qualifies (or the glass colour is unknown)."""
+    and so would a black surround (:func:`surround`, or ``black`` when the caller has it),
+    whose pixels are left out too. All pixels when no block qualifies (or the glass colour
+    is unknown)."""
     bg = background_rgb(rgb)
     h, w = rgb.shape[:2]
     if bg is None or min(h, w) < SMEAR_BLOCK:
         return rgb.reshape(-1, 3)
     b = SMEAR_BLOCK
     blocks = rgb[:h // b * b, :w // b * b].reshape(h // b, b, w // b, b, 3).swapaxes(1, 2).reshape(-1, b * b, 3)
-    imaged = ~surround(rgb)[:h // b * b, :w // b * b].reshape(h // b, b, w // b, b).swapaxes(1, 2).reshape(-1, b * b)
+    black = surround(rgb) if black is None else black
+    imaged = ~black[:h // b * b, :w // b * b].reshape(h // b, b, w // b, b).swapaxes(1, 2).reshape(-1, b * b)
     on = (np.abs(blocks.astype(np.float32) - bg).sum(-1) > GLASS_DISTANCE) & imaged
     keep = on.mean(1) >= SMEAR_FRACTION
     return blocks[keep][imaged[keep]] if keep.any() else rgb.reshape(-1, 3)
@@ -317,11 +319,12 @@ def detector_colour(detector, slide, mode: str, region=None):
     if not hasattr(detector, "with_tile_map"):  # the contour detector
         return detector, info
     thumb, maps = read_thumbnail(slide, region)[0], []
-    if surround(thumb).any() and (glass := background_rgb(thumb)) is not None:
+    black = surround(thumb)
+    if black.any() and (glass := background_rgb(thumb)) is not None:
         maps.append(fill_void(glass, void_level(thumb)))
         info["void_fill"] = [round(float(v), 1) for v in glass]
     if mode == "standardise" and "why" not in info:
-        stats = lab_stats(smear_pixels(thumb)[None])
+        stats = lab_stats(smear_pixels(thumb, black)[None])
         target = into_known_range(stats, ref)
         std = LabStandard(stats, target)
         adapted = target != stats  # inside the range the target is the slide's own statistics

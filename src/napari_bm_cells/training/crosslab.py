@@ -107,9 +107,7 @@ def type_images(rows: pd.DataFrame, out=None, name: str = "images", detector=Non
     clf = classifier if isinstance(classifier, Classifier) else Classifier(classifier, device=device)
     preds = []
     for i, r in enumerate(rows.itertuples()):
-        slide = (rescaled_slide(r.image, value) if kind == "rescale"
-                 else rescaled_slide(r.image, 1.0, frame=value) if kind == "frame"
-                 else rescaled_slide(r.image, 1.0, recolour=value))
+        slide = rescaled_slide(r.image, *slide_args(kind, value))
         cells = analyze(slide, detector=det, classifier=clf, options=options).cells
         leuko = cells[~cells["model_label"].isin(NON_LEUKOCYTE_CODES)]
         top = leuko.sort_values("confidence", ascending=False).head(1)
@@ -283,12 +281,10 @@ def evaluate_detector_crosslab(sources, out=None, detector=None, device: str = "
                 if kind == "wide":
                     m, _ = detection_metrics(wide_fields(samples, Path(tmp) / f"{len(rows)}", value), det,
                                              colour=colour)
-                elif kind == "recolour":
-                    m, _ = detection_metrics(samples, det, recolour=value, colour=colour)
-                elif kind == "frame":
-                    m, _ = detection_metrics(samples, det, frame=value, colour=colour)
                 else:
-                    m, _ = detection_metrics(samples, det, rescale=value, colour=colour)
+                    factor, recolour, frame = slide_args(kind, value)
+                    m, _ = detection_metrics(samples, det, rescale=factor, recolour=recolour, frame=frame,
+                                             colour=colour)
                 rows.append({"source": gname, "condition": cond, **{k: m[k] for k in
                              ("recall", "precision", "ap50", "n_gt", "n_images",
                                                                     "threshold_for_recall_0.95")}})
@@ -323,6 +319,13 @@ def parse_condition(cond: str) -> tuple[str, object]:
         return "wide", int(cond[4:])
     raise InputError(f"crosslab: unknown condition {cond!r}; choose from {', '.join(CONDITIONS)} "
                      "(x<f>: any positive factor, wide<k>: any k)")
+
+
+def slide_args(kind: str, value) -> tuple[float, str | None, float]:
+    """(factor, recolour, frame) of :func:`~.evaluate.rescaled_slide` for a condition
+    parsed by :func:`parse_condition` (any kind but ``wide``)."""
+    return (value if kind == "rescale" else 1.0, value if kind == "recolour" else None,
+            value if kind == "frame" else 0.0)
 
 
 def _review_stats(df: pd.DataFrame) -> dict:
