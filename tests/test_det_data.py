@@ -224,6 +224,56 @@ def test_stain_copies_keep_every_box_and_the_image_size(data_dir, tmp_path):
     assert not list((root / "images").glob("val/*_stain*"))
 
 
+def test_field_of_view_copies_cut_boxes_to_what_stays_visible(data_dir, tmp_path):
+    """``field_of_view``: recoloured copies cut to a round field of view or an unscanned
+    strip, painted in one glass colour outside (as the pipeline paints a black surround);
+    a box keeps the part still in view, a box mostly outside is dropped, the rest are
+    the original boxes."""
+    from PIL import Image
+
+    from napari_bm_cells.training.augment import MIN_VISIBLE
+
+    _tiny_voc(data_dir, tmp_path / "voc", n=6)
+    (tmp_path / "voc" / "ImageSets" / "Main" / "test.txt").rename(
+        tmp_path / "voc" / "ImageSets" / "Main" / "train.txt")
+    root = write_yolo_set([tmp_path / "voc"], tmp_path / "y", CLASS_SETS["all"], stain_copies=1,
+                          field_of_view=1.0).parent
+    n_cut = n_dropped = n_same = 0
+    for copy in sorted((root / "images" / "train").glob("*_stain0.jpg")):
+        img = np.asarray(Image.open(copy).convert("RGB"), np.int16)
+        h, w = img.shape[:2]
+        orig = _boxes(root / "labels" / "train" / f"{copy.stem[:-len('_stain0')]}.txt", w, h)
+        cut = _boxes(root / "labels" / "train" / f"{copy.stem}.txt", w, h)
+        # the outside is one flat colour (JPEG aside) at a corner or a whole edge band
+        corners = [img[:6, :6], img[:6, -6:], img[-6:, :6], img[-6:, -6:]]
+        assert min(np.ptp(c.reshape(-1, 3), 0).max() for c in corners) <= 12
+        assert 0 < len(cut) <= len(orig)
+        n_dropped += len(orig) - len(cut)
+        for b in cut:  # each kept box is an original box or lies inside one
+            inside = (orig[:, :2] <= b[:2] + 1).all(1) & (orig[:, 2:] >= b[2:] - 1).all(1)
+            assert inside.any()
+            n_same += bool((np.abs(orig - b).max(1) < 1).any())
+            n_cut += not (np.abs(orig - b).max(1) < 1).any()
+    assert n_same > 10 and n_cut > 0 and n_dropped > 0 and MIN_VISIBLE == 0.4
+
+
+def test_visible_boxes_by_hand():
+    from napari_bm_cells.training.augment import visible_boxes
+
+    outside = np.zeros((100, 100), bool)
+    outside[:, 60:] = True  # a strip on the right
+    boxes = [[10, 10, 30, 30], [50, 10, 70, 30], [55, 40, 95, 60]]
+    cut, keep = visible_boxes(boxes, outside)
+    assert keep.tolist() == [True, True, False]  # the third is 12% visible
+    assert cut.tolist() == [[10, 10, 30, 30], [50, 10, 60, 30]]
+
+
+def _boxes(label_file, w, h):
+    rows = np.array([[float(v) for v in ln.split()] for ln in Path(label_file).read_text().splitlines()]).reshape(-1, 5)
+    cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+    return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+
+
 # --- box matching and scores on hand examples -------------------------------------------
 
 GT = np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 70, 30]], np.float32)

@@ -187,7 +187,8 @@ def cmd_train_detector(a):
                    device=_dev(a.device), model_yaml=a.model, classes=a.classes, seed=a.seed,
                    init=a.init, lr0=a.lr0,
                    close_mosaic=a.close_mosaic, translate=a.translate, stain_copies=a.stain_copies,
-                   leave_out=a.leave_out, hours=a.hours, workers=a.workers)
+                   leave_out=a.leave_out, hours=a.hours, workers=a.workers,
+                   field_of_view=a.field_of_view)
     print(f"wrote {a.out}")
 
 
@@ -429,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random shift, fraction of the image side (more cuts more cells at the edge)")
     s.add_argument("--stain-copies", type=int, default=1,
                    help="extra recoloured copies of each training field (other labs' stains; default 1)")
+    s.add_argument("--field-of-view", type=float, default=0.0,
+                   help="share of the recoloured copies also cut to a round field of view or an "
+                        "unscanned strip (eyepiece photographs, scanners; default 0)")
     s.add_argument("--classes", choices=["wbc", "all"], default="all",
                    help="all (default): white cells, red cells and platelets; the red cells give the "
                         "pipeline its ruler for the detection scale. wbc: white cells only")

@@ -201,3 +201,67 @@ def virtual_slides(batch: torch.Tensor, reference: dict, rng, p_stain: float = 0
         out[start:stop] = group
         start = stop
     return out
+
+
+#: radius range of :func:`cut_field_of_view`'s round field of view, as a share of half
+#: the image's diagonal (below 0.7 a 4:3 field loses its top and bottom too)
+FOV_RADIUS = (0.55, 1.0)
+#: share of a box that must stay visible for :func:`visible_boxes` to keep it (as at an
+#: image's edge, a labeller boxes the visible part of a cell)
+MIN_VISIBLE = 0.4
+
+
+def cut_field_of_view(rgb, rng):
+    """A detector training field as a camera's round field of view or a scanner's
+    unscanned strip leaves it, the way the pipeline shows it to the detector: the part
+    outside painted in the field's glass colour
+    (:func:`napari_bm_cells.colour.fill_void` paints a slide's black surround so).
+
+    Two in three are round (centre shifted by up to a tenth of the side, radius
+    :data:`FOV_RADIUS`), the rest lose one or two straight bands of 5-30% of the side.
+    Returns the new uint8 image and the boolean mask of what is outside (for
+    :func:`visible_boxes`).
+    """
+    import numpy as np
+
+    from ..colour import background_rgb
+
+    h, w = rgb.shape[:2]
+    if rng.random() < 2 / 3:
+        cy, cx = (h - 1) / 2 + rng.uniform(-0.1, 0.1) * h, (w - 1) / 2 + rng.uniform(-0.1, 0.1) * w
+        r = rng.uniform(*FOV_RADIUS) * 0.5 * np.hypot(h, w)
+        y, x = np.ogrid[0:h, 0:w]
+        out = (y - cy) ** 2 + (x - cx) ** 2 > r ** 2
+    else:
+        out = np.zeros((h, w), bool)
+        for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
+            band = int(rng.uniform(0.05, 0.3) * (h if side < 2 else w))
+            out[(slice(0, band), slice(h - band, h), slice(None), slice(None))[side],
+                (slice(None), slice(None), slice(0, band), slice(w - band, w))[side]] = True
+    glass = background_rgb(rgb)
+    img = rgb.copy()
+    img[out] = np.asarray(glass if glass is not None else rgb.reshape(-1, 3).max(0), np.uint8)
+    return img, out
+
+
+def visible_boxes(boxes, outside, min_visible: float = MIN_VISIBLE):
+    """Boxes (N, 4 x0 y0 x1 y1 in pixels) cut to the part of each not in ``outside`` (a
+    boolean mask of the image), and which of them are kept: those with at least
+    ``min_visible`` of their area still visible. Returns (cut boxes of the kept, kept
+    mask)."""
+    import numpy as np
+
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    h, w = outside.shape
+    cut, keep = [], np.zeros(len(boxes), bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        c0, r0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        c1, r1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+        seen = ~outside[r0:r1, c0:c1]
+        if seen.size == 0 or seen.mean() < min_visible:
+            continue
+        rows, cols = np.flatnonzero(seen.any(1)), np.flatnonzero(seen.any(0))
+        keep[i] = True
+        cut.append((max(x0, c0 + cols[0]), max(y0, r0 + rows[0]),
+                    min(x1, c0 + cols[-1] + 1), min(y1, r0 + rows[-1] + 1)))
+    return np.array(cut, np.float64).reshape(-1, 4), keep

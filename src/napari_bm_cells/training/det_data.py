@@ -201,18 +201,39 @@ class DuplicateFinder:
 
 
 def _write_stain_copies(image: Path, out_dir: Path, name: str, lines: list[str], n: int,
-                        seed: int) -> None:
-    """``n`` recoloured copies of a training image, as JPEG, with its box lines."""
+                        seed: int, field_of_view: float = 0.0) -> None:
+    """``n`` recoloured copies of a training image, as JPEG, with its box lines; a share
+    ``field_of_view`` of them also cut to a camera's round field of view or a scanner's
+    strip (:func:`~.augment.cut_field_of_view`), their boxes cut to what stays visible."""
     from PIL import Image
 
-    from .augment import random_stain_uint8
+    from .augment import cut_field_of_view, random_stain_uint8
 
     with Image.open(image) as im:
         rgb = np.asarray(im.convert("RGB"))
     for k in range(n):
-        Image.fromarray(random_stain_uint8(rgb, seed * 31 + k)).save(
+        copy, copy_lines = random_stain_uint8(rgb, seed * 31 + k), lines
+        rng = np.random.default_rng(seed * 31 + k)
+        if rng.random() < field_of_view:
+            copy, outside = cut_field_of_view(copy, rng)
+            copy_lines = _visible_lines(lines, outside)
+        Image.fromarray(copy).save(
             out_dir / "images" / "train" / f"{name}_stain{k}.jpg", quality=int(60 + (seed + k) % 36))
-        (out_dir / "labels" / "train" / f"{name}_stain{k}.txt").write_text("\n".join(lines))
+        (out_dir / "labels" / "train" / f"{name}_stain{k}.txt").write_text("\n".join(copy_lines))
+
+
+def _visible_lines(lines: list[str], outside: np.ndarray) -> list[str]:
+    """YOLO box lines of an image cut to the part not ``outside`` (:func:`~.augment.visible_boxes`)."""
+    from .augment import visible_boxes
+
+    if not lines:
+        return lines
+    h, w = outside.shape
+    rows = np.array([[float(v) for v in ln.split()] for ln in lines])
+    cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+    cut, keep = visible_boxes(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1), outside)
+    return [f"{int(c)} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}"
+            for c, (x0, y0, x1, y1) in zip(rows[keep, 0], cut)]
 
 
 #: share of the training fields held out for validation when the sources have no val split
@@ -243,7 +264,8 @@ def hold_out_val(out_dir: Path, fraction: float = VAL_FRACTION, seed: int = 0) -
 
 def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                    classes: tuple[str, ...] = CLASS_SETS["wbc"], dedupe: bool = True,
-                   stain_copies: int = 0, seed: int = 0, leave_out: str | None = None) -> Path:
+                   stain_copies: int = 0, seed: int = 0, leave_out: str | None = None,
+                   field_of_view: float = 0.0) -> Path:
     """Merge detection sets into one YOLO set keeping only ``classes``.
 
     Images are symlinked (copied where links are not allowed); every box of a kept
@@ -291,7 +313,7 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                 (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
                 if split == "train" and stain_copies:
                     _write_stain_copies(s.image, out_dir, name, lines, stain_copies,
-                                        seed + zlib.crc32(name.encode()) % 100_000)
+                                        seed + zlib.crc32(name.encode()) % 100_000, field_of_view)
     if leave_out:
         if not n_left:
             raise InputError(f"--leave-out {leave_out}: no field of that lab in the sources "

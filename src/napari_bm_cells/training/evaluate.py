@@ -285,6 +285,7 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
     from ..colour import detector_colour
     from ..detect import YoloDetector, iter_detect, run_to_end
     from ..pipeline import parse_level
+    from .augment import visible_boxes
 
     op_conf = getattr(det, "conf", 0.0)
     if isinstance(det, YoloDetector):
@@ -301,11 +302,8 @@ def detection_metrics(samples, det, cls: str = "WBC", rescale: float = 1.0, leve
             if frame:
                 py, px = frame_offset((round(s.height * rescale), round(s.width * rescale)), frame)
                 gt = gt + np.array([px, py, px, py], np.float32)
-            if recolour == "eyepiece":  # cells outside the round field of view are gone
-                out = eyepiece_mask(slide.shape)
-                cy = np.clip(((gt[:, 1] + gt[:, 3]) / 2).astype(int), 0, slide.shape[0] - 1)
-                cx = np.clip(((gt[:, 0] + gt[:, 2]) / 2).astype(int), 0, slide.shape[1] - 1)
-                gt = gt[~out[cy, cx]]
+            if recolour == "eyepiece":  # boxed as a labeller boxes them: the part in view
+                gt = visible_boxes(gt, eyepiece_mask(slide.shape))[0].astype(np.float32)
             # a box listed twice in one label file is one cell (TXL-PBC's test set has a file
             # repeating one white cell's box six times): count it once
             uniq = np.unique(gt.round(1), axis=0)

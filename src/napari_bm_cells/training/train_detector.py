@@ -67,7 +67,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
                    workers: int = 2, init: str | Path | None = None,
                    lr0: float | None = None, close_mosaic: int = 10, translate: float = 0.1,
                    stain_copies: int = 1, leave_out: str | None = None,
-                   hours: float | None = None) -> Path:
+                   hours: float | None = None, field_of_view: float = 0.0) -> Path:
     """Train a detector on VOC / YOLO sets and write ``out`` (.pt) plus ``out.json``.
 
     Parameters
@@ -95,6 +95,11 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
         Extra copies of every training field, each recoloured by
         :func:`~napari_bm_cells.training.augment.random_stain` (another lab's stain,
         background and camera; boxes unchanged).
+    field_of_view : float
+        Share of the recoloured copies also cut to a camera's round field of view or a
+        scanner's unscanned strip, painted in the field's glass colour as the pipeline
+        paints a black surround (:func:`~napari_bm_cells.training.augment.cut_field_of_view`;
+        boxes cut to what stays visible).
     leave_out : str, optional
         A lab whose fields are left out (:func:`~.labs.field_source`), to test the
         detector on a lab it never saw (``bm-cells crosslab --lab``).
@@ -114,7 +119,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     names = CLASS_SETS[classes]
     work = Path(tempfile.mkdtemp(prefix="bm_cells_det_"))
     data_yaml = write_yolo_set(sources, work / "data", names, stain_copies=stain_copies, seed=seed,
-                               leave_out=leave_out)
+                               leave_out=leave_out, field_of_view=field_of_view)
     model = YOLO(str(init) if init else model_yaml)
     if init:
         opt = {"optimizer": "AdamW", "lr0": lr0 or 5e-4, "warmup_epochs": 1}
@@ -136,7 +141,7 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
             "input_rbc_px": input_cell_px(sources, imgsz, "RBC", leave_out) if "RBC" in names else None,
             "arch": model_yaml, "epochs": _epochs_run(work / "run"), "init": str(init) if init else None,
             "translate": translate,
-            "augment": AUGMENT, "stain_copies": stain_copies, "left_out": leave_out,
+            "augment": AUGMENT, "stain_copies": stain_copies, "field_of_view": field_of_view, "left_out": leave_out,
             "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
                            for s in sources],
             # what --colour standardise maps a slide from outside its range into
