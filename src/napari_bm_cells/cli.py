@@ -154,14 +154,17 @@ def cmd_crosslab(a):
                                         lab=a.lab, colour=a.colour)
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     options = AnalysisOptions(colour=a.colour).check()
+    typed = [c for c in a.conditions.split(",") if not c.startswith("wide")]  # one cell per image
     if a.bccd:
         splits = None if a.splits == "all" else tuple(a.splits.split(","))
-        m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device), splits=splits,
-                            options=options)
-        _print_type_accuracy("BCCD fields", m)
+        for cond in typed:
+            m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, a.limit, _dev(a.device), splits,
+                                options=options, condition=cond,
+                                progress=lambda s: print(s, file=sys.stderr, flush=True))
+            _print_type_accuracy(f"BCCD fields {cond}", m)
     for folder in a.images:
         rows = labelled_images(folder, a.classifier, a.limit)
-        for cond in (c for c in a.conditions.split(",") if not c.startswith("wide")):
+        for cond in typed:
             m = type_images(rows, a.out, f"images_{Path(folder).name}_{cond}", a.detector, a.classifier,
                             device=_dev(a.device), options=options, condition=cond,
                             progress=lambda s: print(s, file=sys.stderr, flush=True))
@@ -453,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VOC folder or YOLO data.yaml (test, else val, else all images; TXL-PBC is "
                         "split into its labs by image size); repeatable")
     s.add_argument("--bccd", default=None, metavar="DIR",
-                   help="BCCD folder with wbc_subtypes.csv: type of each val/test field's white cell")
+                   help="BCCD folder with wbc_subtypes.csv: type of each val/test field's white cell, at "
+                        "each non-wide --conditions entry")
     s.add_argument("--images", action="append", default=[], metavar="DIR",
                    help="class-named folders of whole images, one white cell each (single-cell images, "
                         "camera fields); each analysed as its own slide at each non-wide --conditions "

@@ -50,17 +50,21 @@ def held_out_fields(bccd_dir, splits=HELD_OUT) -> pd.DataFrame:
 
 
 def evaluate_fields(bccd_dir, out=None, detector=None, classifier=None, limit: int | None = None,
-                    device: str = "cpu", splits=HELD_OUT, options=None) -> dict:
+                    device: str = "cpu", splits=HELD_OUT, options=None, condition: str = "x1",
+                    progress=None) -> dict:
     """Accuracy of the most confident leukocyte's class against the field label,
-    on the fields of ``splits`` (``None``: every labelled field); ``classifier`` a
-    checkpoint path or a :class:`~napari_bm_cells.classify.Classifier`, ``options`` the
+    on the fields of ``splits`` (``None``: every labelled field) as ``condition``
+    (:func:`type_images`) shows them; ``classifier`` a checkpoint path or a
+    :class:`~napari_bm_cells.classify.Classifier`, ``options`` the
     :class:`~napari_bm_cells.pipeline.AnalysisOptions` of the runs. Writes
-    ``bccd_fields.csv`` and ``bccd_fields_metrics.json`` into ``out``."""
+    ``bccd_fields.csv`` and ``bccd_fields_metrics.json`` into ``out`` (``bccd_fields_<condition>``
+    for a condition other than ``x1``)."""
     rows = held_out_fields(bccd_dir, splits) if splits else read_subtypes(bccd_dir)
     if limit:
         rows = rows.groupby("truth", group_keys=False).head(max(1, limit // len(LABEL_TO_CODES)))
     rows = rows.assign(codes=rows["truth"].map(LABEL_TO_CODES))
-    return type_images(rows, out, "bccd_fields", detector, classifier, device, options)
+    name = "bccd_fields" if condition == "x1" else f"bccd_fields_{condition}"
+    return type_images(rows, out, name, detector, classifier, device, options, condition, progress)
 
 
 def type_images(rows: pd.DataFrame, out=None, name: str = "images", detector=None, classifier=None,

@@ -118,36 +118,39 @@ def train_detector(sources: list[str | Path], out: str | Path, epochs: int = 10,
     out.parent.mkdir(parents=True, exist_ok=True)
     names = CLASS_SETS[classes]
     work = Path(tempfile.mkdtemp(prefix="bm_cells_det_"))
-    data_yaml = write_yolo_set(sources, work / "data", names, stain_copies=stain_copies, seed=seed,
-                               leave_out=leave_out, field_of_view=field_of_view)
-    model = YOLO(str(init) if init else model_yaml)
-    if init:
-        opt = {"optimizer": "AdamW", "lr0": lr0 or 5e-4, "warmup_epochs": 1}
-    else:
-        opt = {"optimizer": "auto" if lr0 is None else "SGD", "lr0": lr0 or 0.01, "warmup_epochs": 3}
-    model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
-                workers=workers, seed=seed, plots=False, amp=False, project=str(work),
-                name="run", exist_ok=True, **AUGMENT, translate=translate, cache=True,
-                patience=10_000 if hours else max(epochs, 5),  # no early stop: the schedule is fixed
-                verbose=False, close_mosaic=close_mosaic, **opt,
-                **({"time": hours} if hours else {}))
-    best = work / "run" / "weights" / "best.pt"
-    shutil.copy2(best, out)
-    from ultralytics.utils.torch_utils import strip_optimizer
-    strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
-    meta = {"classes": list(names), "imgsz": imgsz,
-            "input_cell_px": input_cell_px(sources, imgsz, leave_out=leave_out) or imgsz / 3,
-            # the red-cell size the network saw: the pipeline's ruler (none without red-cell boxes)
-            "input_rbc_px": input_cell_px(sources, imgsz, "RBC", leave_out) if "RBC" in names else None,
-            "arch": model_yaml, "epochs": _epochs_run(work / "run"), "init": str(init) if init else None,
-            "translate": translate,
-            "augment": AUGMENT, "stain_copies": stain_copies, "field_of_view": field_of_view, "left_out": leave_out,
-            "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
-                           for s in sources],
-            # what --colour standardise maps a slide from outside its range into
-            "lab_reference": lab_reference(sources, leave_out)}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-    calibrate_threshold(out, data_yaml)
+    try:
+        data_yaml = write_yolo_set(sources, work / "data", names, stain_copies=stain_copies, seed=seed,
+                                   leave_out=leave_out, field_of_view=field_of_view)
+        model = YOLO(str(init) if init else model_yaml)
+        if init:
+            opt = {"optimizer": "AdamW", "lr0": lr0 or 5e-4, "warmup_epochs": 1}
+        else:
+            opt = {"optimizer": "auto" if lr0 is None else "SGD", "lr0": lr0 or 0.01, "warmup_epochs": 3}
+        model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
+                    workers=workers, seed=seed, plots=False, amp=False, project=str(work),
+                    name="run", exist_ok=True, **AUGMENT, translate=translate, cache=True,
+                    patience=10_000 if hours else max(epochs, 5),  # no early stop: the schedule is fixed
+                    verbose=False, close_mosaic=close_mosaic, **opt,
+                    **({"time": hours} if hours else {}))
+        best = work / "run" / "weights" / "best.pt"
+        shutil.copy2(best, out)
+        from ultralytics.utils.torch_utils import strip_optimizer
+        strip_optimizer(str(out))  # drop optimizer state: 6 MB instead of 30
+        meta = {"classes": list(names), "imgsz": imgsz,
+                "input_cell_px": input_cell_px(sources, imgsz, leave_out=leave_out) or imgsz / 3,
+                # the red-cell size the network saw: the pipeline's ruler (none without red-cell boxes)
+                "input_rbc_px": input_cell_px(sources, imgsz, "RBC", leave_out) if "RBC" in names else None,
+                "arch": model_yaml, "epochs": _epochs_run(work / "run"), "init": str(init) if init else None,
+                "translate": translate,
+                "augment": AUGMENT, "stain_copies": stain_copies, "field_of_view": field_of_view, "left_out": leave_out,
+                "trained_on": [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).is_file() else Path(s).name
+                               for s in sources],
+                # what --colour standardise maps a slide from outside its range into
+                "lab_reference": lab_reference(sources, leave_out)}
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        calibrate_threshold(out, data_yaml)
+    finally:  # the YOLO set (links, recoloured copies) and ultralytics' run folder
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
