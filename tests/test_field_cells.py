@@ -105,20 +105,20 @@ def test_bccd_field_types_use_the_model_class_and_report_review(data_dir, classi
     assert r["unclassified_fraction"] == pytest.approx(df.loc[df["pred"] != "none", "unclassified"].mean())
 
 
-def test_crosslab_types_bccd_fields_at_each_condition(data_dir, classifier_path, tmp_path, capsys):
-    """``crosslab --bccd`` types the same fields at each non-wide ``--conditions`` entry,
-    one file per condition (``bccd_fields.csv`` at x1), which ``compare-crosslab`` pairs."""
+def test_bccd_fields_typed_at_another_condition(data_dir, classifier_path, tmp_path):
+    """``crosslab --bccd --conditions``: the same fields typed at each condition, one file
+    per condition (``bccd_fields.csv`` at x1), which ``compare-crosslab`` pairs."""
     import pandas as pd
 
-    from napari_bm_cells.cli import main
+    from napari_bm_cells.training.compare import compare_runs
+    from napari_bm_cells.training.crosslab import evaluate_fields
 
-    rc = main(["crosslab", "--bccd", str(data_dir / "bccd"), "--conditions", "x1,x0.5,wide2",
-               "--limit", "10", "--classifier", str(classifier_path), "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert rc == 0 and "BCCD fields x1:" in out and "BCCD fields x0.5:" in out and "wide2" not in out
+    for cond in ("x1", "x0.5"):
+        m = evaluate_fields(data_dir / "bccd", tmp_path, None, classifier_path, limit=10, condition=cond)
+        assert m["condition"] == cond and 5 <= m["n"] <= 10
     x1, half = (pd.read_csv(tmp_path / f) for f in ("bccd_fields.csv", "bccd_fields_x0.5.csv"))
-    assert 5 <= len(x1) <= 10 and list(x1["image"]) == list(half["image"])
-    assert not list(tmp_path.glob("*wide2*"))
+    assert list(x1["image"]) == list(half["image"])
+    assert set(compare_runs(tmp_path, tmp_path)["typings"]) == {"bccd_fields", "bccd_fields_x0.5"}
 
 
 def _txl_subset(data_dir, dst, per_lab=4):

@@ -158,7 +158,7 @@ def cmd_crosslab(a):
     if a.bccd:
         splits = None if a.splits == "all" else tuple(a.splits.split(","))
         for cond in typed:
-            m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, a.limit, _dev(a.device), splits,
+            m = evaluate_fields(a.bccd, a.out, a.detector, a.classifier, device=_dev(a.device), splits=splits,
                                 options=options, condition=cond,
                                 progress=lambda s: print(s, file=sys.stderr, flush=True))
             _print_type_accuracy(f"BCCD fields {cond}", m)
