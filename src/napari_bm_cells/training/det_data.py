@@ -232,8 +232,14 @@ def _visible_lines(lines: list[str], outside: np.ndarray) -> list[str]:
     rows = np.array([[float(v) for v in ln.split()] for ln in lines])
     cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
     cut, keep = visible_boxes(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1), outside)
-    return [f"{int(c)} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}"
-            for c, (x0, y0, x1, y1) in zip(rows[keep, 0], cut)]
+    return [_yolo_line(int(c), box, w, h) for c, box in zip(rows[keep, 0], cut)]
+
+
+def _yolo_line(cls: int, box, width: float, height: float) -> str:
+    """A YOLO label line (class, centre and size as shares of the image) of a pixel box (x0 y0 x1 y1)."""
+    x0, y0, x1, y1 = box
+    cx, cy, bw, bh = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height
+    return f"{cls} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}"
 
 
 #: share of the training fields held out for validation when the sources have no val split
@@ -307,9 +313,7 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                     if b.cls not in classes:
                         continue
                     present.add(split)
-                    cx, cy = (b.x0 + b.x1) / 2 / s.width, (b.y0 + b.y1) / 2 / s.height
-                    bw, bh = (b.x1 - b.x0) / s.width, (b.y1 - b.y0) / s.height
-                    lines.append(f"{classes.index(b.cls)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
+                    lines.append(_yolo_line(classes.index(b.cls), (b.x0, b.y0, b.x1, b.y1), s.width, s.height))
                 (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
                 if split == "train" and stain_copies:
                     _write_stain_copies(s.image, out_dir, name, lines, stain_copies,
