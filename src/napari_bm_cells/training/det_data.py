@@ -200,39 +200,30 @@ class DuplicateFinder:
         return hit
 
 
-def _write_stain_copies(image: Path, out_dir: Path, name: str, lines: list[str], n: int,
+def _write_stain_copies(image: Path, out_dir: Path, name: str, boxes: list[tuple[int, tuple]], n: int,
                         seed: int, field_of_view: float = 0.0) -> None:
-    """``n`` recoloured copies of a training image, as JPEG, with its box lines; a share
-    ``field_of_view`` of them also cut to a camera's round field of view or a scanner's
-    strip (:func:`~.augment.cut_field_of_view`), their boxes cut to what stays visible."""
+    """``n`` recoloured copies of a training image, as JPEG, with its ``boxes`` (class
+    index, pixel box) as YOLO label lines; a share ``field_of_view`` of them also cut to a
+    camera's round field of view or a scanner's strip (:func:`~.augment.cut_field_of_view`),
+    their boxes cut to what stays visible (:func:`~.augment.visible_boxes`)."""
     from PIL import Image
 
-    from .augment import cut_field_of_view, random_stain_uint8
+    from .augment import cut_field_of_view, random_stain_uint8, visible_boxes
 
     with Image.open(image) as im:
         rgb = np.asarray(im.convert("RGB"))
+    h, w = rgb.shape[:2]
     for k in range(n):
-        copy, copy_lines = random_stain_uint8(rgb, seed * 31 + k), lines
+        copy, copy_boxes = random_stain_uint8(rgb, seed * 31 + k), boxes
         rng = np.random.default_rng(seed * 31 + k)
         if rng.random() < field_of_view:
             copy, outside = cut_field_of_view(copy, rng)
-            copy_lines = _visible_lines(lines, outside)
+            cut, keep = visible_boxes([box for _, box in boxes], outside)
+            copy_boxes = list(zip([c for (c, _), kept in zip(boxes, keep) if kept], cut))
         Image.fromarray(copy).save(
             out_dir / "images" / "train" / f"{name}_stain{k}.jpg", quality=int(60 + (seed + k) % 36))
-        (out_dir / "labels" / "train" / f"{name}_stain{k}.txt").write_text("\n".join(copy_lines))
-
-
-def _visible_lines(lines: list[str], outside: np.ndarray) -> list[str]:
-    """YOLO box lines of an image cut to the part not ``outside`` (:func:`~.augment.visible_boxes`)."""
-    from .augment import visible_boxes
-
-    if not lines:
-        return lines
-    h, w = outside.shape
-    rows = np.array([[float(v) for v in ln.split()] for ln in lines])
-    cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
-    cut, keep = visible_boxes(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1), outside)
-    return [_yolo_line(int(c), box, w, h) for c, box in zip(rows[keep, 0], cut)]
+        (out_dir / "labels" / "train" / f"{name}_stain{k}.txt").write_text(
+            "\n".join(_yolo_line(c, box, w, h) for c, box in copy_boxes))
 
 
 def _yolo_line(cls: int, box, width: float, height: float) -> str:
@@ -290,7 +281,6 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
     for split in SPLITS:
         (out_dir / "images" / split).mkdir(parents=True)
         (out_dir / "labels" / split).mkdir(parents=True)
-    present = set()
     finder = DuplicateFinder() if dedupe else None
     n_dup = n_left = 0
     for si, src in enumerate(sources):
@@ -308,15 +298,11 @@ def write_yolo_set(sources: list[str | Path], out_dir: str | Path,
                     dst.symlink_to(s.image.resolve())
                 except OSError:
                     shutil.copy2(s.image, dst)
-                lines = []
-                for b in s.boxes:
-                    if b.cls not in classes:
-                        continue
-                    present.add(split)
-                    lines.append(_yolo_line(classes.index(b.cls), (b.x0, b.y0, b.x1, b.y1), s.width, s.height))
-                (out_dir / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
+                boxes = [(classes.index(b.cls), (b.x0, b.y0, b.x1, b.y1)) for b in s.boxes if b.cls in classes]
+                (out_dir / "labels" / split / f"{name}.txt").write_text(
+                    "\n".join(_yolo_line(c, box, s.width, s.height) for c, box in boxes))
                 if split == "train" and stain_copies:
-                    _write_stain_copies(s.image, out_dir, name, lines, stain_copies,
+                    _write_stain_copies(s.image, out_dir, name, boxes, stain_copies,
                                         seed + zlib.crc32(name.encode()) % 100_000, field_of_view)
     if leave_out:
         if not n_left:
