@@ -211,6 +211,18 @@ FOV_RADIUS = (0.55, 1.0)
 MIN_VISIBLE = 0.4
 
 
+def outside_circle(shape, radius: float, shift=(0.0, 0.0)):
+    """Boolean mask, True outside a round field of view of an image of ``shape`` (height,
+    width): ``radius`` a share of half the image's diagonal, the centre moved from the
+    image's by ``shift`` (rows, columns) as shares of its height and width."""
+    import numpy as np
+
+    h, w = shape[:2]
+    cy, cx = (h - 1) / 2 + shift[0] * h, (w - 1) / 2 + shift[1] * w
+    y, x = np.ogrid[0:h, 0:w]
+    return (y - cy) ** 2 + (x - cx) ** 2 > (radius * 0.5 * np.hypot(h, w)) ** 2
+
+
 def cut_field_of_view(rgb, rng):
     """A detector training field as a camera's round field of view or a scanner's
     unscanned strip leaves it, the way the pipeline shows it to the detector: the part
@@ -228,10 +240,8 @@ def cut_field_of_view(rgb, rng):
 
     h, w = rgb.shape[:2]
     if rng.random() < 2 / 3:
-        cy, cx = (h - 1) / 2 + rng.uniform(-0.1, 0.1) * h, (w - 1) / 2 + rng.uniform(-0.1, 0.1) * w
-        r = rng.uniform(*FOV_RADIUS) * 0.5 * np.hypot(h, w)
-        y, x = np.ogrid[0:h, 0:w]
-        out = (y - cy) ** 2 + (x - cx) ** 2 > r ** 2
+        shift = rng.uniform(-0.1, 0.1, 2)  # drawn before the radius: a seed gives the same copy
+        out = outside_circle((h, w), rng.uniform(*FOV_RADIUS), shift)
     else:
         out = np.zeros((h, w), bool)
         for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):

@@ -216,9 +216,9 @@ EYEPIECE = 0.85
 def eyepiece_mask(shape) -> np.ndarray:
     """True outside the round field of view :func:`eyepiece` leaves of an image of
     ``shape`` (height, width)."""
-    h, w = shape[:2]
-    y, x = np.ogrid[0:h, 0:w]
-    return (y - (h - 1) / 2) ** 2 + (x - (w - 1) / 2) ** 2 > (EYEPIECE * 0.5 * np.hypot(h, w)) ** 2
+    from .augment import outside_circle
+
+    return outside_circle(shape, EYEPIECE)
 
 
 def eyepiece(rgb: np.ndarray) -> np.ndarray:
