@@ -41,10 +41,15 @@ MIN_SURROUND = 0.01
 
 
 def void_level(rgb: np.ndarray) -> float:
-    """The brightness (0-255, every channel) at or below which a pixel of ``rgb`` is black:
-    :data:`VOID_LEVEL`, or :data:`VOID_SHARE` of its glass's brightest channel when lower."""
-    bg = background_rgb(rgb)
-    return float(VOID_LEVEL if bg is None else min(VOID_LEVEL, VOID_SHARE * float(np.max(bg))))
+    """The brightness (0-255, every channel) at or below which a pixel of ``rgb`` is black
+    (:func:`glass_void_level` of its glass colour)."""
+    return glass_void_level(background_rgb(rgb))
+
+
+def glass_void_level(glass) -> float:
+    """:data:`VOID_LEVEL`, or :data:`VOID_SHARE` of the glass's brightest channel when lower
+    (``glass`` an RGB colour, or None when unknown)."""
+    return float(VOID_LEVEL if glass is None else min(VOID_LEVEL, VOID_SHARE * float(np.max(glass))))
 
 
 def void_pixels(rgb: np.ndarray, level: float | None = None) -> np.ndarray:
@@ -55,15 +60,16 @@ def void_pixels(rgb: np.ndarray, level: float | None = None) -> np.ndarray:
     return rgb.max(-1) <= (void_level(rgb) if level is None else level)
 
 
-def surround(rgb: np.ndarray) -> np.ndarray:
+def surround(rgb: np.ndarray, level: float | None = None) -> np.ndarray:
     """Boolean mask of an image's (a thumbnail's) black surround: its black pixels
     (:func:`void_pixels`) connected to its edge, the outside of a camera's round field of
     view or a scanner's unscanned strip, when they cover :data:`MIN_SURROUND` of it (a
     black nucleus inside the smear is not part of it). It holds no smear, so colour
-    statistics, the nuclear mask and the field's extent leave it out."""
+    statistics, the nuclear mask and the field's extent leave it out. ``level``: the black
+    level when the caller has it (default :func:`void_level` of ``rgb``)."""
     from scipy import ndimage
 
-    void = void_pixels(rgb)
+    void = void_pixels(rgb, level)
     if void.mean() < MIN_SURROUND:
         return np.zeros(void.shape, bool)
     lab, _ = ndimage.label(void)
@@ -319,9 +325,11 @@ def detector_colour(detector, slide, mode: str, region=None):
     if not hasattr(detector, "with_tile_map"):  # the contour detector
         return detector, info
     thumb, maps = read_thumbnail(slide, region)[0], []
-    black = surround(thumb)
-    if black.any() and (glass := background_rgb(thumb)) is not None:
-        maps.append(fill_void(glass, void_level(thumb)))
+    glass = background_rgb(thumb)
+    level = glass_void_level(glass)
+    black = surround(thumb, level)
+    if black.any() and glass is not None:
+        maps.append(fill_void(glass, level))
         info["void_fill"] = [round(float(v), 1) for v in glass]
     if mode == "standardise" and "why" not in info:
         stats = lab_stats(smear_pixels(thumb, black)[None])
